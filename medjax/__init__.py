@@ -1,0 +1,3 @@
+"""medjax: JAX/Flax deep learning for medical image analysis."""
+
+__version__ = "0.1.0"

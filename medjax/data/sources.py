@@ -1,0 +1,57 @@
+"""Turn `config.data` into in-memory splits: `{split: {"image": ..., "label": ...}}` plus class names.
+
+One small function per source, chosen by `config.data.name`; later data work (TFDS/grain) plugs in here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from medjax.data import synthetic
+from medjax.data.npz import load_npz_splits
+from medjax.errors import MedjaxError
+
+Splits = dict[str, dict[str, np.ndarray]]
+
+
+def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    from medjax.data.icbm152 import load_icbm152_slices
+
+    kwargs = {k: cfg[k] for k in ("root", "in_plane_mm", "max_slices_per_split") if k in cfg}
+    out = load_icbm152_slices(**kwargs)
+    meta = out.pop("meta")
+    return out, list(meta["class_names"])
+
+
+def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    splits = load_npz_splits(cfg.root)
+    return splits, [str(c) for c in cfg.get("class_names", ())]
+
+
+def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, list[str]]:
+    sizes = {"train": cfg.num_train, "val": cfg.num_eval, "test": cfg.num_eval}
+    splits = synthetic.split(make, sizes, seed=cfg.seed, size=tuple(cfg.size), num_classes=cfg.num_classes)
+    return splits, [f"class{i}" for i in range(cfg.num_classes)]
+
+
+SOURCES: dict[str, Callable] = {
+    "icbm152": _icbm152,
+    "npz": _npz,
+    "synthetic_segmentation": lambda cfg: _synthetic(cfg, synthetic.blobs_segmentation),
+    "synthetic_classification": lambda cfg: _synthetic(cfg, synthetic.blobs_classification),
+}
+
+
+def load_splits(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    """Load every split named by the source; returns (splits, class_names)."""
+    if cfg.name not in SOURCES:
+        raise MedjaxError(f"unknown dataset config.data.name={cfg.name!r}; known: {sorted(SOURCES)}")
+    splits, class_names = SOURCES[cfg.name](cfg)
+    for split, arrays in splits.items():
+        for key, value in arrays.items():
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise MedjaxError(f"dataset {cfg.name!r}: split {split!r} has non-finite values in {key!r}")
+    return splits, class_names

@@ -1,0 +1,20 @@
+"""Task objects: one per kind of problem, built from config by `make_task`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+
+from medjax.errors import MedjaxError
+from medjax.tasks.classification import ClassificationTask
+from medjax.tasks.segmentation import SegmentationTask
+
+TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask}
+
+
+def make_task(config: ml_collections.ConfigDict, class_names: Sequence[str], axis_name: str | None = None):
+    """Build `config.task.name`'s task with `config.model`."""
+    if config.task.name not in TASKS:
+        raise MedjaxError(f"unknown config.task.name={config.task.name!r}; known: {sorted(TASKS)}")
+    return TASKS[config.task.name](config.task, config.model, class_names, axis_name)

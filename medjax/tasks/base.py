@@ -1,0 +1,52 @@
+"""What every task shares: building the model from config and applying it with or without BatchNorm state.
+
+A task owns its loss, its training metrics and its evaluation summary; it does no I/O and knows nothing about
+devices. Its functions are pure and are traced inside the strategy's jitted (or pmapped) step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from medjax.errors import MedjaxError
+from medjax.models import build_model
+
+
+def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_name: str | None) -> nn.Module:
+    """`config.model.name` plus its other keys as constructor arguments; an unknown argument is named."""
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
+    kwargs["num_classes"] = num_classes
+    if axis_name:
+        kwargs["bn_axis_name"] = axis_name
+    try:
+        return build_model(cfg.name, **kwargs)
+    except TypeError as e:  # a dataclass constructor rejecting a keyword: the config's key is wrong
+        raise MedjaxError(f"config.model: {e} (model {cfg.name!r})") from e
+
+
+def apply_model(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, train: bool) -> tuple[Any, Any]:
+    """Run the model; returns (outputs, new batch_stats). BatchNorm statistics update only in training."""
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    if train and batch_stats:
+        out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return out, updates["batch_stats"]
+    return model.apply(variables, x, train=train), batch_stats
+
+
+def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """Mean over examples with weight > 0 (padded eval rows have weight 0)."""
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def keep_valid(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop padded rows (weight 0) from host-side eval outputs."""
+    valid = outputs["weight"] > 0
+    return {k: v[valid] for k, v in outputs.items()}

@@ -1,0 +1,95 @@
+"""Semantic segmentation: Dice+CE (or CE, or Dice) loss, optional deep supervision, per-class Dice."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from medjax import losses, metrics
+from medjax.errors import MedjaxError
+from medjax.tasks.base import apply_model, keep_valid, model_from_config
+
+LOSSES = ("dice_ce", "ce", "dice")
+
+
+def resize_labels(labels: jax.Array, spatial: Sequence[int]) -> jax.Array:
+    """Nearest-neighbour downsampling of integer labels to a coarser deep-supervision output."""
+    idx = [jnp.floor((jnp.arange(s) + 0.5) * labels.shape[1 + i] / s).astype(jnp.int32) for i, s in enumerate(spatial)]
+    out = labels
+    for axis, ix in enumerate(idx):
+        out = jnp.take(out, ix, axis=axis + 1)
+    return out
+
+
+class SegmentationTask:
+    """Owns the model, the loss and the metrics of a segmentation run (`config.task.name='segmentation'`)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+                 class_names: Sequence[str], axis_name: str | None = None):
+        if cfg.loss not in LOSSES:
+            raise MedjaxError(f"unknown config.task.loss={cfg.loss!r}; known: {list(LOSSES)}")
+        self.num_classes = cfg.num_classes
+        self.class_names = list(class_names) or [f"class{i}" for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise MedjaxError(f"config.task.num_classes={self.num_classes} but the data names "
+                              f"{len(self.class_names)} classes: {self.class_names}")
+        self.loss_name = cfg.loss
+        self.include_background = cfg.get("include_background", True)
+        self.model = model_from_config(model_cfg, self.num_classes, axis_name)
+
+    def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
+        return self.model.init(rng, image, train=False)
+
+    def _loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+        kw = dict(weights=weights)
+        if self.loss_name == "ce":
+            return losses.softmax_cross_entropy(logits, labels, **kw)
+        if self.loss_name == "dice":
+            return losses.soft_dice_loss(logits, labels, self.num_classes, include_background=self.include_background, **kw)
+        return losses.dice_ce_loss(logits, labels, self.num_classes, include_background=self.include_background, **kw)
+
+    def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
+        """Training loss; with deep supervision, auxiliary outputs add with weights 1/2, 1/4, ... (normalised)."""
+        out, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True)
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        weights = np.array([0.5**i for i in range(len(outputs))])
+        weights = weights / weights.sum()
+        total = 0.0
+        for w, logits in zip(weights, outputs):
+            labels = batch["label"]
+            if logits.shape[1:-1] != labels.shape[1:]:
+                labels = resize_labels(labels, logits.shape[1:-1])
+            total = total + w * self._loss(logits.astype(jnp.float32), labels, batch["weight"])
+        return total, (new_stats, {"loss": total})
+
+    def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
+        """Per-example Dice counts (intersection, predicted, reference voxels per class)."""
+        logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
+        pred = jnp.argmax(logits, axis=-1)
+        per_example = jax.vmap(lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes)))
+        return {"dice_counts": per_example(pred, batch["label"]), "weight": batch["weight"]}
+
+    def predict(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
+        logits, _ = apply_model(self.model, params, batch_stats, image, train=False)
+        return jnp.argmax(logits, axis=-1)
+
+    def save_examples(self, path: str, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> None:
+        """Overlay PNG: image, reference and prediction side by side (2D; the middle slice of 3D volumes)."""
+        from medjax.viz import save_overlay_png
+
+        if images.ndim == 5:
+            mid = images.shape[1] // 2
+            images, labels, preds = images[:, mid], labels[:, mid], preds[:, mid]
+        save_overlay_png(path, images, labels, preds, self.class_names)
+
+    def summarize(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Dice per class over all evaluated voxels; `dice_mean` averages the foreground classes (1..C-1)."""
+        counts = keep_valid(outputs)["dice_counts"].sum(axis=0)
+        dice = metrics.dice_from_counts(counts[0], counts[1], counts[2])
+        result = {f"dice/{name}": float(d) for name, d in zip(self.class_names, dice)}
+        result["dice_mean"] = float(np.nanmean(dice[1:])) if self.num_classes > 1 else float(dice[0])
+        return result

@@ -1,0 +1,84 @@
+"""Orbax checkpoints behind one small wrapper: the latest N for resume, the best-by-metric one for evaluation.
+
+Each checkpoint holds two items: `state` (the replicated TrainState, `StandardSave`) and `data` (the loader
+position, JSON). Orbax writes into a temporary directory and renames it when complete, so a run killed at any
+moment leaves either a whole checkpoint or none; leftover temporaries are removed on the next start. Saves are
+asynchronous; `wait()` blocks until they are on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from medjax.errors import MedjaxError
+
+
+def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
+
+
+class Checkpoints:
+    """`<workdir>/checkpoints` (latest `max_to_keep`) and `<workdir>/best` (the single best by `best_metric`)."""
+
+    def __init__(self, workdir: str, max_to_keep: int = 2, best_metric: str | None = None, best_mode: str = "max",
+                 read_only: bool = False):
+        if best_mode not in ("max", "min"):
+            raise MedjaxError(f"config.checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
+        common = dict(enable_async_checkpointing=True, cleanup_tmp_directories=not read_only,
+                      create=not read_only, read_only=read_only)
+        self.best_metric = best_metric
+        self.latest = _manager(os.path.join(workdir, "checkpoints"),
+                               ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **common))
+        self.best = None
+        if best_metric:
+            self.best = _manager(os.path.join(workdir, "best"), ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+                keep_checkpoints_without_metrics=False, **common))
+
+    @staticmethod
+    def _args(state: Any, data_state: dict) -> ocp.args.Composite:
+        return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Start an async save of the latest state (no-op if this step is already saved)."""
+        if step not in self.latest.all_steps():
+            self.latest.save(step, args=self._args(state, data_state), force=True)
+
+    def save_best(self, step: int, state: Any, data_state: dict, metrics: dict) -> None:
+        """Offer the state to the best-checkpoint manager; Orbax keeps it only if `best_metric` improved."""
+        if self.best is None:
+            return
+        if self.best_metric not in metrics:
+            raise MedjaxError(f"config.checkpoint.best_metric={self.best_metric!r} is not an eval metric; "
+                              f"available: {sorted(metrics)}")
+        if step not in self.best.all_steps():
+            self.best.save(step, args=self._args(state, data_state), metrics={k: float(v) for k, v in metrics.items()},
+                           force=True)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, abstract_state: Any, which: str = "latest", step: int | None = None) -> tuple[Any, dict, int]:
+        """Restore (state, data_state, step) from `latest` or `best` (falling back to latest if no best yet)."""
+        manager = self.latest
+        if which == "best" and self.best is not None and self.best.best_step() is not None:
+            manager, step = self.best, self.best.best_step()
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise MedjaxError(f"no checkpoint found in {manager.directory}")
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["data"]), step
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()

@@ -1,0 +1,214 @@
+"""The generic training loop and the evaluation entry point, shared by every task.
+
+train(): build (strategy, task, data, optimizer) from config -> resume from the latest checkpoint if any ->
+jitted steps over the global batch -> periodic metrics, eval on `val`, checkpoints (latest and best) -> curves.
+evaluate(): restore the best (or latest) checkpoint and score a split into `<workdir>/eval.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from medjax.data.batches import TrainStream, eval_batches
+from medjax.data.sources import load_splits
+from medjax.errors import MedjaxError
+from medjax.tasks import make_task
+from medjax.train.checkpoint import Checkpoints
+from medjax.train.logging import MetricLog
+from medjax.train.optim import make_optimizer
+from medjax.train.parallel import make_strategy, replicated_to_host
+from medjax.train.state import TrainState, create_state
+from medjax.train.steps import make_eval_step, make_train_step
+
+
+class TrainingDiverged(MedjaxError):
+    """A non-finite loss: the run stops and the last good checkpoint stays the latest."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from a config, before any step runs."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    strategy: Any
+    task: Any
+    splits: dict
+    tx: Any
+    create: Any  # () -> TrainState, pure
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    def checkpoints(self, read_only: bool = False) -> Checkpoints:
+        c = self.config.checkpoint
+        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.best_metric or None,
+                           best_mode=c.best_mode, read_only=read_only)
+
+    def abstract_state(self) -> TrainState:
+        return self.strategy.abstract_canonical(jax.eval_shape(self.create))
+
+
+def _validate_labels(splits: dict, task, config: ml_collections.ConfigDict) -> None:
+    """Labels outside 0..num_classes-1 would silently corrupt one-hot losses: name the split instead."""
+    n = config.task.num_classes
+    for name, arrays in splits.items():
+        labels = arrays["label"]
+        if labels.size and (labels.min() < 0 or labels.max() >= n):
+            raise MedjaxError(f"split {name!r} has labels in [{labels.min()}, {labels.max()}] but "
+                              f"config.task.num_classes={n}")
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setup:
+    """Build strategy, data, task and optimizer; `devices` restricts the mesh (default: every device)."""
+    strategy = make_strategy(config.parallel.strategy, devices)
+    splits, class_names = load_splits(config.data)
+    if "train" not in splits:
+        raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
+    task = make_task(config, class_names, strategy.axis_name)
+    _validate_labels(splits, task, config)
+    tx = make_optimizer(config.optimizer, config.num_train_steps)
+    example = splits["train"]["image"][:1]
+    create = functools.partial(create_state, lambda key: task.init_variables(key, example), tx, config.seed)
+    return Setup(config, workdir, strategy, task, splits, tx, create)
+
+
+def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> dict[str, float]:
+    """Score every example of `split` (padded batches, nothing dropped) with the task's summary."""
+    if split not in s.splits:
+        raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
+    bs = s.config.get("eval_batch_size") or s.config.batch_size
+    rows = s.strategy.local_rows(bs)
+    chunks = []
+    for batch in eval_batches(s.splits[split], bs, rows):
+        chunks.append(s.strategy.outputs_to_host(eval_step(state, s.strategy.put_batch(batch, bs))))
+    outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    return s.task.summarize(outputs)
+
+
+def _first_non_finite(pending: list[tuple[int, dict]]) -> tuple[int, float] | None:
+    for step, metrics in pending:
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            return step, loss
+    return None
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
+    """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints` if a checkpoint is there.
+    Returns the last validation metrics."""
+    s = setup(config, workdir, devices)
+    strategy, bs = s.strategy, config.batch_size
+    stream = TrainStream(s.splits["train"], bs, strategy.local_rows(bs), seed=config.seed)
+    ckpts = s.checkpoints()
+    start = ckpts.latest_step()
+    if start is not None:
+        canonical, data_state, start = ckpts.restore(s.abstract_state())
+        state = strategy.from_canonical(canonical)
+        stream.set_state(data_state)
+    else:
+        start, state = 0, strategy.init_state(s.create)
+    log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
+    train_step = strategy.compile_train_step(make_train_step(s.task, s.tx, strategy.axis_name))
+    eval_step = strategy.compile_eval_step(make_eval_step(s.task))
+    has_val = "val" in s.splits
+
+    pending: list[tuple[int, Any]] = []
+    last_flush = time.perf_counter()
+    last_saved = start
+    progress = _progress(config, start, s.is_main)
+    eval_metrics: dict[str, float] = {}
+
+    def flush(step: int) -> None:
+        nonlocal pending, last_flush
+        host = [(st, strategy.metrics_to_host(m)) for st, m in pending]
+        bad = _first_non_finite(host)
+        if bad is not None:
+            ckpts.wait()
+            raise TrainingDiverged(
+                f"non-finite loss ({bad[1]}) at step {bad[0]}; stopped. The last good checkpoint is step "
+                f"{last_saved} in {os.path.join(workdir, 'checkpoints')}")
+        now = time.perf_counter()
+        record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
+        record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
+        log.write(step, "train", record)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.1f}")
+        pending, last_flush = [], now
+
+    try:
+        for step in range(start + 1, config.num_train_steps + 1):
+            batch = strategy.put_batch(next(stream), bs)
+            state, metrics = train_step(state, batch)
+            pending.append((step, metrics))
+            progress.update(1)
+            last = step == config.num_train_steps
+            do_eval = has_val and (step % config.eval_every == 0 or last)
+            do_ckpt = step % config.checkpoint_every == 0 or last
+            if step % config.log_every == 0 or do_eval or do_ckpt or last:
+                flush(step)
+            canonical = strategy.to_canonical(state) if (do_eval or do_ckpt) else None
+            if do_eval:
+                eval_metrics = evaluate_split(s, state, "val", eval_step)
+                log.write(step, "val", eval_metrics)
+                ckpts.save_best(step, canonical, stream.get_state(), eval_metrics)
+            if do_ckpt:
+                ckpts.save(step, canonical, stream.get_state())
+                last_saved = step
+    finally:
+        progress.close()
+        ckpts.wait()
+        ckpts.close()
+        log.plot()
+        log.close()
+    return eval_metrics
+
+
+def _progress(config: ml_collections.ConfigDict, start: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
+                disable=not (enabled and config.get("progress", True)), desc="train")
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
+    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat)."""
+    s = setup(config, workdir)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise MedjaxError(f"no checkpoints in {workdir}: run `medjax train` with this --workdir first")
+    ckpts = s.checkpoints(read_only=True)
+    canonical, _, step = ckpts.restore(s.abstract_state(), which=which)
+    ckpts.close()
+    result = {"split": split, "step": int(step), "checkpoint": which}
+    state = s.strategy.from_canonical(canonical)
+    result.update(evaluate_split(s, state, split))
+    if s.is_main:
+        _save_examples(s, canonical, split)
+        path = os.path.join(workdir, "eval.json")
+        with open(f"{path}.tmp", "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True)
+        os.replace(f"{path}.tmp", path)
+    return result
+
+
+def _save_examples(s: Setup, canonical: TrainState, split: str, count: int = 4) -> None:
+    """A PNG of predictions on the first examples of `split`, for tasks that can draw them."""
+    if not hasattr(s.task, "save_examples"):
+        return
+    num_examples = len(s.splits[split]["image"])
+    idx = np.linspace(0, num_examples - 1, min(count, num_examples)).astype(int)
+    images, labels = s.splits[split]["image"][idx], s.splits[split]["label"][idx]
+    params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
+    preds = np.asarray(jax.jit(s.task.predict)(params, stats, images))
+    s.task.save_examples(os.path.join(s.workdir, "plots", f"{split}_predictions.png"), images, labels, preds)

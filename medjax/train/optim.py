@@ -1,0 +1,46 @@
+"""Optax optimizers and learning-rate schedules from `config.optimizer`."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+from medjax.errors import MedjaxError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "piecewise")
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+    """`constant`, `cosine` (to 0 at the last step) or `piecewise` (x`decay_factor` at each fraction of
+    `decay_at`, e.g. (0.5, 0.75) as in the MedMNIST protocol); optional linear warm-up of `warmup_steps`."""
+    lr = cfg.learning_rate
+    warmup = cfg.get("warmup_steps", 0)
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    elif cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, num_train_steps - warmup))
+    elif cfg.schedule == "piecewise":
+        boundaries = {int(f * num_train_steps) - warmup: cfg.decay_factor for f in cfg.decay_at}
+        main = optax.piecewise_constant_schedule(lr, boundaries)
+    else:
+        raise MedjaxError(f"unknown config.optimizer.schedule={cfg.schedule!r}; known: {list(SCHEDULES)}")
+    if warmup > 0:
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return main
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.GradientTransformation:
+    """The optimizer named by `cfg.name`, with the schedule and optional global-norm gradient clipping."""
+    schedule = make_schedule(cfg, num_train_steps)
+    if cfg.name == "adam":
+        tx = optax.adam(schedule)
+    elif cfg.name == "adamw":
+        tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    elif cfg.name == "sgd":
+        tx = optax.sgd(schedule, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+    else:
+        raise MedjaxError(f"unknown config.optimizer.name={cfg.name!r}; known: {list(OPTIMIZERS)}")
+    if cfg.get("grad_clip_norm", 0.0):
+        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+    return tx

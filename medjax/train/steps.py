@@ -1,0 +1,41 @@
+"""Pure step bodies: `(state, batch) -> (state, metrics)` and `(state, batch) -> per-example outputs`.
+
+The same body serves both strategies; under pmap (`axis_name` set) gradients and metrics are averaged across
+devices explicitly, under jit + sharding XLA does it from the shardings.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+
+from medjax.train.state import TrainState
+
+
+def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | None = None) -> Callable:
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        step_key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            return task.loss(params, state.batch_stats, batch, step_key)
+
+        (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            metrics = jax.lax.pmean(metrics, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(task) -> Callable:
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        return task.eval_outputs(state.params, state.batch_stats, batch)
+
+    return eval_step

@@ -1,0 +1,133 @@
+"""`medjax` as a user runs it: subprocesses, exit codes, one-line errors, kill -9 and resume, two processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from medjax.train import loop
+from tests.train.helpers import synthetic_config
+
+SYNTH = "experiments/synthetic.py:segmentation"
+
+
+def medjax(repo, *args, devices=4, env=None, **kw):
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "medjax.cli", *args], cwd=repo, env=full_env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def final_params(repo, workdir, *overrides):
+    config = synthetic_config(repo, "segmentation", *overrides)
+    s = loop.setup(config, str(workdir))
+    state, _, step = s.checkpoints(read_only=True).restore(s.abstract_state())
+    return step, __import__("medjax.train.parallel", fromlist=["x"]).replicated_to_host(state)
+
+
+def test_train_then_evaluate(repo, tmp_path):
+    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(tmp_path), "--config.num_train_steps=4")
+    assert r.returncode == 0, r.stderr
+    r = medjax(repo, "evaluate", "--config", SYNTH, "--workdir", str(tmp_path), "--config.num_train_steps=4")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["step"] == 4 and "dice_mean" in result and "dice/class1" in result
+    assert json.loads(r.stdout) == result
+
+
+@pytest.mark.parametrize("config, args, message", [
+    (SYNTH, ["--config.optimizer.lr=1"], "unknown config key: config.optimizer.lr"),
+    (SYNTH, ["--config.model.name=resnet999"], "resnet999"),
+    (SYNTH, ["--config.model.depth=3"], "depth"),
+    ("experiments/quickstart.py", ["--config.data.root=/no/such/dir"], "/no/such/dir"),
+    (SYNTH, ["--config.parallel.strategy=ddp"], "config.parallel.strategy"),
+])
+def test_bad_input_is_one_line_and_exit_2(repo, tmp_path, config, args, message):
+    r = medjax(repo, "train", "--config", config, "--workdir", str(tmp_path), *args)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("medjax: error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_exit_2(repo, tmp_path):
+    r = medjax(repo, "train", "--config", "experiments/nope.py", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip() == "medjax: error: config file not found: experiments/nope.py"
+
+
+def test_kill_9_and_resume_is_bitwise_identical(repo, tmp_path):
+    """SIGKILL at arbitrary moments (mid-step, mid-save), restart with the same command: same final bits."""
+    args = ["--config.num_train_steps=24", "--config.checkpoint_every=2", "--config.eval_every=6"]
+    ref = tmp_path / "ref"
+    assert medjax(repo, "train", "--config", SYNTH, "--workdir", str(ref), *args).returncode == 0
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medjax.cli", "train", "--config", SYNTH, "--workdir", str(run), *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
+    kills = 0
+    for wait_for_step in (4, 12):  # kill once a given checkpoint exists, plus a little jitter
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "checkpoints" / str(wait_for_step)).exists():
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        time.sleep(0.05 * kills)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(run), *args)
+    assert r.returncode == 0, r.stderr
+    step_a, a = final_params(repo, ref, *args)
+    step_b, b = final_params(repo, run, *args)
+    assert step_a == step_b == 24
+    import jax
+
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
+    jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
+    train_steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(l)["split"] == "train"]
+    assert train_steps == sorted(set(train_steps))  # no duplicated steps after resume
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(repo, tmp_path):
+    """2 processes x 2 CPU devices through jax.distributed == 1 process x 4 devices."""
+    args = ["--config.num_train_steps=4", "--config.eval_every=2", "--config.checkpoint_every=4"]
+    single = tmp_path / "single"
+    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(single), *args)
+    assert r.returncode == 0, r.stderr
+    multi = tmp_path / "multi"
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "medjax.cli", "train", "--config", SYNTH, "--workdir", str(multi), *args,
+         "--num_cpu_devices", "2"],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+        for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    _, a = final_params(repo, single, *args)
+    _, b = final_params(repo, multi, *args)
+    import jax
+
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a.params, b.params)
+    val_single = [json.loads(l) for l in (single / "metrics.jsonl").read_text().splitlines()]
+    val_multi = [json.loads(l) for l in (multi / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val_single] == [r["step"] for r in val_multi]
+    for x, y in zip(val_single, val_multi):
+        if x["split"] == "val":
+            assert x["dice_mean"] == pytest.approx(y["dice_mean"], abs=1e-6)

@@ -1,0 +1,32 @@
+"""Shared by the trainer tests: the synthetic configs and a few steps run in-process."""
+
+import jax
+
+from medjax.config import build_config
+from medjax.data.batches import TrainStream
+from medjax.train.loop import setup
+from medjax.train.parallel import replicated_to_host
+from medjax.train.steps import make_train_step
+
+
+def synthetic_config(repo, variant="segmentation", *overrides):
+    return build_config(str(repo / "experiments" / "synthetic.py") + f":{variant}", list(overrides))
+
+
+def run_steps(config, workdir, num_steps, devices=None):
+    """`num_steps` training steps; returns (host state, per-step metrics, the jitted step)."""
+    s = setup(config, str(workdir), devices)
+    stream = TrainStream(s.splits["train"], config.batch_size, s.strategy.local_rows(config.batch_size), config.seed)
+    state = s.strategy.init_state(s.create)
+    step = s.strategy.compile_train_step(make_train_step(s.task, s.tx, s.strategy.axis_name))
+    history = []
+    for _ in range(num_steps):
+        state, metrics = step(state, s.strategy.put_batch(next(stream), config.batch_size))
+        history.append(s.strategy.metrics_to_host(metrics))
+    return replicated_to_host(s.strategy.to_canonical(state)), history, step
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    import numpy as np
+
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
