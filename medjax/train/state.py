@@ -9,13 +9,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medjax import rng
+
 
 @flax.struct.dataclass
 class TrainState:
     """Everything a run needs to continue bit-for-bit: weights, BatchNorm statistics, optimizer, step, key.
 
-    `rng` is a raw uint32 key that never changes; the key of step `s` is `fold_in(rng, s)`, so randomness
-    depends only on the seed and the step, not on how often a run was restarted.
+    `rng` is raw key data (uint32, see medjax.rng) that never changes; the key of step `s` is
+    `fold_in(rng, s)`, so randomness depends only on the seed and the step, not on how often a run restarted.
     """
 
     step: jax.Array
@@ -27,7 +29,7 @@ class TrainState:
 
 def create_state(init_variables: Callable[[jax.Array], dict], tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Initialise model variables and optimizer state from `seed` (pure: use under jit with out_shardings)."""
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    init_key, train_key = jax.random.split(rng.key(seed))
     variables = init_variables(init_key)
     params = variables["params"]
     return TrainState(
@@ -35,5 +37,5 @@ def create_state(init_variables: Callable[[jax.Array], dict], tx: optax.Gradient
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
-        rng=train_key,
+        rng=rng.to_data(train_key),
     )

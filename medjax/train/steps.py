@@ -11,12 +11,13 @@ from typing import Callable
 import jax
 import optax
 
+from medjax import rng
 from medjax.train.state import TrainState
 
 
 def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | None = None) -> Callable:
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        step_key = jax.random.fold_in(state.rng, state.step)
+        step_key = jax.random.fold_in(rng.from_data(state.rng), state.step)
 
         def loss_fn(params):
             return task.loss(params, state.batch_stats, batch, step_key)
@@ -27,7 +28,7 @@ def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | Non
             metrics = jax.lax.pmean(metrics, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics
 

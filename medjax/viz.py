@@ -1,0 +1,201 @@
+"""PNG figures a person reads after a run: segmentation overlays and training curves.
+
+Matplotlib's Agg backend only (no display needed); every file is written to a temporary file in the same folder and
+moved into place with ``os.replace``, so a reader never sees a half-written PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Sequence
+
+import numpy as np
+
+# Class 0 (background) is left transparent; classes 1.. use these colours in order, then cycle.
+CLASS_COLOURS = (
+    (0.0, 0.0, 0.0),  # background (not drawn)
+    (0.12, 0.47, 0.71),  # blue
+    (1.0, 0.5, 0.05),  # orange
+    (0.17, 0.63, 0.17),  # green
+    (0.84, 0.15, 0.16),  # red
+    (0.58, 0.4, 0.74),  # purple
+    (0.55, 0.34, 0.29),  # brown
+    (0.89, 0.47, 0.76),  # pink
+    (0.74, 0.74, 0.13),  # olive
+    (0.09, 0.75, 0.81),  # cyan
+)
+OVERLAY_ALPHA = 0.45
+
+
+def _figure(figsize, nrows=1, ncols=1, **kwargs):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, **kwargs)  # no pyplot: no global state, no display backend
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save_atomic(fig, path: str, dpi: int) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # A per-writer name in the same folder (so os.replace is atomic); opened normally so the PNG gets umask perms.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def class_colour(index: int) -> tuple[float, float, float]:
+    """The fixed RGB colour of class `index` (index 0 is background and is never drawn)."""
+    if index == 0:
+        return CLASS_COLOURS[0]
+    return CLASS_COLOURS[1 + (index - 1) % (len(CLASS_COLOURS) - 1)]
+
+
+def _rgba_overlay(label: np.ndarray, num_classes: int) -> np.ndarray:
+    table = np.zeros((max(num_classes, int(label.max(initial=0)) + 1), 4), np.float32)
+    for c in range(1, len(table)):
+        table[c, :3] = class_colour(c)
+        table[c, 3] = OVERLAY_ALPHA
+    return table[np.clip(label, 0, len(table) - 1)]
+
+
+def _as_2d_image(x: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1) -> grey (H, W); (H, W, 3) -> RGB; other channel counts show channel 0."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3 and x.shape[-1] != 3:
+        x = x[..., 0]
+    lo, hi = np.nanpercentile(x, 0.5), np.nanpercentile(x, 99.5)
+    return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
+
+
+def save_overlay_png(
+    path: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    class_names: Sequence[str],
+    max_rows: int = 4,
+    panel_inches: float = 2.5,
+    dpi: int = 100,
+) -> None:
+    """Rows of [image, reference overlay, prediction overlay] for the first `max_rows` examples.
+
+    images: (N, H, W[, C]); labels, preds: (N, H, W) integer class maps. Each class keeps one colour in every
+    figure (background transparent); a legend names the classes. Each panel is `panel_inches` square at `dpi`,
+    so the PNG is 3 * panel_inches * dpi wide and rows * panel_inches * dpi (+ legend strip) high.
+    """
+    images, labels, preds = np.asarray(images), np.asarray(labels), np.asarray(preds)
+    if not (len(images) == len(labels) == len(preds)) or len(images) == 0:
+        raise ValueError(f"need the same non-zero number of images, labels and preds, got "
+                         f"{len(images)}, {len(labels)}, {len(preds)}")
+    if labels.shape != preds.shape or labels.shape[:3] != images.shape[:3]:
+        raise ValueError(f"shapes differ: images {images.shape}, labels {labels.shape}, preds {preds.shape}")
+    rows = min(max_rows, len(images))
+    num_classes = max(len(class_names), int(max(labels.max(), preds.max())) + 1)
+    legend_inches = 0.5
+    fig, axes = _figure((3 * panel_inches, rows * panel_inches + legend_inches), rows, 3)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - legend_inches / (rows * panel_inches + legend_inches),
+                        bottom=0.01, wspace=0.02, hspace=0.12)
+    for r in range(rows):
+        grey = _as_2d_image(images[r])
+        cmap = None if grey.ndim == 3 else "gray"
+        for c, (title, overlay) in enumerate((("image", None), ("reference", labels[r]), ("prediction", preds[r]))):
+            ax = axes[r, c]
+            ax.imshow(grey, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if overlay is not None:
+                ax.imshow(_rgba_overlay(overlay, num_classes), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+    from matplotlib.patches import Patch
+
+    names = [str(class_names[c]) if c < len(class_names) else f"class{c}" for c in range(1, num_classes)]
+    handles = [Patch(facecolor=class_colour(c), alpha=min(1.0, OVERLAY_ALPHA + 0.3), label=n)
+               for c, n in enumerate(names, start=1)]
+    if handles:
+        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    _save_atomic(fig, path, dpi)
+
+
+def _numeric(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(value)  # metrics.jsonl stores non-finite values as strings
+    return None
+
+
+EVAL_SPLITS = ("val", "eval")
+HEADLINE_METRICS = ("dice_mean", "acc", "accuracy", "auc")
+_SKIP = {"step", "split", "img_per_s", "examples_per_s", "time", "wall_s", "lr", "learning_rate"}
+
+
+def save_curves_png(path: str, records: list[dict], dpi: int = 100, figsize=(9.0, 3.5)) -> None:
+    """Training loss vs step (left; records with split "train") and evaluation metrics vs step (right; records
+    with split "val"/"eval": every numeric key except bookkeeping, headline metrics drawn thicker; an eval
+    "loss" goes on the left with the training loss). Works with no eval records (the right panel says so) and
+    with no records at all. Non-finite values (stored as strings) leave gaps."""
+    fig, axes = _figure(figsize, 1, 2)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.91, wspace=0.18)  # fixed: layout engines are slow
+    ax_loss, ax_eval = axes[0]
+
+    def series(split_names, key):
+        pts = [(r["step"], _numeric(r.get(key))) for r in records
+               if r.get("split") in split_names and "step" in r and _numeric(r.get(key)) is not None]
+        pts.sort(key=lambda p: p[0])
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    steps, loss = series(("train",), "loss")
+    if steps:
+        ax_loss.plot(steps, loss, label="train loss", color="C0", lw=1.2)
+    v_steps, v_loss = series(EVAL_SPLITS, "loss")
+    if v_steps:
+        ax_loss.plot(v_steps, v_loss, "o-", label="eval loss", color="C1", lw=1.2, ms=3)
+    finite = [v for v in loss + v_loss if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 20:
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training loss", fontsize=10)
+    if steps or v_steps:
+        ax_loss.legend(fontsize=8, loc="upper right")
+    else:
+        ax_loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax_loss.transAxes)
+    ax_loss.grid(alpha=0.3)
+
+    keys: list[str] = []
+    for r in records:
+        if r.get("split") in EVAL_SPLITS:
+            for k, v in r.items():
+                if k not in _SKIP and k != "loss" and k not in keys and _numeric(v) is not None:
+                    keys.append(k)
+    keys.sort(key=lambda k: (k not in HEADLINE_METRICS, HEADLINE_METRICS.index(k) if k in HEADLINE_METRICS else 0))
+    for i, k in enumerate(keys):
+        s, v = series(EVAL_SPLITS, k)
+        head = k in HEADLINE_METRICS
+        ax_eval.plot(s, v, "o-" if head else ".-", label=k, lw=2.0 if head else 0.9, ms=4 if head else 3,
+                     alpha=1.0 if head else 0.7, color=f"C{i % 10}")
+    ax_eval.set_xlabel("step")
+    ax_eval.set_title("evaluation", fontsize=10)
+    if keys:
+        ax_eval.legend(fontsize=7, ncol=1 if len(keys) <= 6 else 2, loc="lower right")
+        if steps:
+            ax_eval.set_xlim(ax_loss.get_xlim())
+    else:
+        ax_eval.text(0.5, 0.5, "no evaluation records yet", ha="center", va="center", transform=ax_eval.transAxes)
+    ax_eval.grid(alpha=0.3)
+    _save_atomic(fig, path, dpi)
