@@ -91,5 +91,5 @@ class SegmentationTask:
         counts = keep_valid(outputs)["dice_counts"].sum(axis=0)
         dice = metrics.dice_from_counts(counts[0], counts[1], counts[2])
         result = {f"dice/{name}": float(d) for name, d in zip(self.class_names, dice)}
-        result["dice_mean"] = float(np.nanmean(dice[1:])) if self.num_classes > 1 else float(dice[0])
+        result["dice_mean"] = metrics.mean_foreground_dice(dice)
         return result

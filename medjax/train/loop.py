@@ -166,6 +166,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
             if do_ckpt:
                 ckpts.save(step, canonical, stream.get_state())
                 last_saved = step
+            if do_eval or do_ckpt:
+                last_flush = time.perf_counter()  # img/s measures training, not eval or saving
     finally:
         progress.close()
         ckpts.wait()
