@@ -1,0 +1,32 @@
+"""Flax Linen models. `build_model(name, **kwargs)` is the one place a config name becomes a module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from medjax.errors import MedjaxError
+from medjax.models.resnet import ResNet, resnet18, resnet34, resnet50
+from medjax.models.unet import BasicUNet, UNet, basic_unet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "unet": UNet,
+    "basic_unet": basic_unet,
+}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """The model registered as `name`, constructed with `kwargs` (e.g. `num_classes`, `norm`, `dtype`)."""
+    try:
+        ctor = MODELS[name]
+    except KeyError:
+        raise MedjaxError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
+    return ctor(**kwargs)
+
+
+__all__ = ["MODELS", "BasicUNet", "ResNet", "UNet", "basic_unet", "build_model", "resnet18", "resnet34", "resnet50"]

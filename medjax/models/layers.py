@@ -1,0 +1,117 @@
+"""Shared building blocks: rank-agnostic convolutions and one switch for the normalisation layer.
+
+The kernel rank follows the data (2 for NHWC, 3 for NDHWC), so every model has one implementation for 2D and 3D.
+Padding is explicit and symmetric (PyTorch's `padding=k // 2`), never XLA's "SAME": with a stride of 2, "SAME"
+pads asymmetrically and a torch checkpoint would then give different activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medjax.errors import MedjaxError
+
+NORM_KINDS = ("batch", "instance", "group")
+
+# torch defaults, so imported statistics and epsilons mean the same thing on both sides.
+BN_MOMENTUM = 0.9  # flax keeps `momentum` of the old value; torch's momentum=0.1 weighs the new one
+NORM_EPSILON = 1e-5
+
+Padding = str | int | Sequence[int | tuple[int, int]]
+
+
+def spatial_ndim(x: jax.Array) -> int:
+    """Number of spatial axes of a channels-last batch: 2 for NHWC, 3 for NDHWC."""
+    if x.ndim not in (4, 5):
+        raise MedjaxError(
+            f"expected a channels-last batch of rank 4 (N,H,W,C) or 5 (N,D,H,W,C), got shape {tuple(x.shape)}"
+        )
+    return x.ndim - 2
+
+
+def conv(
+    features: int,
+    kernel_size: int,
+    ndim: int,
+    strides: int = 1,
+    *,
+    use_bias: bool = True,
+    name: str | None = None,
+    padding: Padding | None = None,
+    dtype: Any = jnp.float32,
+    kernel_init: Any = nn.initializers.lecun_normal(),
+) -> nn.Conv:
+    """An `nn.Conv` with a cubic kernel of rank `ndim`; default padding is torch's symmetric `kernel_size // 2`.
+
+    `padding` may be an int (same on both sides of every axis) or anything `nn.Conv` accepts.
+    """
+    if padding is None:
+        padding = kernel_size // 2
+    if isinstance(padding, int):
+        padding = [(padding, padding)] * ndim
+    return nn.Conv(
+        features,
+        kernel_size=(kernel_size,) * ndim,
+        strides=(strides,) * ndim,
+        padding=padding,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+def norm(
+    kind: str,
+    *,
+    train: bool,
+    name: str,
+    axis_name: str | None = None,
+    num_groups: int = 8,
+    dtype: Any = jnp.float32,
+) -> nn.Module:
+    """The normalisation layer named by `kind` ("batch" | "instance" | "group"), with torch's epsilon.
+
+    BatchNorm uses batch statistics when `train` and running averages otherwise; `axis_name` makes it average
+    statistics across devices (`jax.pmap(axis_name=...)` / shard_map); leave it None under plain jit, where a
+    sharded global batch already gives global statistics. Instance and group norm have a per-channel affine
+    `scale`/`bias` (torch's `affine=True`) and no running statistics, so they add no `batch_stats`.
+    Flax's BatchNorm stores the *biased* batch variance in `var`; torch's running_var uses the unbiased one.
+    """
+    if kind == "batch":
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=NORM_EPSILON,
+            axis_name=axis_name,
+            dtype=dtype,
+            name=name,
+        )
+    if kind == "instance":
+        return nn.InstanceNorm(epsilon=NORM_EPSILON, dtype=dtype, name=name)
+    if kind == "group":
+        return nn.GroupNorm(num_groups=num_groups, epsilon=NORM_EPSILON, dtype=dtype, name=name)
+    raise MedjaxError(f"unknown norm {kind!r}; expected one of {', '.join(NORM_KINDS)}")
+
+
+def check_choice(what: str, value: str, choices: Sequence[str]) -> None:
+    """Raise `MedjaxError` naming `what`, the bad value and the valid ones."""
+    if value not in choices:
+        raise MedjaxError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def pad_to(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
+    """Pad spatial axes at their end by repeating the edge until they reach `spatial_shape`.
+
+    After a 2x max-pool of an odd length, 2x upsampling comes back one short; MONAI pads the same way
+    (`replicate`, at the end), so matching it keeps a ported BasicUNet exact on odd sizes too.
+    """
+    widths = [(0, 0)] + [(0, t - s) for s, t in zip(x.shape[1:-1], spatial_shape)] + [(0, 0)]
+    if all(w == (0, 0) for w in widths):
+        return x
+    return jnp.pad(x, widths, mode="edge")

@@ -1,0 +1,136 @@
+"""ResNet (He et al. 2016) as torchvision builds it (v1.5: the stride sits on the bottleneck's 3x3 conv), 2D or 3D.
+
+Submodule names follow torchvision's (`conv1`/`bn1`, `downsample`) under explicit stage/block names, so a
+torch -> flax import table is a fixed rename: `layer{i}.{j-1}.conv1` -> `stage{i}_block{j}/conv1`,
+`layer{i}.{j-1}.downsample.0/1` -> `downsample_conv/downsample_bn`, `conv1`/`bn1` -> `stem_conv`/`stem_bn`,
+`fc` -> `head`. With 3 input channels and 1000 classes the parameter counts equal torchvision's.
+
+The model returns logits only: whether they go through a softmax (multi-class) or a sigmoid per label
+(multi-label, e.g. ChestMNIST) is the task's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medjax.models import layers
+
+BLOCKS = ("basic", "bottleneck")
+STEMS = ("standard", "small")
+
+# torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class _Block(nn.Module):
+    """A residual block; `bottleneck` selects 1x1-3x3-1x1 with expansion 4, else two 3x3 convs."""
+
+    features: int
+    strides: int
+    bottleneck: bool
+    norm: str
+    train: bool
+    bn_axis_name: str | None
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        nd = layers.spatial_ndim(x)
+
+        def conv(f: int, k: int, s: int, name: str) -> nn.Conv:
+            return layers.conv(f, k, nd, s, use_bias=False, name=name, dtype=self.dtype, kernel_init=_conv_init)
+
+        def norm(name: str) -> nn.Module:
+            return layers.norm(self.norm, train=self.train, name=name, axis_name=self.bn_axis_name, dtype=self.dtype)
+
+        if self.bottleneck:
+            out_features = self.features * 4
+            y = nn.relu(norm("bn1")(conv(self.features, 1, 1, "conv1")(x)))
+            y = nn.relu(norm("bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
+            y = norm("bn3")(conv(out_features, 1, 1, "conv3")(y))
+        else:
+            out_features = self.features
+            y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
+            y = norm("bn2")(conv(self.features, 3, 1, "conv2")(y))
+
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != out_features:
+            shortcut = norm("downsample_bn")(conv(out_features, 1, self.strides, "downsample_conv")(x))
+        return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+    """ResNet classifier for NHWC (2D) or NDHWC (3D) input; returns float32 logits of shape (N, num_classes).
+
+    `stem="standard"` is torchvision's 7x7/2 conv + 3x3/2 max-pool (for >= 128 px inputs); `"small"` is a 3x3/1
+    conv without pooling, as the 28 px MedMNIST baselines use. `width` scales every stage (64 = torchvision).
+    `bn_axis_name` is only for pmap/shard_map strategies that need cross-device BatchNorm statistics.
+    """
+
+    stage_sizes: Sequence[int]
+    block: str
+    num_classes: int
+    stem: str = "standard"
+    width: int = 64
+    norm: str = "batch"
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        # Fail at construction (config time), not at the first trace.
+        layers.check_choice("resnet block", self.block, BLOCKS)
+        layers.check_choice("resnet stem", self.stem, STEMS)
+        layers.check_choice("norm", self.norm, layers.NORM_KINDS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        nd = layers.spatial_ndim(x)
+        x = jnp.asarray(x, self.dtype)
+        if self.stem == "standard":
+            x = layers.conv(self.width, 7, nd, 2, use_bias=False, name="stem_conv", dtype=self.dtype,
+                            kernel_init=_conv_init)(x)
+        else:
+            x = layers.conv(self.width, 3, nd, 1, use_bias=False, name="stem_conv", dtype=self.dtype,
+                            kernel_init=_conv_init)(x)
+        x = layers.norm(self.norm, train=train, name="stem_bn", axis_name=self.bn_axis_name, dtype=self.dtype)(x)
+        x = nn.relu(x)
+        if self.stem == "standard":
+            x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
+
+        for i, n_blocks in enumerate(self.stage_sizes, start=1):
+            for j in range(1, n_blocks + 1):
+                x = _Block(
+                    features=self.width * 2 ** (i - 1),
+                    strides=2 if (i > 1 and j == 1) else 1,
+                    bottleneck=self.block == "bottleneck",
+                    norm=self.norm,
+                    train=train,
+                    bn_axis_name=self.bn_axis_name,
+                    dtype=self.dtype,
+                    name=f"stage{i}_block{j}",
+                )(x)
+
+        x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return jnp.asarray(x, jnp.float32)  # losses want float32 even when computing in bfloat16
+
+
+def resnet18(num_classes: int, **kw: Any) -> ResNet:
+    """torchvision's resnet18 layout (basic blocks 2-2-2-2)."""
+    return ResNet(stage_sizes=(2, 2, 2, 2), block="basic", num_classes=num_classes, **kw)
+
+
+def resnet34(num_classes: int, **kw: Any) -> ResNet:
+    """torchvision's resnet34 layout (basic blocks 3-4-6-3)."""
+    return ResNet(stage_sizes=(3, 4, 6, 3), block="basic", num_classes=num_classes, **kw)
+
+
+def resnet50(num_classes: int, **kw: Any) -> ResNet:
+    """torchvision's resnet50 layout (bottleneck blocks 3-4-6-3, expansion 4)."""
+    return ResNet(stage_sizes=(3, 4, 6, 3), block="bottleneck", num_classes=num_classes, **kw)

@@ -1,0 +1,143 @@
+"""ResNet: torchvision-exact parameter counts, explicit names, 2D/3D shapes, one real tiny forward pass.
+
+Structure checks use `jax.eval_shape` (free). Real variables come from `_numpy_variables`, not `model.init`:
+jitting flax's random initialisers compiles very slowly on XLA:CPU (minutes for a ResNet), and these tests are
+about the architecture, not the initialiser.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medjax.errors import MedjaxError
+from medjax.models import MODELS, ResNet, build_model, resnet18, resnet34, resnet50
+
+
+def _shapes(model, shape, dtype=jnp.float32):
+    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros(shape, dtype))
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _numpy_variables(model, shape):
+    rng = np.random.default_rng(0)
+
+    def fill(path, s):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return jnp.ones(s.shape, s.dtype)
+        if name in ("bias", "mean"):
+            return jnp.zeros(s.shape, s.dtype)
+        return jnp.asarray(rng.standard_normal(s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1])), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, _shapes(model, shape))
+
+
+# torchvision.models.resnet{18,34,50}(num_classes=1000) parameter counts (torchvision is not installed here).
+@pytest.mark.parametrize(
+    "factory,params,batch_stats",
+    [(resnet18, 11_689_512, 9_600), (resnet34, 21_797_672, 17_024), (resnet50, 25_557_032, 53_120)],
+)
+def test_param_counts_match_torchvision(factory, params, batch_stats):
+    v = _shapes(factory(1000), (1, 224, 224, 3))
+    assert _count(v["params"]) == params
+    assert _count(v["batch_stats"]) == batch_stats  # torch's running_mean + running_var
+
+
+def test_param_counts_small_stem_and_3d():
+    # 3x3 stem (1,728 weights instead of 9,408) and a 9-class head: 11,689,512 - 9,408 + 1,728 - 513,000 + 4,617
+    assert _count(_shapes(resnet18(9, stem="small"), (1, 28, 28, 3))["params"]) == 11_173_449
+    # 3D ResNet-18, 1 input channel, 2 classes (pinned once; every 3x3 kernel becomes 3x3x3)
+    assert _count(_shapes(resnet18(2), (1, 32, 32, 32, 1))["params"]) == 33_161_026
+
+
+def test_explicit_names():
+    p = _shapes(resnet50(1000), (1, 64, 64, 3))["params"]
+    assert p["stem_conv"]["kernel"].shape == (7, 7, 3, 64)
+    assert set(p["stem_bn"]) == {"scale", "bias"}
+    b = p["stage1_block1"]
+    assert set(b) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample_conv", "downsample_bn"}
+    assert "bias" not in b["conv1"]  # convs followed by BN carry no bias
+    assert b["conv3"]["kernel"].shape == (1, 1, 64, 256)
+    assert p["stage2_block1"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
+    assert "downsample_conv" not in p["stage2_block2"]
+    assert {k for k in p if k.startswith("stage4")} == {"stage4_block1", "stage4_block2", "stage4_block3"}
+    assert p["head"]["kernel"].shape == (2048, 1000)
+
+    p18 = _shapes(resnet18(10), (1, 64, 64, 3))["params"]
+    assert set(p18["stage1_block1"]) == {"conv1", "bn1", "conv2", "bn2"}  # 64 -> 64, stride 1: no shortcut conv
+    assert set(p18["stage2_block1"]) == {"conv1", "bn1", "conv2", "bn2", "downsample_conv", "downsample_bn"}
+    assert len(p18) == 2 + 8 + 1
+
+
+@pytest.mark.parametrize(
+    "shape,stem,factory",
+    [((2, 64, 64, 3), "standard", resnet18), ((2, 28, 28, 1), "small", resnet18),
+     ((1, 32, 32, 32, 1), "standard", resnet18), ((1, 16, 16, 16, 2), "small", resnet18),
+     ((1, 33, 31, 17, 1), "standard", resnet50)],
+)
+def test_output_shapes_2d_3d(shape, stem, factory):
+    model = factory(7, stem=stem, width=8)
+    v = _shapes(model, shape)
+    out = jax.eval_shape(functools.partial(model.apply, train=False), v, jnp.zeros(shape))
+    assert out.shape == (shape[0], 7) and out.dtype == jnp.float32
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model = resnet18(3, width=8, dtype=jnp.bfloat16)
+    v = _shapes(model, (2, 32, 32, 1))
+    assert {x.dtype for x in jax.tree.leaves(v)} == {jnp.dtype(jnp.float32)}
+    out = jax.eval_shape(functools.partial(model.apply, train=False), v, jnp.zeros((2, 32, 32, 1)))
+    assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_non_batch_norms_have_no_batch_stats(norm):
+    v = _shapes(resnet18(3, width=8, norm=norm), (2, 32, 32, 1))
+    assert set(v) == {"params"}
+    assert set(v["params"]["stage1_block1"]["bn1"]) == {"scale", "bias"}
+
+
+def test_tiny_forward_train_updates_batch_stats_and_eval_uses_them():
+    model = resnet18(4, stem="small", width=8)
+    shape = (4, 16, 16, 2)
+    v = _numpy_variables(model, shape)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(shape, np.float32) + 3)
+
+    @jax.jit
+    def run(v, x):
+        logits, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
+        return logits, upd["batch_stats"], model.apply({**v, "batch_stats": upd["batch_stats"]}, x, train=False)
+
+    logits, stats, eval_logits = run(v, x)
+    assert logits.shape == eval_logits.shape == (4, 4)
+    assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(eval_logits)).all()
+    # running mean of the stem BN moved 1/10 of the way toward the batch mean (input mean ~3, so non-zero)
+    assert float(jnp.abs(stats["stem_bn"]["mean"]).sum()) > 0
+    assert not np.allclose(logits, eval_logits)  # eval uses running stats, not batch stats
+
+
+def test_bad_choices_raise_medjax_error():
+    with pytest.raises(MedjaxError, match=r"'wide'.*basic, bottleneck"):
+        ResNet(stage_sizes=(1,), block="wide", num_classes=2)
+    with pytest.raises(MedjaxError, match=r"'tiny'.*standard, small"):
+        resnet18(2, stem="tiny")
+    with pytest.raises(MedjaxError, match=r"'layer'"):
+        resnet18(2, norm="layer")
+    with pytest.raises(MedjaxError, match=r"rank 4 .* or 5"):
+        jax.eval_shape(functools.partial(resnet18(2).init, train=False), jax.random.key(0), jnp.zeros((2, 8, 3)))
+
+
+def test_build_model_registry():
+    assert set(MODELS) == {"resnet18", "resnet34", "resnet50", "unet", "basic_unet"}
+    m = build_model("resnet34", num_classes=5, stem="small")
+    assert isinstance(m, ResNet) and tuple(m.stage_sizes) == (3, 4, 6, 3) and m.stem == "small"
+    with pytest.raises(MedjaxError, match=r"'resnet101'.*basic_unet, resnet18, resnet34, resnet50, unet"):
+        build_model("resnet101", num_classes=2)
+    with pytest.raises(TypeError):  # a wrong keyword stays a TypeError; the task layer names the config key
+        build_model("resnet18", num_classes=2, depth=3)
