@@ -39,7 +39,8 @@ def get_config(arg: str = "segmentation") -> ml_collections.ConfigDict:
         c.model = ml_collections.ConfigDict(dict(name="unet", features=(4, 8), norm="batch", upsample="transpose"))
     else:
         c.task.multi_label = False
-        c.model = ml_collections.ConfigDict(dict(name="resnet18", stem="small", width=4))
+        c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1), block="basic", stem="small",
+                                                width=4))
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"

@@ -38,6 +38,9 @@ def run(argv: list[str]) -> int:
     from medjax.config import build_config
 
     config = build_config(args.config, overrides)  # validate before touching JAX backends
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax's INFO/WARNING chatter is not for CLI users
     from medjax.train import distributed
 
     distributed.configure_devices(args.num_cpu_devices)

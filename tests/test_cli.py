@@ -26,7 +26,7 @@ def medjax(repo, *args, devices=4, env=None, **kw):
 def final_params(repo, workdir, *overrides):
     config = synthetic_config(repo, "segmentation", *overrides)
     s = loop.setup(config, str(workdir))
-    state, _, step = s.checkpoints(read_only=True).restore(s.abstract_state())
+    state, _, step, _ = s.checkpoints(read_only=True).restore(s.abstract_state())
     return step, __import__("medjax.train.parallel", fromlist=["x"]).replicated_to_host(state)
 
 

@@ -12,6 +12,7 @@ from medjax.models.resnet import ResNet, resnet18, resnet34, resnet50
 from medjax.models.unet import BasicUNet, UNet, basic_unet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet": ResNet,  # any stage_sizes/block, e.g. a 2-stage net for smoke tests
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,

@@ -17,8 +17,9 @@ LOSSES = ("dice_ce", "ce", "dice")
 
 
 def resize_labels(labels: jax.Array, spatial: Sequence[int]) -> jax.Array:
-    """Nearest-neighbour downsampling of integer labels to a coarser deep-supervision output."""
-    idx = [jnp.floor((jnp.arange(s) + 0.5) * labels.shape[1 + i] / s).astype(jnp.int32) for i, s in enumerate(spatial)]
+    """Nearest-neighbour downsampling of integer labels to a coarser deep-supervision output (for a factor-2
+    output this is `labels[:, ::2, ::2]`, the pixel each strided level keeps)."""
+    idx = [jnp.arange(s) * labels.shape[1 + i] // s for i, s in enumerate(spatial)]
     out = labels
     for axis, ix in enumerate(idx):
         out = jnp.take(out, ix, axis=axis + 1)

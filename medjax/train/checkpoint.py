@@ -61,17 +61,19 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state: Any, which: str = "latest", step: int | None = None) -> tuple[Any, dict, int]:
-        """Restore (state, data_state, step) from `latest` or `best` (falling back to latest if no best yet)."""
-        manager = self.latest
+    def restore(self, abstract_state: Any, which: str = "latest") -> tuple[Any, dict, int, str]:
+        """Restore (state, data_state, step, which) from `latest` or `best`; `best` falls back to the latest
+        checkpoint when no validation has run, and the returned `which` says which one it was."""
+        manager, step = self.latest, self.latest.latest_step()
         if which == "best" and self.best is not None and self.best.best_step() is not None:
             manager, step = self.best, self.best.best_step()
-        step = manager.latest_step() if step is None else step
+        else:
+            which = "latest"
         if step is None:
             raise MedjaxError(f"no checkpoint found in {manager.directory}")
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["data"]), step
+        return restored["state"], dict(restored["data"]), step, which
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

@@ -115,7 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     ckpts = s.checkpoints()
     start = ckpts.latest_step()
     if start is not None:
-        canonical, data_state, start = ckpts.restore(s.abstract_state())
+        canonical, data_state, start, _ = ckpts.restore(s.abstract_state())
         state = strategy.from_canonical(canonical)
         stream.set_state(data_state)
     else:
@@ -190,9 +190,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise MedjaxError(f"no checkpoints in {workdir}: run `medjax train` with this --workdir first")
     ckpts = s.checkpoints(read_only=True)
-    canonical, _, step = ckpts.restore(s.abstract_state(), which=which)
+    canonical, _, step, used = ckpts.restore(s.abstract_state(), which=which)
     ckpts.close()
-    result = {"split": split, "step": int(step), "checkpoint": which}
+    result = {"split": split, "step": int(step), "checkpoint": used}
     state = s.strategy.from_canonical(canonical)
     result.update(evaluate_split(s, state, split))
     if s.is_main:

@@ -134,7 +134,7 @@ def test_bad_choices_raise_medjax_error():
 
 
 def test_build_model_registry():
-    assert set(MODELS) == {"resnet18", "resnet34", "resnet50", "unet", "basic_unet"}
+    assert set(MODELS) == {"resnet", "resnet18", "resnet34", "resnet50", "unet", "basic_unet"}
     m = build_model("resnet34", num_classes=5, stem="small")
     assert isinstance(m, ResNet) and tuple(m.stage_sizes) == (3, 4, 6, 3) and m.stem == "small"
     with pytest.raises(MedjaxError, match=r"'resnet101'.*basic_unet, resnet18, resnet34, resnet50, unet"):

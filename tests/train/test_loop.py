@@ -82,7 +82,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(repo, tmp_path):
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] == bad_step - 1
     s = loop.setup(config, str(tmp_path))
-    state, _, step = s.checkpoints(read_only=True).restore(s.abstract_state())
+    state, _, step, _ = s.checkpoints(read_only=True).restore(s.abstract_state())
     assert step == bad_step - 1
     leaves = [np.asarray(x.addressable_data(0)) for x in __import__("jax").tree.leaves(state.params)]
     assert all(np.isfinite(x).all() for x in leaves)

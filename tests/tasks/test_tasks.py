@@ -1,0 +1,89 @@
+"""Task objects: losses and summaries against hand-computed values and scikit-learn."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medjax.errors import MedjaxError
+from medjax.tasks import make_task
+from medjax.tasks.classification import ClassificationTask
+from medjax.tasks.segmentation import SegmentationTask, resize_labels
+
+
+def _cfg(task, model):
+    return ml_collections.ConfigDict({"task": task, "model": model})
+
+
+def test_unknown_task_model_and_loss():
+    with pytest.raises(MedjaxError, match="config.task.name"):
+        make_task(_cfg({"name": "detection", "num_classes": 2}, {"name": "unet"}), [])
+    with pytest.raises(MedjaxError, match="resnet7"):
+        make_task(_cfg({"name": "classification", "num_classes": 2}, {"name": "resnet7"}), [])
+    with pytest.raises(MedjaxError, match="config.task.loss"):
+        make_task(_cfg({"name": "segmentation", "num_classes": 2, "loss": "focal"}, {"name": "unet"}), [])
+    with pytest.raises(MedjaxError, match="num_classes=3 but the data names 2"):
+        make_task(_cfg({"name": "segmentation", "num_classes": 3, "loss": "ce"}, {"name": "unet"}), ["a", "b"])
+
+
+def test_segmentation_summary_by_hand():
+    task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 3, "loss": "ce"}),
+                            ml_collections.ConfigDict({"name": "unet", "features": (4, 8)}), ["bg", "a", "b"])
+    # per-example (intersection, predicted, reference) for classes bg, a, b; the 3rd row is padding
+    counts = np.array([[[5, 2, 0], [6, 2, 0], [6, 3, 0]],
+                       [[4, 1, 2], [4, 1, 3], [4, 1, 3]],
+                       [[9, 9, 9], [9, 9, 9], [9, 9, 9]]])
+    out = task.summarize({"dice_counts": counts, "weight": np.array([1.0, 1.0, 0.0])})
+    assert out["dice/bg"] == pytest.approx(2 * 9 / (10 + 10))
+    assert out["dice/a"] == pytest.approx(2 * 3 / (3 + 4))
+    assert out["dice/b"] == pytest.approx(2 * 2 / (3 + 3))
+    assert out["dice_mean"] == pytest.approx((6 / 7 + 4 / 6) / 2)
+
+
+def test_deep_supervision_labels_are_nearest_downsampled():
+    labels = jnp.arange(16).reshape(1, 4, 4)
+    np.testing.assert_array_equal(resize_labels(labels, (2, 2))[0], [[0, 2], [8, 10]])
+    assert resize_labels(jnp.zeros((2, 8, 8, 8), jnp.int32), (4, 4, 4)).shape == (2, 4, 4, 4)
+
+
+def test_deep_supervision_loss_combines_scales():
+    task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 2, "loss": "ce"}),
+                            ml_collections.ConfigDict({"name": "unet", "features": (4, 8, 8),
+                                                       "deep_supervision": True}), [])
+    batch = {"image": jnp.ones((2, 16, 16, 1)), "label": jnp.zeros((2, 16, 16), jnp.int32),
+             "weight": jnp.ones(2)}
+    variables = task.init_variables(jax.random.key(0, impl="rbg"), batch["image"])
+    loss, (_, metrics) = task.loss(variables["params"], variables["batch_stats"], batch, None)
+    outs, _ = task.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    assert [o.shape[1:3] for o in outs] == [(16, 16), (8, 8)]
+    ce = [float(-jax.nn.log_softmax(o)[..., 0].mean()) for o in outs]
+    assert float(loss) == pytest.approx((ce[0] * 1.0 + ce[1] * 0.5) / 1.5, rel=1e-5)
+
+
+def test_classification_multilabel_summary_matches_sklearn():
+    task = ClassificationTask(ml_collections.ConfigDict({"num_classes": 3, "multi_label": True}),
+                              ml_collections.ConfigDict({"name": "resnet", "stage_sizes": (1,), "block": "basic",
+                                                         "stem": "small", "width": 4}), [])
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (20, 3))
+    probs = rng.uniform(size=(20, 3))
+    out = task.summarize({"probs": probs, "label": labels, "loss": np.ones(20), "acc": np.full(20, 0.5),
+                          "weight": np.ones(20)})
+    assert out["auc"] == pytest.approx(roc_auc_score(labels, probs, average="macro"))
+    assert out["acc"] == 0.5 and out["loss"] == 1.0
+
+
+def test_classification_losses_by_hand():
+    task = ClassificationTask(ml_collections.ConfigDict({"num_classes": 2, "multi_label": False}),
+                              ml_collections.ConfigDict({"name": "resnet", "stage_sizes": (1,), "block": "basic",
+                                                         "stem": "small", "width": 4}), [])
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    loss, acc = task._per_example(logits, jnp.array([0, 0]))
+    np.testing.assert_allclose(loss, [np.log(1 + np.exp(-2.0)), np.log(1 + np.exp(1.0))], rtol=1e-6)
+    np.testing.assert_array_equal(acc, [1.0, 0.0])
+    task.multi_label = True
+    loss, acc = task._per_example(jnp.array([[0.0, 3.0]]), jnp.array([[1, 0]]))
+    np.testing.assert_allclose(loss, [(np.log(2.0) + np.log(1 + np.exp(3.0))) / 2], rtol=1e-6)
+    np.testing.assert_array_equal(acc, [0.0])
