@@ -9,7 +9,7 @@ QUICKSTART = "experiments/quickstart.py"
 def test_load_and_variant(repo):
     full = load_config(str(repo / QUICKSTART))
     tiny = load_config(str(repo / QUICKSTART) + ":tiny")
-    assert full.num_train_steps == 600 and tiny.num_train_steps == 6
+    assert full.num_train_steps == 300 and tiny.num_train_steps == 6
     assert tiny.model.features == (4, 8)
 
 
