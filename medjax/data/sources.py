@@ -55,3 +55,20 @@ def load_splits(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 raise MedjaxError(f"dataset {cfg.name!r}: split {split!r} has non-finite values in {key!r}")
     return splits, class_names
+
+
+def train_transform(cfg: ml_collections.ConfigDict):
+    """The host-side per-example transform of the training stream, or None: random patches of
+    `cfg.patch_size` with foreground ratio `cfg.fg_ratio` for large volumes."""
+    if not cfg.get("patch_size"):
+        return None
+    from medjax.data.patches import sample_patches
+
+    patch_size, fg_ratio = tuple(cfg.patch_size), cfg.get("fg_ratio", 0.33)
+
+    def transform(example: dict, rng: np.random.Generator) -> dict:
+        seed = int(rng.integers(2**31))
+        images, labels = sample_patches(example["image"], example["label"], patch_size, 1, fg_ratio, seed)
+        return {"image": images[0], "label": labels[0]}
+
+    return transform

@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from medjax.data.batches import TrainStream, eval_batches
-from medjax.data.sources import load_splits
+from medjax.data.loader import GrainStream, materialize
+from medjax.data.sources import load_splits, train_transform
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
 from medjax.train.checkpoint import Checkpoints
@@ -60,10 +61,13 @@ class Setup:
         return self.strategy.abstract_canonical(jax.eval_shape(self.create))
 
 
-def _validate_labels(splits: dict, task, config: ml_collections.ConfigDict) -> None:
-    """Labels outside 0..num_classes-1 would silently corrupt one-hot losses: name the split instead."""
+def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
+    """Labels outside 0..num_classes-1 would silently corrupt one-hot losses: name the split instead.
+    (Cached sources are checked by their readers while the cache is built.)"""
     n = config.task.num_classes
     for name, arrays in splits.items():
+        if not isinstance(arrays, dict):
+            continue
         labels = arrays["label"]
         if labels.size and (labels.min() < 0 or labels.max() >= n):
             raise MedjaxError(f"split {name!r} has labels in [{labels.min()}, {labels.max()}] but "
@@ -77,11 +81,30 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setu
     if "train" not in splits:
         raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
     task = make_task(config, class_names, strategy.axis_name)
-    _validate_labels(splits, task, config)
+    _validate_labels(splits, config)
     tx = make_optimizer(config.optimizer, config.num_train_steps)
-    example = splits["train"]["image"][:1]
+    example = _first_train_image(splits["train"], config)
     create = functools.partial(create_state, lambda key: task.init_variables(key, example), tx, config.seed)
     return Setup(config, workdir, strategy, task, splits, tx, create)
+
+
+def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
+    """One training input as the model will see it (after the host transform, e.g. patch sampling)."""
+    if isinstance(train, dict):
+        return train["image"][:1]
+    transform = train_transform(config.data)
+    example = train[0]
+    return np.asarray((transform(example, np.random.default_rng(0)) if transform else example)["image"])[None]
+
+
+def make_train_stream(s: "Setup") -> Any:
+    """In-memory splits stream with TrainStream; cached sources with grain (threads, prefetch, host transform)."""
+    config, train = s.config, s.splits["train"]
+    rows = s.strategy.local_rows(config.batch_size)
+    if isinstance(train, dict):
+        return TrainStream(train, config.batch_size, rows, seed=config.seed)
+    return GrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data),
+                       num_threads=config.data.get("num_threads", 2), prefetch=config.data.get("prefetch", 4))
 
 
 def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> dict[str, float]:
@@ -91,8 +114,11 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
     bs = s.config.get("eval_batch_size") or s.config.batch_size
     rows = s.strategy.local_rows(bs)
+    arrays = s.splits[split]
+    if not isinstance(arrays, dict):
+        arrays = materialize(arrays)
     chunks = []
-    for batch in eval_batches(s.splits[split], bs, rows):
+    for batch in eval_batches(arrays, bs, rows):
         chunks.append(s.strategy.outputs_to_host(eval_step(state, s.strategy.put_batch(batch, bs))))
     outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     return s.task.summarize(outputs)
@@ -111,7 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     Returns the last validation metrics."""
     s = setup(config, workdir, devices)
     strategy, bs = s.strategy, config.batch_size
-    stream = TrainStream(s.splits["train"], bs, strategy.local_rows(bs), seed=config.seed)
+    stream = make_train_stream(s)
     ckpts = s.checkpoints()
     start = ckpts.latest_step()
     if start is not None:
