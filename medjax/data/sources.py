@@ -5,6 +5,7 @@ One small function per source, chosen by `config.data.name`; later data work (TF
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import ml_collections
@@ -45,16 +46,33 @@ SOURCES: dict[str, Callable] = {
 }
 
 
-def load_splits(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
-    """Load every split named by the source; returns (splits, class_names)."""
+@dataclasses.dataclass
+class Dataset:
+    """What a source provides: splits (arrays in memory, or cached random-access sources) and facts about the
+    labels that configs may leave to the data (`task.num_classes=0`, `task.multi_label='auto'`)."""
+
+    splits: Splits
+    class_names: list[str]
+    multi_label: bool = False
+
+    def num_examples(self, split: str) -> int:
+        data = self.splits[split]
+        return len(data["label"]) if isinstance(data, dict) else len(data)
+
+
+def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
+    """Load every split named by the source."""
     if cfg.name not in SOURCES:
         raise MedjaxError(f"unknown dataset config.data.name={cfg.name!r}; known: {sorted(SOURCES)}")
-    splits, class_names = SOURCES[cfg.name](cfg)
+    result = SOURCES[cfg.name](cfg)
+    if isinstance(result, Dataset):
+        return result
+    splits, class_names = result
     for split, arrays in splits.items():
         for key, value in arrays.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 raise MedjaxError(f"dataset {cfg.name!r}: split {split!r} has non-finite values in {key!r}")
-    return splits, class_names
+    return Dataset(splits, class_names)
 
 
 def train_transform(cfg: ml_collections.ConfigDict):

@@ -77,15 +77,36 @@ def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setup:
     """Build strategy, data, task and optimizer; `devices` restricts the mesh (default: every device)."""
     strategy = make_strategy(config.parallel.strategy, devices)
-    splits, class_names = load_splits(config.data)
+    data = load_splits(config.data)
+    splits = data.splits
     if "train" not in splits:
         raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
-    task = make_task(config, class_names, strategy.axis_name)
+    config = resolve_config(config, data)
+    task = make_task(config, data.class_names, strategy.axis_name)
     _validate_labels(splits, config)
     tx = make_optimizer(config.optimizer, config.num_train_steps)
     example = _first_train_image(splits["train"], config)
     create = functools.partial(create_state, lambda key: task.init_variables(key, example), tx, config.seed)
     return Setup(config, workdir, strategy, task, splits, tx, create)
+
+
+def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.ConfigDict:
+    """Fill what a config leaves to the data, on a copy: `task.num_classes=0` -> the number of classes,
+    `task.multi_label='auto'` -> the dataset's, `num_epochs>0` -> `num_train_steps`, and `eval_every` /
+    `checkpoint_every` <= 0 -> once per epoch."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    steps_per_epoch = max(1, math.ceil(data.num_examples("train") / config.batch_size))
+    if config.task.get("num_classes", 0) == 0:
+        config.task.num_classes = len(data.class_names)
+    if config.task.get("multi_label") == "auto":
+        config.task.multi_label = data.multi_label
+    if config.get("num_epochs", 0) > 0:
+        config.num_train_steps = int(config.num_epochs * steps_per_epoch)
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        if config[key] <= 0:
+            config[key] = steps_per_epoch
+    config.lock()
+    return config
 
 
 def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -136,6 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints` if a checkpoint is there.
     Returns the last validation metrics."""
     s = setup(config, workdir, devices)
+    config = s.config  # resolved against the data
     strategy, bs = s.strategy, config.batch_size
     stream = make_train_stream(s)
     ckpts = s.checkpoints()

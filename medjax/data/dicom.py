@@ -1,0 +1,247 @@
+"""A DICOM series (one folder of single-slice files) as a ``Volume``: (X, Y, Z, 1) float32, RAS+, like NIfTI.
+
+Reading
+    Every file directly in the folder is tried (no recursion; macOS ``._*`` files skipped); files pydicom cannot
+    parse or that hold no image (DICOMDIR, reports) are skipped, and it is an error only if no image is left.
+    Images are grouped by SeriesInstanceUID; with several series, ``series_uid`` must pick one.
+Geometry (DICOM PS3.3 C.7.6.2, patient coordinates are LPS)
+    ImageOrientationPatient gives the row direction r (along which the column index grows) and the column
+    direction c; the slice normal is n = r x c. Slices are ordered by ImagePositionPatient . n (not by
+    InstanceNumber or file name, which scanners do not keep consistent). Pixel (row, col) of a slice sits at
+    IPP + col * PixelSpacing[1] * r + row * PixelSpacing[0] * c; the third affine column is the mean step between
+    consecutive IPPs (so a gantry tilt becomes a shear). Slice gaps must agree within 1% (else an error: a
+    missing slice or a mixed stack would silently stretch anatomy); the affine is flipped LPS -> RAS
+    (x, y negated) and the volume reoriented to the closest RAS+ like ``nifti.load_nifti``.
+Values
+    stored * RescaleSlope + RescaleIntercept per slice (Hounsfield units for CT), times DoseGridScaling for
+    RT dose (Gy). Modality LUT sequences and vendor-private scalings are not applied.
+Multi-frame
+    A single multi-frame file whose frames are placed by GridFrameOffsetVector (RT dose, some NM) is read; other
+    multi-frame files (enhanced CT/MR with per-frame functional groups) raise "not supported yet".
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from medjax.data.volume import Volume, as_ras, voxel_sizes
+from medjax.errors import MedjaxError
+
+SPACING_RTOL = 0.01  # slice gaps may differ by 1% (scanner rounding of positions), not more
+ORIENTATION_ATOL = 1e-4
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _scan(folder: str) -> tuple[dict[str, list], list[tuple[str, str]]]:
+    """{series uid: [(path, header without pixels)]} of the image files, and [(path, why skipped)]."""
+    import pydicom
+
+    if not os.path.isdir(folder):
+        raise MedjaxError(f"DICOM folder not found: {folder}")
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("._") and os.path.isfile(os.path.join(folder, n)))
+    if not names:
+        raise MedjaxError(f"DICOM folder {folder} is empty (no files directly inside it)")
+    series: dict[str, list] = {}
+    skipped: list[tuple[str, str]] = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # InvalidDicomError, EOFError, OSError, ValueError ... for non-DICOM/corrupt files
+            skipped.append((path, f"{type(e).__name__}: {e}"))
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            skipped.append((path, f"no image (SOP class {ds.get('SOPClassUID', '?')})"))
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+    if not series:
+        why = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in skipped[:3])
+        raise MedjaxError(f"no readable DICOM image in {folder} ({len(skipped)} file(s) skipped, e.g. {why})")
+    return series, skipped
+
+
+def _choose(folder: str, series: dict[str, list], series_uid: str | None) -> str:
+    def describe(uid):
+        ds = series[uid][0][1]
+        return f"{uid or '<no SeriesInstanceUID>'} ({len(series[uid])} files, {ds.get('Modality', '?')}, " \
+               f"'{ds.get('SeriesDescription', '')}')"
+
+    if series_uid is None:
+        if len(series) > 1:
+            raise MedjaxError(f"{folder} holds {len(series)} DICOM series; pass series_uid= one of: "
+                              + "; ".join(describe(u) for u in sorted(series)))
+        return next(iter(series))
+    if series_uid not in series:
+        raise MedjaxError(f"series {series_uid} is not in {folder}; it holds: "
+                          + "; ".join(describe(u) for u in sorted(series)))
+    return series_uid
+
+
+def _floats(ds, keyword: str, n: int, path: str) -> np.ndarray:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise MedjaxError(f"{path}: DICOM tag {keyword} is missing; it is needed to place the slice in space")
+    try:
+        out = np.asarray([float(v) for v in (value if n > 1 else [value])], np.float64)
+    except (TypeError, ValueError) as e:
+        raise MedjaxError(f"{path}: DICOM tag {keyword} is not numeric: {value!r}") from e
+    if out.shape != (n,) or not np.all(np.isfinite(out)):
+        raise MedjaxError(f"{path}: DICOM tag {keyword} must hold {n} finite numbers, got {value!r}")
+    return out
+
+
+def _plane(ds, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row direction, column direction, PixelSpacing [between rows, between columns]) of one file."""
+    iop = _floats(ds, "ImageOrientationPatient", 6, path)
+    row, col = iop[:3], iop[3:]
+    if not (abs(np.linalg.norm(row) - 1) < 1e-3 and abs(np.linalg.norm(col) - 1) < 1e-3 and abs(row @ col) < 1e-3):
+        raise MedjaxError(f"{path}: ImageOrientationPatient {list(iop)} is not two orthogonal unit vectors")
+    spacing = _floats(ds, "PixelSpacing", 2, path)
+    if np.any(spacing <= 0):
+        raise MedjaxError(f"{path}: PixelSpacing must be positive, got {list(spacing)}")
+    return row / np.linalg.norm(row), col / np.linalg.norm(col), spacing
+
+
+def _pixels(ds, path: str) -> np.ndarray:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise MedjaxError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not supported yet")
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as e:  # missing decoder for a compressed transfer syntax, truncated pixel data, ...
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
+        raise MedjaxError(f"{path}: cannot decode pixel data (transfer syntax {ts}): {type(e).__name__}: {e}") from e
+
+
+def _scale(ds) -> tuple[float, float]:
+    """(slope, intercept) to physical units: RescaleSlope/Intercept, and RT dose's DoseGridScaling."""
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if "DoseGridScaling" in ds:
+        slope *= float(ds.DoseGridScaling)
+    return slope, intercept
+
+
+def _affine(row, col, pixel_spacing, first, step) -> np.ndarray:
+    """Voxel (i = column, j = row, k = slice) -> RAS mm."""
+    lps = np.eye(4)
+    lps[:3, 0] = row * pixel_spacing[1]
+    lps[:3, 1] = col * pixel_spacing[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = first
+    return LPS_TO_RAS @ lps
+
+
+def _slice_step(folder: str, positions: np.ndarray, normal: np.ndarray, fallback: float) -> np.ndarray:
+    """Mean IPP step between consecutive (sorted) slices, after checking the gaps are even."""
+    if len(positions) == 1:
+        return normal * fallback
+    gaps = np.diff(positions @ normal)
+    if np.any(gaps < 1e-3):
+        k = int(np.sum(gaps < 1e-3))
+        raise MedjaxError(f"{folder}: {k + 1} slices share a position along the slice normal (several echoes, "
+                          f"phases or time points in one series?); split them into separate series")
+    median = float(np.median(gaps))
+    if np.max(np.abs(gaps - median)) > SPACING_RTOL * median:
+        uniq = sorted({round(float(g), 4) for g in gaps})
+        raise MedjaxError(f"{folder}: inconsistent slice spacing (mm between consecutive slices: {uniq[:10]}"
+                          f"{' ...' if len(uniq) > 10 else ''}); a slice is missing or stacks are mixed")
+    return (positions[-1] - positions[0]) / (len(positions) - 1)
+
+
+def _fallback_thickness(ds) -> float:
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            value = 0.0
+        if value > 0:
+            return value
+    return 1.0
+
+
+def _finish(folder: str, slices: np.ndarray, affine: np.ndarray) -> Volume:
+    """(n, Rows, Columns) physical values -> RAS (X, Y, Z, 1) Volume."""
+    array = np.transpose(slices, (2, 1, 0))[..., None]  # (Columns, Rows, n, 1): i along the row direction
+    array, affine = as_ras(array, affine)
+    return Volume(np.ascontiguousarray(array, np.float32), affine, voxel_sizes(affine), folder)
+
+
+def _single_frames(folder: str, files: list) -> Volume:
+    import pydicom
+
+    planes = [_plane(ds, path) for path, ds in files]
+    row, col, pixel_spacing = planes[0]
+    for (path, _), (r, c, s) in zip(files, planes):
+        if np.abs(r - row).max() > ORIENTATION_ATOL or np.abs(c - col).max() > ORIENTATION_ATOL:
+            raise MedjaxError(f"{folder}: slices have different ImageOrientationPatient (e.g. {files[0][0]} and "
+                              f"{path}); a series must be one stack of parallel slices")
+        if np.abs(s - pixel_spacing).max() > 1e-4 * pixel_spacing.max():
+            raise MedjaxError(f"{folder}: PixelSpacing differs between {files[0][0]} ({list(pixel_spacing)}) and "
+                              f"{path} ({list(s)})")
+    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in files}
+    if len(sizes) > 1:
+        raise MedjaxError(f"{folder}: slices have different sizes (Rows, Columns) {sorted(sizes)}")
+    positions = np.stack([_floats(ds, "ImagePositionPatient", 3, path) for path, ds in files])
+    normal = np.cross(row, col)
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    files = [files[k] for k in order]
+    step = _slice_step(folder, positions, normal, _fallback_thickness(files[0][1]))
+    slices = []
+    for path, _ in files:
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as e:
+            raise MedjaxError(f"cannot read DICOM file {path}: {type(e).__name__}: {e}") from e
+        slope, intercept = _scale(ds)
+        pixels = _pixels(ds, path)
+        if pixels.ndim != 2:
+            raise MedjaxError(f"{path}: expected one 2D frame, got pixel data of shape {pixels.shape}")
+        slices.append(pixels.astype(np.float64) * slope + intercept)
+    return _finish(folder, np.stack(slices), _affine(row, col, pixel_spacing, positions[0], step))
+
+
+def _multi_frame(folder: str, files: list) -> Volume:
+    import pydicom
+
+    if len(files) > 1:
+        raise MedjaxError(f"{folder}: a series of {len(files)} multi-frame files is not supported yet")
+    path, header = files[0]
+    if "GridFrameOffsetVector" not in header:
+        raise MedjaxError(f"{path}: multi-frame DICOM without GridFrameOffsetVector (e.g. enhanced CT/MR with "
+                          f"per-frame functional groups) is not supported yet")
+    row, col, pixel_spacing = _plane(header, path)
+    normal = np.cross(row, col)
+    ipp = _floats(header, "ImagePositionPatient", 3, path)
+    n = int(header.NumberOfFrames)
+    offsets = _floats(header, "GridFrameOffsetVector", n, path) if n > 1 else np.zeros(1)
+    if offsets[0] != 0:  # PS3.3 C.8.8.3.2: absolute z values, only defined for axial (normal = +z) grids
+        if not (np.allclose(normal, [0, 0, 1], atol=ORIENTATION_ATOL) and abs(offsets[0] - ipp[2]) < 1e-3):
+            raise MedjaxError(f"{path}: GridFrameOffsetVector starting at {offsets[0]} (not 0) is only supported "
+                              f"for axial grids starting at the ImagePositionPatient z")
+        offsets = offsets - offsets[0]
+    positions = ipp + offsets[:, None] * normal
+    order = np.argsort(offsets, kind="stable")
+    step = _slice_step(folder, positions[order], normal, _fallback_thickness(header))
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:
+        raise MedjaxError(f"cannot read DICOM file {path}: {type(e).__name__}: {e}") from e
+    pixels = _pixels(ds, path)
+    pixels = pixels.reshape(n, *pixels.shape[-2:])[order]
+    slope, intercept = _scale(ds)
+    return _finish(folder, pixels.astype(np.float64) * slope + intercept,
+                   _affine(row, col, pixel_spacing, positions[order][0], step))
+
+
+def load_dicom_series(folder: str, series_uid: str | None = None) -> Volume:
+    """The series in ``folder`` (or the one named ``series_uid``) as (X, Y, Z, 1) float32 physical values (HU
+    for CT) in RAS+; ``spacing`` in mm from PixelSpacing and the slice positions (see the module docstring)."""
+    folder = os.fspath(folder)
+    series, _ = _scan(folder)
+    files = series[_choose(folder, series, series_uid)]
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in files):
+        return _multi_frame(folder, files)
+    return _single_frames(folder, files)

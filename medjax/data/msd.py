@@ -1,0 +1,180 @@
+"""Medical Segmentation Decathlon (MSD) task folders: the index from ``dataset.json`` and one case at a time.
+
+Layout (as the MSD tarballs unpack, e.g. ``Task04_Hippocampus/``)::
+
+    dataset.json   {"name", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", ...},
+                    "training": [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}, ...],
+                    "test": ["./imagesTs/y.nii.gz", ...]}
+    imagesTr/  labelsTr/  imagesTs/
+
+The index comes from ``dataset.json`` only (folders are not scanned, so stray files such as the macOS
+AppleDouble ``._*`` copies in the tarballs are ignored; listed ``._*`` entries are dropped too). Every listed file
+must exist. The official test images have no labels, so ``split_cases`` carves a validation set out of training.
+
+Intensity normalisation (``normalize="auto"``), chosen per channel from the modality name:
+    "CT"      -> ``ct_window(level=40, width=400)``: HU are absolute, so a fixed soft-tissue window maps the same
+                 tissue to the same value in every scan (override ``ct_level``/``ct_width``; lung: -600/1500);
+    otherwise -> ``zscore`` over the channel's non-zero voxels (MR intensities are arbitrary per scan; the zero
+                 background is left out and stays 0), as nnU-Net / MONAI ``NormalizeIntensity(nonzero=True)``.
+``normalize`` may also be "ct", "zscore" (every channel) or "none" (raw values, float32).
+Order (as nnU-Net): normalise on the stored grid, so statistics come from acquired voxels, then resample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from medjax.data.nifti import check_pair, load_nifti, load_nifti_label
+from medjax.data.volume import Volume, check_finite, ct_window, resample_to_spacing, zscore
+from medjax.errors import MedjaxError
+
+NORMALIZE = ("auto", "ct", "zscore", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class MsdIndex:
+    """What ``dataset.json`` promises, with every path made absolute and checked to exist."""
+
+    root: str
+    name: str
+    class_names: tuple[str, ...]  # index = class id ("labels" ordered by integer key, 0 = background)
+    modalities: tuple[str, ...]  # one per image channel ("modality" ordered by integer key)
+    training: tuple[tuple[str, str], ...]  # (image path, label path)
+    test: tuple[str, ...]  # image paths (no labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _ordered(table, key: str, dataset_json: str) -> tuple[str, ...]:
+    """{"0": a, "1": b} -> (a, b); keys must be the integers 0..n-1 so position == class/channel index."""
+    if not isinstance(table, dict) or not table:
+        raise MedjaxError(f"{dataset_json}: '{key}' must be a non-empty mapping like {{\"0\": ...}}, got {table!r}")
+    try:
+        items = sorted((int(k), str(v)) for k, v in table.items())
+    except (TypeError, ValueError) as e:
+        raise MedjaxError(f"{dataset_json}: '{key}' keys must be integers, got {sorted(table)}") from e
+    if [k for k, _ in items] != list(range(len(items))):
+        raise MedjaxError(f"{dataset_json}: '{key}' keys must be 0..{len(items) - 1}, got {[k for k, _ in items]}")
+    return tuple(v for _, v in items)
+
+
+def _is_appledouble(entry: str) -> bool:
+    return os.path.basename(entry).startswith("._")
+
+
+def load_msd_index(root: str) -> MsdIndex:
+    """Read and check ``<root>/dataset.json`` (see the module docstring); no image is opened."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise MedjaxError(f"MSD task folder not found: {root}")
+    dataset_json = os.path.join(root, "dataset.json")
+    if not os.path.isfile(dataset_json):
+        raise MedjaxError(f"{root} is not an MSD task folder: no dataset.json (found: {sorted(os.listdir(root))[:10]})")
+    try:
+        with open(dataset_json, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MedjaxError(f"cannot read {dataset_json}: {e}") from e
+    if not isinstance(meta, dict):
+        raise MedjaxError(f"{dataset_json}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("labels", "modality", "training"):
+        if key not in meta:
+            raise MedjaxError(f"{dataset_json} has no '{key}' entry (found: {sorted(meta)})")
+    class_names = _ordered(meta["labels"], "labels", dataset_json)
+    modalities = _ordered(meta["modality"], "modality", dataset_json)
+
+    missing: list[str] = []
+
+    def resolve(entry, where: str) -> str:
+        if not isinstance(entry, str) or not entry:
+            raise MedjaxError(f"{dataset_json}: {where} must be a file path, got {entry!r}")
+        path = os.path.normpath(os.path.join(root, entry))
+        if not os.path.isfile(path):
+            missing.append(path)
+        return path
+
+    training = meta["training"]
+    if not isinstance(training, list):
+        raise MedjaxError(f"{dataset_json}: 'training' must be a list of {{image, label}}, got {type(training).__name__}")
+    cases = []
+    for n, case in enumerate(training):
+        if not isinstance(case, dict) or "image" not in case or "label" not in case:
+            raise MedjaxError(f"{dataset_json}: training[{n}] must be {{\"image\": ..., \"label\": ...}}, got {case!r}")
+        if _is_appledouble(str(case["image"])):
+            continue
+        cases.append((resolve(case["image"], f"training[{n}].image"), resolve(case["label"], f"training[{n}].label")))
+    if not cases:
+        raise MedjaxError(f"{dataset_json}: the training list is empty")
+    test_entries = meta.get("test", [])
+    if not isinstance(test_entries, list):
+        raise MedjaxError(f"{dataset_json}: 'test' must be a list of paths, got {type(test_entries).__name__}")
+    test = tuple(resolve(p, f"test[{n}]") for n, p in enumerate(test_entries) if not _is_appledouble(str(p)))
+    if missing:
+        raise MedjaxError(f"{dataset_json} lists {len(missing)} file(s) that do not exist, e.g. {missing[:3]}")
+    return MsdIndex(root=root, name=str(meta.get("name", os.path.basename(os.path.normpath(root)))),
+                    class_names=class_names, modalities=modalities, training=tuple(cases), test=test)
+
+
+def _normalize(image: Volume, modalities: Sequence[str], normalize: str, ct_level: float, ct_width: float) -> Volume:
+    if normalize not in NORMALIZE:
+        raise MedjaxError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    if normalize == "none":
+        return image
+    out = np.empty(image.array.shape, np.float32)
+    for c, modality in enumerate(modalities):
+        use_ct = normalize == "ct" or (normalize == "auto" and modality.strip().upper() == "CT")
+        x = image.array[..., c]
+        out[..., c] = ct_window(x, ct_level, ct_width) if use_ct else zscore(x)
+    return dataclasses.replace(image, array=out)
+
+
+def load_msd_case(
+    index: MsdIndex,
+    i: int,
+    spacing: float | Sequence[float] | None = None,
+    normalize: str = "auto",
+    *,
+    ct_level: float = 40.0,
+    ct_width: float = 400.0,
+) -> tuple[Volume, Volume]:
+    """Training case ``i``: image (X, Y, Z, C) float32 normalised, label (X, Y, Z) int32, both RAS+, checked
+    (finite image, channels == modalities, labels in 0..num_classes-1, same grid), then resampled to
+    ``spacing`` mm if given (linear image, nearest label)."""
+    n = len(index.training)
+    if not (isinstance(i, (int, np.integer)) and 0 <= i < n):
+        raise MedjaxError(f"{index.root}: case {i!r} does not exist; training cases are 0..{n - 1}")
+    image_path, label_path = index.training[int(i)]
+    image = check_finite(load_nifti(image_path))
+    if image.array.shape[3] != len(index.modalities):
+        raise MedjaxError(f"{image_path} has {image.array.shape[3]} channel(s) but dataset.json lists "
+                          f"{len(index.modalities)} modalities {list(index.modalities)}")
+    label = load_nifti_label(label_path, num_classes=index.num_classes)
+    check_pair(image, label)
+    image = _normalize(image, index.modalities, normalize, ct_level, ct_width)
+    if spacing is not None:
+        image = resample_to_spacing(image, spacing, is_label=False)
+        label = resample_to_spacing(label, spacing, is_label=True)
+    return image, label
+
+
+def split_cases(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, val) case indices, each sorted: a seeded permutation's first round(val_fraction * n) cases are
+    val (at least 1 when val_fraction > 0, and at least 1 case is always left for training). Same arguments,
+    same split, on every machine (numpy's PCG64)."""
+    if int(n) != n or n < 1:
+        raise MedjaxError(f"split_cases needs n >= 1 cases, got {n}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise MedjaxError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = int(n)
+    n_val = 0 if val_fraction == 0 else min(n - 1, max(1, int(round(val_fraction * n))))
+    if val_fraction > 0 and n_val == 0:
+        raise MedjaxError(f"cannot hold out a validation case from {n} case(s): need at least 2")
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(int(j) for j in perm[n_val:]), sorted(int(j) for j in perm[:n_val])
