@@ -6,6 +6,7 @@ One small function per source, chosen by `config.data.name`; later data work (TF
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable
 
 import ml_collections
@@ -30,6 +31,36 @@ def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     splits = load_npz_splits(cfg.root)
     return splits, [str(c) for c in cfg.get("class_names", ())]
+
+
+def _medmnist(cfg: ml_collections.ConfigDict) -> "Dataset":
+    """Any of the 18 MedMNIST sets by name (`data.name=breastmnist`, `data.size`, `data.root`), official splits,
+    cached as array_record the first time (the .npz is not read again while the cache matches it)."""
+    from medjax.data.cache import arrays_generator, build_or_load, file_fingerprint
+    from medjax.data.medmnist import load_medmnist, medmnist_info, medmnist_path
+
+    info, size = medmnist_info(cfg.name), int(cfg.get("size", 28))
+    root = cfg.get("root") or None
+    path = medmnist_path(root, info.name, size)
+    loaded: dict = {}
+
+    def generator(split: str):
+        def gen():
+            if not loaded:
+                loaded.update(load_medmnist(root, info.name, size)[0])
+            return arrays_generator(loaded[split])()
+        return gen
+
+    if not os.path.isfile(path):
+        load_medmnist(root, info.name, size)  # raises the reader's message (path and how to get the file)
+    spatial = (size,) * (3 if info.is_3d else 2)
+    features = {"image": ((*spatial, info.n_channels), np.float32),
+                "label": (((info.n_classes,) if info.multi_label else ()), np.int32)}
+    spec = {"source": "medmnist", "name": info.name, "size": size, "files": file_fingerprint([path])}
+    sources = build_or_load(f"medmnist_{info.name}_{size}", spec, features,
+                            {split: generator(split) for split in ("train", "val", "test")},
+                            cache_dir=cfg.get("cache_dir") or None)
+    return Dataset(sources, list(info.class_names), info.multi_label)
 
 
 def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, list[str]]:
@@ -62,8 +93,13 @@ class Dataset:
 
 def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
     """Load every split named by the source."""
+    from medjax.data.medmnist import MEDMNIST
+
+    if cfg.name in MEDMNIST:
+        return _medmnist(cfg)
     if cfg.name not in SOURCES:
-        raise MedjaxError(f"unknown dataset config.data.name={cfg.name!r}; known: {sorted(SOURCES)}")
+        raise MedjaxError(f"unknown dataset config.data.name={cfg.name!r}; known: {sorted(SOURCES)} and the "
+                          f"MedMNIST sets {sorted(MEDMNIST)}")
     result = SOURCES[cfg.name](cfg)
     if isinstance(result, Dataset):
         return result

@@ -94,17 +94,18 @@ def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.Co
     """Fill what a config leaves to the data, on a copy: `task.num_classes=0` -> the number of classes,
     `task.multi_label='auto'` -> the dataset's, `num_epochs>0` -> `num_train_steps`, and `eval_every` /
     `checkpoint_every` <= 0 -> once per epoch."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    steps_per_epoch = max(1, math.ceil(data.num_examples("train") / config.batch_size))
-    if config.task.get("num_classes", 0) == 0:
-        config.task.num_classes = len(data.class_names)
-    if config.task.get("multi_label") == "auto":
-        config.task.multi_label = data.multi_label
-    if config.get("num_epochs", 0) > 0:
-        config.num_train_steps = int(config.num_epochs * steps_per_epoch)
+    d = config.to_dict()  # a plain dict: resolved values may change a field's type ('auto' -> bool)
+    steps_per_epoch = max(1, math.ceil(data.num_examples("train") / d["batch_size"]))
+    if d["task"].get("num_classes", 0) == 0:
+        d["task"]["num_classes"] = len(data.class_names)
+    if d["task"].get("multi_label") == "auto":
+        d["task"]["multi_label"] = data.multi_label
+    if d.get("num_epochs", 0) > 0:
+        d["num_train_steps"] = int(d["num_epochs"] * steps_per_epoch)
     for key in ("eval_every", "checkpoint_every", "log_every"):
-        if config[key] <= 0:
-            config[key] = steps_per_epoch
+        if d[key] <= 0:
+            d[key] = steps_per_epoch
+    config = ml_collections.ConfigDict(d)
     config.lock()
     return config
 
