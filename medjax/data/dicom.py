@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from medjax.data.volume import Volume, as_ras, voxel_sizes
+from medjax.data.volume import Volume, as_ras, reason, voxel_sizes
 from medjax.errors import MedjaxError
 
 SPACING_RTOL = 0.01  # slice gaps may differ by 1% (scanner rounding of positions), not more
@@ -42,18 +42,22 @@ def _scan(folder: str) -> tuple[dict[str, list], list[tuple[str, str]]]:
         raise MedjaxError(f"DICOM folder not found: {folder}")
     names = sorted(n for n in os.listdir(folder) if not n.startswith("._") and os.path.isfile(os.path.join(folder, n)))
     if not names:
-        raise MedjaxError(f"DICOM folder {folder} is empty (no files directly inside it)")
+        subdirs = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+        hint = f"; it has subfolders {subdirs[:5]}: pass one series folder" if subdirs else ""
+        raise MedjaxError(f"DICOM folder {folder} is empty (no files directly inside it){hint}")
     series: dict[str, list] = {}
     skipped: list[tuple[str, str]] = []
     for name in names:
         path = os.path.join(folder, name)
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except MemoryError:
+            raise
         except Exception as e:  # InvalidDicomError, EOFError, OSError, ValueError ... for non-DICOM/corrupt files
-            skipped.append((path, f"{type(e).__name__}: {e}"))
+            skipped.append((path, f"{reason(e)}"))
             continue
         if "Rows" not in ds or "Columns" not in ds:
-            skipped.append((path, f"no image (SOP class {ds.get('SOPClassUID', '?')})"))
+            skipped.append((path, "not an image (no Rows/Columns)"))
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
     if not series:
@@ -109,9 +113,11 @@ def _pixels(ds, path: str) -> np.ndarray:
         raise MedjaxError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not supported yet")
     try:
         return np.asarray(ds.pixel_array)
+    except MemoryError:
+        raise
     except Exception as e:  # missing decoder for a compressed transfer syntax, truncated pixel data, ...
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
-        raise MedjaxError(f"{path}: cannot decode pixel data (transfer syntax {ts}): {type(e).__name__}: {e}") from e
+        raise MedjaxError(f"{path}: cannot decode pixel data (transfer syntax {ts}): {reason(e)}") from e
 
 
 def _scale(ds) -> tuple[float, float]:
@@ -168,9 +174,18 @@ def _finish(folder: str, slices: np.ndarray, affine: np.ndarray) -> Volume:
     return Volume(np.ascontiguousarray(array, np.float32), affine, voxel_sizes(affine), folder)
 
 
-def _single_frames(folder: str, files: list) -> Volume:
+def _read_full(path: str):
     import pydicom
 
+    try:
+        return pydicom.dcmread(path)
+    except MemoryError:
+        raise
+    except Exception as e:  # the file changed or was cut since the header scan
+        raise MedjaxError(f"cannot read DICOM file {path}: {reason(e)}") from e
+
+
+def _single_frames(folder: str, files: list) -> Volume:
     planes = [_plane(ds, path) for path, ds in files]
     row, col, pixel_spacing = planes[0]
     for (path, _), (r, c, s) in zip(files, planes):
@@ -189,25 +204,22 @@ def _single_frames(folder: str, files: list) -> Volume:
     positions = positions[order]
     files = [files[k] for k in order]
     step = _slice_step(folder, positions, normal, _fallback_thickness(files[0][1]))
-    slices = []
-    for path, _ in files:
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception as e:
-            raise MedjaxError(f"cannot read DICOM file {path}: {type(e).__name__}: {e}") from e
+    rows, cols = sizes.pop()
+    slices = np.empty((len(files), rows, cols), np.float32)  # float32 from the start: HU need no more
+    for k, (path, _) in enumerate(files):
+        ds = _read_full(path)
         slope, intercept = _scale(ds)
         pixels = _pixels(ds, path)
-        if pixels.ndim != 2:
-            raise MedjaxError(f"{path}: expected one 2D frame, got pixel data of shape {pixels.shape}")
-        slices.append(pixels.astype(np.float64) * slope + intercept)
-    return _finish(folder, np.stack(slices), _affine(row, col, pixel_spacing, positions[0], step))
+        if pixels.shape != (rows, cols):
+            raise MedjaxError(f"{path}: expected one {rows}x{cols} frame, got pixel data of shape {pixels.shape}")
+        slices[k] = pixels * np.float32(slope) + np.float32(intercept)
+    return _finish(folder, slices, _affine(row, col, pixel_spacing, positions[0], step))
 
 
 def _multi_frame(folder: str, files: list) -> Volume:
-    import pydicom
-
     if len(files) > 1:
-        raise MedjaxError(f"{folder}: a series of {len(files)} multi-frame files is not supported yet")
+        raise MedjaxError(f"{folder}: a series of {len(files)} files with multi-frame ones among them is not supported "
+                          f"yet (only one multi-frame file, or single-frame slices)")
     path, header = files[0]
     if "GridFrameOffsetVector" not in header:
         raise MedjaxError(f"{path}: multi-frame DICOM without GridFrameOffsetVector (e.g. enhanced CT/MR with "
@@ -225,14 +237,11 @@ def _multi_frame(folder: str, files: list) -> Volume:
     positions = ipp + offsets[:, None] * normal
     order = np.argsort(offsets, kind="stable")
     step = _slice_step(folder, positions[order], normal, _fallback_thickness(header))
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:
-        raise MedjaxError(f"cannot read DICOM file {path}: {type(e).__name__}: {e}") from e
+    ds = _read_full(path)
     pixels = _pixels(ds, path)
     pixels = pixels.reshape(n, *pixels.shape[-2:])[order]
     slope, intercept = _scale(ds)
-    return _finish(folder, pixels.astype(np.float64) * slope + intercept,
+    return _finish(folder, pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept),
                    _affine(row, col, pixel_spacing, positions[order][0], step))
 
 

@@ -102,7 +102,8 @@ def load_msd_index(root: str) -> MsdIndex:
 
     training = meta["training"]
     if not isinstance(training, list):
-        raise MedjaxError(f"{dataset_json}: 'training' must be a list of {{image, label}}, got {type(training).__name__}")
+        raise MedjaxError(f"{dataset_json}: 'training' must be a list of {{image, label}}, "
+                          f"got {type(training).__name__}")
     cases = []
     for n, case in enumerate(training):
         if not isinstance(case, dict) or "image" not in case or "label" not in case:

@@ -12,14 +12,16 @@ import os
 
 import numpy as np
 
-from medjax.data.volume import Volume, as_ras, voxel_sizes
+from medjax.data.volume import Volume, as_ras, reason, voxel_sizes
 from medjax.errors import MedjaxError
 
 PAIR_ATOL_MM = 1e-3  # image and label grids may differ by float32 header rounding, not by real geometry
 
 
-def _open(path: str, what: str):
-    """(array as stored-with-scaling or float, affine) -- every failure becomes a MedjaxError naming the file."""
+def _open(path: str, what: str, dtype=None):
+    """(array, affine); ``dtype`` (floating) reads scaled values straight into it (no float64 copy of a big CT),
+    None keeps the stored type (integers stay integers when the header has no scaling). Every failure becomes a
+    MedjaxError naming the file."""
     import nibabel as nib
 
     path = os.fspath(path)
@@ -29,10 +31,13 @@ def _open(path: str, what: str):
         raise MedjaxError(f"{what} path is not a file: {path}")
     try:
         img = nib.load(path)
-        data = np.asanyarray(img.dataobj)  # decompresses now: truncated/corrupt files fail here
+        # Decompresses now: truncated/corrupt files fail here, not later in a training loop.
+        data = np.asanyarray(img.dataobj) if dtype is None else img.get_fdata(dtype=dtype, caching="unchanged")
         affine = np.asarray(img.affine, np.float64)
+    except MemoryError:
+        raise
     except Exception as e:  # nibabel/gzip/zlib raise many types (ImageFileError, EOFError, zlib.error, ...)
-        raise MedjaxError(f"cannot read {what} file {path}: {type(e).__name__}: {e}") from e
+        raise MedjaxError(f"cannot read {what} file {path}: {reason(e)}") from e
     return data, affine
 
 
@@ -50,7 +55,7 @@ def load_nifti(path: str, *, canonical: bool = True, dtype=np.float32) -> Volume
     (MSD multi-modal images, or fMRI time points). ``canonical`` reorients to RAS+ (world coordinates kept)."""
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise MedjaxError(f"load_nifti dtype must be a floating type, got {np.dtype(dtype)} ({path})")
-    data, affine = _open(path, "image")
+    data, affine = _open(path, "image", np.dtype(dtype))
     data = _spatial(data, path, "image")
     if data.ndim == 3:
         data = data[..., None]

@@ -24,7 +24,7 @@ import numpy as np
 from medjax.errors import MedjaxError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
 class Volume:
     """A voxel array with the geometry needed to put it back in the world (and to check image/label pairs)."""
 
@@ -43,6 +43,11 @@ class Volume:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
+
+
+def reason(e: BaseException) -> str:
+    """``Type: message`` on one line (library messages can span lines; the CLI prints errors as one line)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
