@@ -132,7 +132,9 @@ def sliding_window_inference(
     if nd < 1:
         raise MedjaxError(f"image must be (N, *spatial, C), got shape {image.shape}")
     if isinstance(roi_size, (list, tuple)) and len(roi_size) != nd:
-        raise MedjaxError(f"roi_size {tuple(roi_size)} is {len(roi_size)}D but image {image.shape} is {nd}D (N, *spatial, C)")
+        raise MedjaxError(
+            f"roi_size {tuple(roi_size)} is {len(roi_size)}D but image {image.shape} is {nd}D (N, *spatial, C)"
+        )
     if mode not in MODES:
         raise MedjaxError(f"unknown sliding-window mode {mode!r}; use one of {MODES}")
     if int(sw_batch_size) < 1:
@@ -168,7 +170,8 @@ def sliding_window_inference(
     if not hasattr(out_struct, "shape") or tuple(out_struct.shape[:-1]) != (sw, *roi):
         got = getattr(out_struct, "shape", type(out_struct).__name__)
         raise MedjaxError(
-            f"predict_fn must map windows {window_struct.shape} to (batch, *roi_size, C_out) = ({sw}, *{roi}, C_out); got {got}"
+            f"predict_fn must map windows {window_struct.shape} to (batch, *roi_size, C_out) = "
+            f"({sw}, *{roi}, C_out); got {got}"
         )
     out_channels = out_struct.shape[-1]
     acc_dtype = jnp.promote_types(out_struct.dtype, jnp.float32)
