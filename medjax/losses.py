@@ -36,7 +36,7 @@ def _check_num_classes(logits: jax.Array, num_classes: int) -> None:
         raise MedjaxError(f"logits have {logits.shape[-1]} channels but num_classes={num_classes}")
 
 
-def _weighted_mean(per_example: jax.Array, weights: jax.Array | None) -> jax.Array:
+def weighted_mean(per_example: jax.Array, weights: jax.Array | None) -> jax.Array:
     """Weighted mean over the batch axis of an (N,) array; rows with weight 0 are excluded, not multiplied."""
     if weights is None:
         return jnp.mean(per_example)
@@ -67,7 +67,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Arr
     # A one-hot contraction (rather than a gather) stays elementwise and fuses under any sharding.
     ce = -jnp.sum(jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32) * log_probs, axis=-1)
     per_example = jnp.mean(ce.reshape(ce.shape[0], -1), axis=1)
-    return _weighted_mean(per_example, weights)
+    return weighted_mean(per_example, weights)
 
 
 def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array,
@@ -82,7 +82,7 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array,
         raise MedjaxError(f"multi-label targets of shape {targets.shape} do not match logits of shape {logits.shape}")
     bce = jnp.logaddexp(0.0, logits) - logits * targets
     per_example = jnp.mean(bce.reshape(bce.shape[0], -1), axis=1)
-    return _weighted_mean(per_example, weights)
+    return weighted_mean(per_example, weights)
 
 
 def _dice_terms(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -119,7 +119,7 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array, num_classes: int, *, in
     loss = 1.0 - (2.0 * intersection + smooth_nr) / (pred_sum + label_sum + smooth_dr)
     if batch:
         return jnp.mean(loss)
-    return _weighted_mean(jnp.mean(loss, axis=-1), weights)
+    return weighted_mean(jnp.mean(loss, axis=-1), weights)
 
 
 def dice_ce_loss(logits: jax.Array, labels: jax.Array, num_classes: int, *, dice_weight: float = 1.0,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax.errors import MedjaxError
+from medjax.losses import weighted_mean
 
 TASKS = ("binary", "multiclass", "multilabel")
 
@@ -27,14 +28,6 @@ def _drop_channel(labels: jax.Array, ndim: int) -> jax.Array:
     if labels.ndim == ndim + 1 and labels.shape[-1] == 1:
         return labels[..., 0]
     return labels
-
-
-def _weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
-    if weights is None:
-        return jnp.mean(values)
-    w = jnp.asarray(weights, jnp.float32).reshape(values.shape[0])
-    total = jnp.sum(jnp.where(w != 0, w * values, 0.0))
-    return total / jnp.maximum(jnp.sum(w), jnp.finfo(jnp.float32).tiny)
 
 
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -49,7 +42,7 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Multi-class accuracy (argmax) over examples with non-zero weight; scalar."""
-    return _weighted_mean(correct(logits, labels).reshape(logits.shape[0], -1).mean(axis=1), weights)
+    return weighted_mean(correct(logits, labels).reshape(logits.shape[0], -1).mean(axis=1), weights)
 
 
 def multilabel_correct(logits: jax.Array, targets: jax.Array, threshold: float = 0.5) -> jax.Array:
@@ -65,7 +58,7 @@ def multilabel_accuracy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
 
     The mean over labels of per-label accuracies equals the mean over all (example, label) pairs.
     """
-    return _weighted_mean(multilabel_correct(logits, targets, threshold), weights)
+    return weighted_mean(multilabel_correct(logits, targets, threshold), weights)
 
 
 # ---------------------------------------------------------------------------------------------- Dice
