@@ -14,6 +14,8 @@ Results: see README "Quickstart" (measured by `make run`).
 
 import ml_collections
 
+from medjax.data import augment
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -43,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.features = (16, 32, 64, 128)
     c.model.norm = "batch"
     c.model.upsample = "transpose"
+
+    # Off, so the README numbers stay those of the plain run; turn on with e.g.
+    # --config.augment.transforms=flip,affine,gamma (defaults of each in medjax/data/augment.py).
+    c.augment = augment.default_config()
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"

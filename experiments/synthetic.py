@@ -8,6 +8,8 @@ The test suite uses these to exercise parallelism, resume and the CLI without re
 
 import ml_collections
 
+from medjax.data import augment
+
 
 def get_config(arg: str = "segmentation") -> ml_collections.ConfigDict:
     if arg not in ("segmentation", "classification"):
@@ -41,6 +43,8 @@ def get_config(arg: str = "segmentation") -> ml_collections.ConfigDict:
         c.task.multi_label = False
         c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1), block="basic", stem="small",
                                                 width=4))
+
+    c.augment = augment.default_config()  # off; e.g. --config.augment.transforms=flip,affine
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"

@@ -64,6 +64,8 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     current = node[leaf]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(current, (list, tuple)) and isinstance(value, str) and all(isinstance(v, str) for v in current):
+        value = tuple(v.strip() for v in value.split(",") if v.strip())  # `--config.augment.transforms=flip,affine`
     if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
         value = type(current)(value)
     if isinstance(current, str) and not isinstance(value, str):

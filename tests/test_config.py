@@ -52,3 +52,12 @@ def test_apply_override_keeps_lock(repo):
     assert c.num_train_steps == 7
     with pytest.raises(AttributeError):
         c.brand_new_key = 1  # the config stays locked: typos cannot add keys
+
+
+def test_comma_separated_names_override_a_tuple_of_names(repo):
+    c = build_config(str(repo / QUICKSTART), ["--config.augment.transforms=flip, affine"])
+    assert c.augment.transforms == ("flip", "affine")
+    c = build_config(str(repo / QUICKSTART), ["--config.augment.transforms=('gamma',)"])
+    assert c.augment.transforms == ("gamma",)
+    with pytest.raises(MedjaxError, match=r"config\.model\.features"):  # numbers are not split into names
+        build_config(str(repo / QUICKSTART), ["--config.model.features=abc"])

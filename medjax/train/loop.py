@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from medjax.data.augment import make_augment
 from medjax.data.batches import TrainStream, eval_batches
 from medjax.data.loader import GrainStream, materialize
 from medjax.data.sources import load_splits, train_transform
@@ -47,6 +48,7 @@ class Setup:
     splits: dict
     tx: Any
     create: Any  # () -> TrainState, pure
+    augment: Any = None  # (key, batch) -> batch inside the train step, or None
 
     @property
     def is_main(self) -> bool:
@@ -87,7 +89,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setu
     tx = make_optimizer(config.optimizer, config.num_train_steps)
     example = _first_train_image(splits["train"], config)
     create = functools.partial(create_state, lambda key: task.init_variables(key, example), tx, config.seed)
-    return Setup(config, workdir, strategy, task, splits, tx, create)
+    augment = make_augment(config.get("augment"), spatial_shape=example.shape[1:-1])
+    return Setup(config, workdir, strategy, task, splits, tx, create, augment)
 
 
 def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.ConfigDict:
@@ -170,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     else:
         start, state = 0, strategy.init_state(s.create)
     log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
-    train_step = strategy.compile_train_step(make_train_step(s.task, s.tx, strategy.axis_name))
+    train_step = strategy.compile_train_step(make_train_step(s.task, s.tx, strategy.axis_name, s.augment))
     eval_step = strategy.compile_eval_step(make_eval_step(s.task))
     has_val = "val" in s.splits
 

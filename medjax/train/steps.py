@@ -2,6 +2,11 @@
 
 The same body serves both strategies; under pmap (`axis_name` set) gradients and metrics are averaged across
 devices explicitly, under jit + sharding XLA does it from the shardings.
+
+Augmentation (`augment(key, batch) -> batch`, from `medjax.data.augment.make_augment`) runs inside the jitted
+step, on the device, before the forward pass. Its key is `fold_in(step_key, AUGMENT_STREAM)` and each example
+then folds in its global index, so what an example sees depends on the seed, the step and the example only: not
+on the batch split across devices or processes, and a resumed run replays it exactly.
 """
 
 from __future__ import annotations
@@ -14,10 +19,17 @@ import optax
 from medjax import rng
 from medjax.train.state import TrainState
 
+AUGMENT_STREAM = 1  # folded into the step key for augmentation; the task's own randomness uses the step key
 
-def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | None = None) -> Callable:
+
+def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | None = None,
+                    augment: Callable[[jax.Array, dict], dict] | None = None) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)`: augment (optional), loss, gradients, one optimizer update."""
+
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(rng.from_data(state.rng), state.step)
+        if augment is not None:
+            batch = augment(jax.random.fold_in(step_key, AUGMENT_STREAM), batch)
 
         def loss_fn(params):
             return task.loss(params, state.batch_stats, batch, step_key)

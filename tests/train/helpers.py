@@ -18,7 +18,7 @@ def run_steps(config, workdir, num_steps, devices=None):
     s = setup(config, str(workdir), devices)
     stream = TrainStream(s.splits["train"], config.batch_size, s.strategy.local_rows(config.batch_size), config.seed)
     state = s.strategy.init_state(s.create)
-    step = s.strategy.compile_train_step(make_train_step(s.task, s.tx, s.strategy.axis_name))
+    step = s.strategy.compile_train_step(make_train_step(s.task, s.tx, s.strategy.axis_name, s.augment))
     history = []
     for _ in range(num_steps):
         state, metrics = step(state, s.strategy.put_batch(next(stream), config.batch_size))
