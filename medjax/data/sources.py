@@ -63,6 +63,58 @@ def _medmnist(cfg: ml_collections.ConfigDict) -> "Dataset":
     return Dataset(sources, list(info.class_names), info.multi_label)
 
 
+def _msd(cfg: ml_collections.ConfigDict) -> "Dataset":
+    """A Decathlon task folder (`data.root`): labelled cases split into train / val / test by a seeded
+    permutation (the official imagesTs have no labels), normalised and resampled once, cached as array_record
+    volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid), `normalize`, `ct_level`,
+    `ct_width`, `val_fraction`, `test_fraction` (of all labelled cases), `split_seed`, `cache_dir`."""
+    from medjax.data.cache import build_or_load, file_fingerprint
+    from medjax.data.msd import load_msd_case, load_msd_index
+
+    if not cfg.get("root"):
+        raise MedjaxError("config.data.root must name a Decathlon task folder (with dataset.json) for data.name='msd'")
+    index = load_msd_index(cfg.root)
+    split = case_split(len(index.training), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
+                        cfg.get("split_seed", 0))
+    spacing = tuple(float(v) for v in (cfg.get("spacing") or ())) or None
+    options = dict(normalize=cfg.get("normalize", "auto"), ct_level=float(cfg.get("ct_level", 40.0)),
+                   ct_width=float(cfg.get("ct_width", 400.0)))
+
+    def generator(cases: list[int]):
+        def gen():
+            for i in cases:
+                image, label = load_msd_case(index, i, spacing, **options)
+                yield {"image": image.array, "label": label.array}
+        return gen
+
+    features = {"image": ((None, None, None, len(index.modalities)), np.float32),
+                "label": ((None, None, None), np.int32)}
+    spec = {"source": "msd", "root": os.path.abspath(cfg.root), "split": split, "spacing": spacing, **options,
+            "files": file_fingerprint([os.path.join(index.root, "dataset.json"),
+                                       *(p for case in index.training for p in case)])}
+    name = "msd_" + "".join(ch if ch.isalnum() else "_" for ch in index.name)
+    sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
+                            cache_dir=cfg.get("cache_dir") or None)
+    return Dataset(sources, list(index.class_names))
+
+
+def case_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Case indices per split: `test_fraction` of all cases first (`split_cases` with `seed`), then
+    `val_fraction` of all cases out of the rest (with `seed + 1`); empty val / test splits are left out."""
+    from medjax.data.msd import split_cases
+
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise MedjaxError(f"config.data.val_fraction={val_fraction} and test_fraction={test_fraction} must be "
+                          f">= 0 and leave cases for training")
+    rest, test = split_cases(n, test_fraction, seed)
+    val_share = val_fraction * n / len(rest)
+    if val_share >= 1:
+        raise MedjaxError(f"cannot hold out val_fraction={val_fraction} of {n} cases after the test cases")
+    train_pos, val_pos = split_cases(len(rest), val_share, seed + 1)
+    out = {"train": [rest[j] for j in train_pos], "val": sorted(rest[j] for j in val_pos), "test": test}
+    return {k: v for k, v in out.items() if v or k == "train"}
+
+
 def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, list[str]]:
     sizes = {"train": cfg.num_train, "val": cfg.num_eval, "test": cfg.num_eval}
     splits = synthetic.split(make, sizes, seed=cfg.seed, size=tuple(cfg.size), num_classes=cfg.num_classes)
@@ -71,6 +123,7 @@ def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, 
 
 SOURCES: dict[str, Callable] = {
     "icbm152": _icbm152,
+    "msd": _msd,
     "npz": _npz,
     "synthetic_segmentation": lambda cfg: _synthetic(cfg, synthetic.blobs_segmentation),
     "synthetic_classification": lambda cfg: _synthetic(cfg, synthetic.blobs_classification),

@@ -204,3 +204,60 @@ def sliding_window_inference(
     if any(a or b for a, b in pads):
         out = out[(slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, spatial)), slice(None))]
     return out
+
+
+def sliding_window_volume(
+    predict_windows: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    roi_size: int | Sequence[int | None],
+    *,
+    overlap: float | Sequence[float] = 0.25,
+    mode: str = "gaussian",
+    sigma_scale: float | Sequence[float] = 0.125,
+    sw_batch_size: int = 4,
+    padding_value: float = 0.0,
+) -> np.ndarray:
+    """`sliding_window_inference` for ONE volume `(*spatial, C)` of any size, blending on the host.
+
+    Why a second form: the one-program version is compiled per image shape, and evaluation sets of real volumes
+    (Decathlon tasks) have a different shape per case. Here only `predict_windows` runs on the device, always on
+    `(sw_batch_size, *roi, C)` windows (so it compiles once for a whole dataset); window positions, padding,
+    the importance map and the accumulation are the same as `sliding_window_inference` (and MONAI), done in
+    float32 numpy. A last chunk shorter than `sw_batch_size` is filled with copies of its first window, whose
+    predictions are dropped. Returns `(*spatial, C_out)` float32.
+    """
+    image = np.asarray(image)
+    nd = image.ndim - 1
+    if nd < 1:
+        raise MedjaxError(f"image must be (*spatial, C), got shape {image.shape}")
+    if isinstance(roi_size, (list, tuple)) and len(roi_size) != nd:
+        raise MedjaxError(f"roi_size {tuple(roi_size)} is {len(roi_size)}D but image {image.shape} is {nd}D "
+                          f"(*spatial, C)")
+    if int(sw_batch_size) < 1:
+        raise MedjaxError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+    sw = int(sw_batch_size)
+    spatial = image.shape[:-1]
+    roi = resolve_roi_size(roi_size, spatial)
+    weights = importance_map(roi, mode, sigma_scale)[..., None]
+    pads = [(max(r - n, 0) // 2, max(r - n, 0) - max(r - n, 0) // 2) for r, n in zip(roi, spatial)]
+    if any(a or b for a, b in pads):
+        image = np.pad(image, [*pads, (0, 0)], constant_values=padding_value)
+    size = image.shape[:-1]
+    starts = window_starts(size, roi, overlap)
+    out = count = None
+    for first in range(0, len(starts), sw):
+        chunk = starts[first:first + sw]
+        boxes = [tuple(slice(s, s + r) for s, r in zip(start, roi)) for start in chunk]
+        windows = np.stack([image[b] for b in boxes] + [image[boxes[0]]] * (sw - len(boxes)))
+        pred = np.asarray(predict_windows(windows))
+        if pred.shape[:-1] != (sw, *roi):
+            raise MedjaxError(f"predict_windows must map windows {windows.shape} to ({sw}, *{roi}, C_out); got "
+                              f"{pred.shape}")
+        if out is None:
+            out = np.zeros((*size, pred.shape[-1]), np.promote_types(pred.dtype, np.float32))
+            count = np.zeros((*size, 1), out.dtype)
+        for box, p in zip(boxes, pred):
+            out[box] += p * weights
+            count[box] += weights
+    out = out / count
+    return out[tuple(slice(a, a + n) for (a, _), n in zip(pads, spatial))]

@@ -14,6 +14,7 @@ from medjax.errors import MedjaxError
 from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
 LOSSES = ("dice_ce", "ce", "dice")
+DICE_AVERAGES = ("voxels", "cases")
 
 
 def resize_labels(labels: jax.Array, spatial: Sequence[int]) -> jax.Array:
@@ -40,6 +41,9 @@ class SegmentationTask:
                               f"{len(self.class_names)} classes: {self.class_names}")
         self.loss_name = cfg.loss
         self.include_background = cfg.get("include_background", True)
+        self.dice_average = cfg.get("dice_average", "voxels")
+        if self.dice_average not in DICE_AVERAGES:
+            raise MedjaxError(f"unknown config.task.dice_average={self.dice_average!r}; known: {list(DICE_AVERAGES)}")
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
@@ -74,6 +78,11 @@ class SegmentationTask:
         per_example = jax.vmap(lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes)))
         return {"dice_counts": per_example(pred, batch["label"]), "weight": batch["weight"]}
 
+    def probabilities(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
+        """Softmax class probabilities (N, *spatial, C), float32: what sliding windows blend (as nnU-Net)."""
+        logits, _ = apply_model(self.model, params, batch_stats, image, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
     def predict(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
         logits, _ = apply_model(self.model, params, batch_stats, image, train=False)
         return jnp.argmax(logits, axis=-1)
@@ -88,9 +97,19 @@ class SegmentationTask:
         save_overlay_png(path, images, labels, preds, self.class_names)
 
     def summarize(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        """Dice per class over all evaluated voxels; `dice_mean` averages the foreground classes (1..C-1)."""
-        counts = keep_valid(outputs)["dice_counts"].sum(axis=0)
-        dice = metrics.dice_from_counts(counts[0], counts[1], counts[2])
+        """Dice per class, then `dice_mean` over the foreground classes (1..C-1).
+
+        `task.dice_average="voxels"` (default) pools every evaluated voxel (the split as one volume);
+        `"cases"` averages each example's Dice over the examples whose reference has the class (the Decathlon
+        convention for 3D cases: a small structure counts as much as a large one)."""
+        per_example = keep_valid(outputs)["dice_counts"]
+        if self.dice_average == "cases":
+            dice = np.stack([metrics.dice_from_counts(*c) for c in per_example])
+            present = ~np.isnan(dice)
+            dice = np.where(present.any(0), np.nansum(dice, 0) / np.maximum(present.sum(0), 1), np.nan)
+        else:
+            counts = per_example.sum(axis=0)
+            dice = metrics.dice_from_counts(counts[0], counts[1], counts[2])
         result = {f"dice/{name}": float(d) for name, d in zip(self.class_names, dice)}
         result["dice_mean"] = metrics.mean_foreground_dice(dice)
         return result

@@ -25,6 +25,7 @@ from medjax.data.loader import GrainStream, materialize
 from medjax.data.sources import load_splits, train_transform
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
+from medjax.train import volume_eval
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.logging import MetricLog
 from medjax.train.optim import make_optimizer
@@ -49,6 +50,7 @@ class Setup:
     tx: Any
     create: Any  # () -> TrainState, pure
     augment: Any = None  # (key, batch) -> batch inside the train step, or None
+    window_step: Any = None  # the compiled sliding-window predictor, built on first use (volume_eval)
 
     @property
     def is_main(self) -> bool:
@@ -136,6 +138,8 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     """Score every example of `split` (padded batches, nothing dropped) with the task's summary."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    if volume_eval.uses_windows(s.config):
+        return volume_eval.evaluate_volumes(s, state, split)[0]
     eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
     bs = s.config.get("eval_batch_size") or s.config.batch_size
     rows = s.strategy.local_rows(bs)
@@ -246,14 +250,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best
     ckpts.close()
     result = {"split": split, "step": int(step), "checkpoint": used}
     state = s.strategy.from_canonical(canonical)
-    result.update(evaluate_split(s, state, split))
+    preview = os.path.join(workdir, "plots", f"{split}_predictions.png")
+    if volume_eval.uses_windows(s.config):
+        summary, cases = volume_eval.evaluate_volumes(s, state, split, preview if s.is_main else None)
+        result.update(summary)
+        if s.is_main:
+            _write_json(os.path.join(workdir, "eval_cases.json"), {"split": split, "step": int(step), "cases": cases})
+    else:
+        result.update(evaluate_split(s, state, split))
+        if s.is_main:
+            _save_examples(s, canonical, split)
     if s.is_main:
-        _save_examples(s, canonical, split)
-        path = os.path.join(workdir, "eval.json")
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-        os.replace(f"{path}.tmp", path)
+        _write_json(os.path.join(workdir, "eval.json"), result)
     return result
+
+
+def _write_json(path: str, value: Any) -> None:
+    """Atomically: a reader never sees half a file."""
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(f"{path}.tmp", path)
 
 
 def _save_examples(s: Setup, canonical: TrainState, split: str, count: int = 4) -> None:

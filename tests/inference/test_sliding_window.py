@@ -166,3 +166,34 @@ def test_benchmark_smoke(tmp_path):
     for k in ["medjax_compile_s", "medjax_run_s", "monai_run_s", "monai_over_medjax", "max_abs_diff", "num_windows"]:
         assert k in result
     assert result["max_abs_diff"] <= 1e-4 and result["num_windows"] == 8
+
+
+@pytest.mark.parametrize("shape, roi, overlap, sw", [((23, 17, 2), (8, 8), 0.5, 3), ((6, 20, 1), (10, 7), 0.25, 4),
+                                                     ((9, 11, 10, 1), (4, 6, 4), 0.5, 5)])
+def test_volume_form_equals_one_program_form(shape, roi, overlap, sw):
+    from medjax.inference.sliding_window import sliding_window_volume
+
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    kernel = np.random.default_rng(1).normal(size=(shape[-1], 3)).astype(np.float32)
+
+    def predict(windows):  # position-dependent, so misplaced windows would show
+        return jnp.tanh(windows @ kernel + jnp.cumsum(windows, axis=1)[..., :1])
+
+    calls = []
+    def host_predict(windows):
+        calls.append(windows.shape)
+        return np.asarray(jax.jit(predict)(windows))
+
+    expected = jax.jit(lambda x: sliding_window_inference(predict, x, roi, overlap=overlap, sw_batch_size=sw))(
+        image[None])[0]
+    got = sliding_window_volume(host_predict, image, roi, overlap=overlap, sw_batch_size=sw, padding_value=0.0)
+    assert got.shape == (*shape[:-1], 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert set(calls) == {(sw, *roi, shape[-1])}  # one window shape: compiled once per dataset
+
+
+def test_volume_form_rejects_a_wrong_predictor():
+    from medjax.inference.sliding_window import sliding_window_volume
+
+    with pytest.raises(MedjaxError, match="predict_windows must map"):
+        sliding_window_volume(lambda w: w[:, :2], np.zeros((8, 8, 1), np.float32), (4, 4))

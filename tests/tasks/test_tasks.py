@@ -42,6 +42,22 @@ def test_segmentation_summary_by_hand():
     assert out["dice_mean"] == pytest.approx((6 / 7 + 4 / 6) / 2)
 
 
+def test_segmentation_summary_per_case_by_hand():
+    task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 3, "loss": "ce", "dice_average": "cases"}),
+                            ml_collections.ConfigDict({"name": "unet", "features": (4, 8)}), ["bg", "a", "b"])
+    counts = np.array([[[5, 2, 0], [6, 2, 0], [6, 3, 0]],   # class b absent from case 0's reference: not averaged
+                       [[4, 1, 2], [4, 1, 3], [4, 1, 3]],
+                       [[9, 9, 9], [9, 9, 9], [9, 9, 9]]])  # padding
+    out = task.summarize({"dice_counts": counts, "weight": np.array([1.0, 1.0, 0.0])})
+    assert out["dice/bg"] == pytest.approx((10 / 12 + 8 / 8) / 2)
+    assert out["dice/a"] == pytest.approx((4 / 5 + 2 / 2) / 2)
+    assert out["dice/b"] == pytest.approx(4 / 6)
+    assert out["dice_mean"] == pytest.approx((0.9 + 4 / 6) / 2)
+    with pytest.raises(MedjaxError, match="config.task.dice_average"):
+        SegmentationTask(ml_collections.ConfigDict({"num_classes": 3, "loss": "ce", "dice_average": "slices"}),
+                         ml_collections.ConfigDict({"name": "unet"}), [])
+
+
 def test_deep_supervision_labels_are_nearest_downsampled():
     labels = jnp.arange(16).reshape(1, 4, 4)
     np.testing.assert_array_equal(resize_labels(labels, (2, 2))[0], [[0, 2], [8, 10]])
