@@ -63,15 +63,17 @@ def multilabel_accuracy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
 
 # ---------------------------------------------------------------------------------------------- Dice
 
-def dice_counts(pred_labels: jax.Array, labels: jax.Array, num_classes: int,
-                weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def dice_counts(pred_labels: jax.Array, labels: jax.Array, num_classes: int, weights: jax.Array | None = None,
+                mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-class (intersection, predicted voxels, reference voxels), each int32 (num_classes,), summed over
     the batch and all spatial axes.
 
     Integer counts, so adding them over batches and hosts is exact; turn the totals into Dice with
     `dice_from_counts`. `pred_labels` and `labels` are integer maps (N, *spatial) (a trailing channel of 1 on
     `labels` is dropped). `weights` (N,) is a padding mask: an example with weight 0 is not counted, any
-    non-zero weight counts it fully. Labels outside [0, num_classes) count for no class.
+    non-zero weight counts it fully. `mask` (N, *spatial) (e.g. a field-of-view mask) does the same per voxel:
+    voxels where it is 0 are not counted, whatever is predicted there. Labels outside [0, num_classes) count
+    for no class.
     """
     pred_labels = jnp.asarray(pred_labels)
     labels = _drop_channel(jnp.asarray(labels), pred_labels.ndim)
@@ -84,6 +86,13 @@ def dice_counts(pred_labels: jax.Array, labels: jax.Array, num_classes: int,
     if weights is not None:
         keep = (jnp.asarray(weights) != 0).reshape((pred.shape[0],) + (1,) * (pred.ndim - 1))
         pred, ref = pred & keep, ref & keep
+    if mask is not None:
+        mask = _drop_channel(jnp.asarray(mask), pred_labels.ndim)
+        if mask.shape != pred_labels.shape:
+            raise MedjaxError(f"mask of shape {mask.shape} does not match predictions of shape {pred_labels.shape}: "
+                              f"expected one value per voxel, 0 where voxels are not counted")
+        inside = (mask != 0)[..., None]
+        pred, ref = pred & inside, ref & inside
     axes = tuple(range(pred.ndim - 1))
     return (jnp.sum(pred & ref, axis=axes, dtype=jnp.int32), jnp.sum(pred, axis=axes, dtype=jnp.int32),
             jnp.sum(ref, axis=axes, dtype=jnp.int32))

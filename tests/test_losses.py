@@ -232,3 +232,89 @@ def test_shape_errors_name_the_shapes():
         losses.softmax_cross_entropy(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 3, 2), int))
     with pytest.raises(MedjaxError, match="num_classes=1"):
         losses.dice_ce_loss(jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 2, 2), int), 1)
+
+
+# ------------------------------------------------------------------------------------------ per-voxel masks
+
+def test_masked_losses_by_hand():
+    # one 1x2 image, 2 classes: pixel 0 logits (0, 0) -> p = (1/2, 1/2), label 0 -> CE ln2;
+    # pixel 1 logits (ln3, 0) -> p = (3/4, 1/4), label 1 -> CE ln4. Mask (1, 0): only pixel 0 counts.
+    logits = np.array([[[[0.0, 0.0], [LN3, 0.0]]]], np.float32)
+    labels = np.array([[[0, 1]]])
+    inside = np.array([[[1.0, 0.0]]], np.float32)
+    np.testing.assert_allclose(CE(logits, labels), (LN2 + math.log(4)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(CE(logits, labels, mask=inside), LN2, rtol=1e-6)
+    np.testing.assert_allclose(CE(logits, labels, mask=inside[..., None]), LN2, rtol=1e-6)  # (N, H, W, 1)
+    # weights 3 and 1 on the pixels: (3 ln2 + ln4) / 4
+    np.testing.assert_allclose(CE(logits, labels, mask=np.array([[[3.0, 1.0]]])), (3 * LN2 + 2 * LN2) / 4, rtol=1e-6)
+    # Dice inside (pixel 0 only): class 0 I = 1/2, P = 1/2, L = 1 -> 1 - 1/1.5 = 1/3; class 1 I = 0, P = 1/2,
+    # L = 0 -> 1; mean 2/3 (no smoothing)
+    np.testing.assert_allclose(DICE(logits, labels, 2, smooth_nr=0.0, smooth_dr=0.0, mask=inside), 2 / 3, rtol=1e-6)
+    # weighted (3, 1): class 0 I = 3/2, P = 3/2 + 3/4, L = 3 -> 1 - 3/5.25; class 1 I = 1/4, P = 3/2 + 1/4, L = 1
+    # -> 1 - 0.5/2.75
+    want = ((1 - 3 / 5.25) + (1 - 0.5 / 2.75)) / 2
+    np.testing.assert_allclose(DICE(logits, labels, 2, smooth_nr=0.0, smooth_dr=0.0, mask=np.array([[[3.0, 1.0]]])),
+                               want, rtol=1e-6)
+    np.testing.assert_allclose(DICE_CE(logits, labels, 2, smooth_nr=0.0, smooth_dr=0.0, mask=inside), 2 / 3 + LN2,
+                               rtol=1e-6)
+
+
+MASKED = {
+    "ce": jax.jit(losses.softmax_cross_entropy),
+    "dice": jax.jit(functools.partial(losses.soft_dice_loss, num_classes=3)),
+    "dice_batch": jax.jit(functools.partial(losses.soft_dice_loss, num_classes=3, batch=True,
+                                            include_background=False)),
+    "dice_ce": jax.jit(functools.partial(losses.dice_ce_loss, num_classes=3)),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKED))
+def test_masked_loss_is_the_loss_of_the_inside_voxels(name):
+    """A rectangular mask gives the loss of the cropped arrays; logits and labels outside change nothing and
+    get zero gradient; all-ones mask == no mask."""
+    fn = MASKED[name]
+    logits, labels = _case((3, 6, 7), 3, seed=21)
+    mask = np.zeros((3, 6, 7), np.float32)
+    mask[:, 1:5, 2:6] = 1.0
+    crop = fn(logits[:, 1:5, 2:6], labels[:, 1:5, 2:6])
+    np.testing.assert_allclose(float(fn(logits, labels, mask=mask)), float(crop), rtol=1e-6)
+    np.testing.assert_allclose(float(fn(logits, labels, mask=np.ones_like(mask))), float(fn(logits, labels)),
+                               rtol=1e-6)
+    noisy, other = logits.copy(), labels.copy()
+    outside = mask == 0
+    noisy[outside] = 1e4 * np.random.default_rng(22).standard_normal((int(outside.sum()), 3))
+    other[outside] = (other[outside] + 1) % 3
+    np.testing.assert_allclose(float(fn(noisy, other, mask=mask)), float(crop), rtol=1e-6)
+    noisy[0, 0, 0, 0], noisy[1, 5, 6, 2] = np.inf, -np.inf  # not even inf outside leaks into the value
+    np.testing.assert_allclose(float(fn(noisy, other, mask=mask)), float(crop), rtol=1e-6)
+    grad = jax.jit(jax.grad(lambda x, y, m: fn(x, y, mask=m)))
+    g = np.asarray(grad(logits, labels, mask))
+    np.testing.assert_array_equal(g[outside], 0.0)
+    g_crop = np.asarray(jax.grad(lambda x: fn(x, labels[:, 1:5, 2:6]))(logits[:, 1:5, 2:6]))
+    np.testing.assert_allclose(g[:, 1:5, 2:6], g_crop, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(MASKED))
+def test_example_with_empty_mask_contributes_nothing(name):
+    """An all-0 mask drops its example like a padded row: the loss of the others, zero gradient, no NaN; a batch
+    with no voxel inside at all gives 0, not NaN."""
+    fn = MASKED[name]
+    logits, labels = _case((3, 4, 5), 3, seed=23)
+    mask = np.ones((3, 4, 5), np.float32)
+    mask[1] = 0.0
+    keep = np.array([0, 2])
+    alone = fn(logits[keep], labels[keep])
+    value, g = jax.value_and_grad(lambda x: fn(x, labels, mask=mask))(logits)
+    np.testing.assert_allclose(float(value), float(alone), rtol=1e-6)
+    np.testing.assert_array_equal(g[1], 0.0)
+    with_weights = fn(logits, labels, weights=np.array([1.0, 1.0, 0.0], np.float32), mask=mask)
+    np.testing.assert_allclose(float(with_weights), float(fn(logits[:1], labels[:1])), rtol=1e-6)
+    value, g = jax.value_and_grad(lambda x: fn(x, labels, mask=np.zeros_like(mask)))(logits)
+    assert float(value) == 0.0 and np.isfinite(np.asarray(g)).all()  # batch Dice: 1 - smooth_nr/smooth_dr = 0
+
+
+def test_mask_shape_error_names_the_shapes():
+    with pytest.raises(MedjaxError, match=r"mask of shape \(1, 2, 3\)"):
+        losses.softmax_cross_entropy(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2), int), mask=jnp.ones((1, 2, 3)))
+    with pytest.raises(MedjaxError, match=r"mask of shape \(2, 2\)"):
+        losses.dice_ce_loss(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2), int), 3, mask=jnp.ones((2, 2)))

@@ -91,6 +91,33 @@ def test_dice_counts_sum_over_batch_and_respect_padding():
     np.testing.assert_array_equal(np.sum([np.stack(p) for p in parts], axis=0), np.stack(counts))
 
 
+def test_dice_counts_respect_a_voxel_mask():
+    """Voxels outside the mask are not counted: a rectangle gives the counts of the cropped maps, whatever is
+    predicted (or labelled) outside; an all-0 mask counts nothing; float weights count where non-zero."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, (2, 6, 7))
+    pred = np.where(rng.random(labels.shape) < 0.7, labels, rng.integers(0, 3, labels.shape))
+    mask = np.zeros(labels.shape, np.float32)
+    mask[:, 1:5, 2:6] = 1.0
+    crop = np.stack(DICE_COUNTS(pred[:, 1:5, 2:6], labels[:, 1:5, 2:6], num_classes=3))
+    np.testing.assert_array_equal(np.stack(DICE_COUNTS(pred, labels, num_classes=3, mask=mask)), crop)
+    wrong = np.where(mask == 0, (labels + 1) % 3, pred)  # every prediction outside is wrong
+    np.testing.assert_array_equal(np.stack(DICE_COUNTS(wrong, labels, num_classes=3, mask=mask)), crop)
+    np.testing.assert_array_equal(np.stack(DICE_COUNTS(wrong, labels, num_classes=3, mask=0.5 * mask[..., None])),
+                                  crop)  # (N, H, W, 1) and non-0/1 weights
+    assert not np.array_equal(np.stack(DICE_COUNTS(wrong, labels, num_classes=3)), crop)
+    # by hand on the 4x4 maps: only the bottom-right 2x2 counts, pred [[0, 0], [2, 3]] vs label [[0, 0], [0, 0]]
+    inside = np.zeros((1, 4, 4), bool)
+    inside[:, 2:, 2:] = True
+    counts = DICE_COUNTS(PRED_4X4[None], LABELS_4X4[None], num_classes=5, mask=inside)
+    for got, want in zip(counts, ([2, 0, 0, 0, 0], [2, 0, 1, 1, 0], [4, 0, 0, 0, 0])):
+        np.testing.assert_array_equal(got, want)
+    empty = DICE_COUNTS(pred, labels, num_classes=3, mask=np.zeros_like(mask))
+    np.testing.assert_array_equal(np.stack(empty), 0)
+    with pytest.raises(MedjaxError, match=r"mask of shape \(2, 6\)"):
+        metrics.dice_counts(pred, labels, 3, mask=np.ones((2, 6)))
+
+
 def test_dice_matches_monai_dice_metric_per_image():
     """For one example, dice_from_counts is MONAI's DiceMetric(include_background=True, ignore_empty=...)."""
     torch = pytest.importorskip("torch")
