@@ -2,8 +2,8 @@
 
 Every transform acts on ONE example: `fn(key, image, label=None, **params) -> (image, label)` with `image`
 (H, W, C) or (D, H, W, C) float32 and `label` an integer map of the spatial shape (or None). Geometric transforms
-move image and label together (linear sampling for the image, nearest for the label, zero / background-0
-outside the input); intensity transforms touch only the image. Each is applied with probability `p`, decided
+move image and label together (linear sampling for the image, nearest for the label; outside the input the
+image takes each channel's minimum, the label background 0); intensity transforms touch only the image. Each is applied with probability `p`, decided
 per example by a `jnp.where` on a random draw (no Python control flow on traced values); `p <= 0` is skipped
 statically and `p >= 1` always applies.
 
@@ -368,7 +368,9 @@ def _warp(plans: Sequence[tuple[_Plan, jax.Array]], image: jax.Array, label: Lab
         coords = fn(coords)
     cl = [coords[j] for j in range(len(spatial))]
     order = plans[0][0].order
-    sample = lambda ch: map_coordinates(ch, cl, order=order, mode="constant", cval=0.0)  # noqa: E731
+    # Outside the input, each channel is filled with its own minimum (the background of z-scored MR and of CT),
+    # not 0, which after normalisation is mid-grey tissue: sample (x - min) with 0 fill, then add min back.
+    sample = lambda ch: map_coordinates(ch - ch.min(), cl, order=order, mode="constant", cval=0.0) + ch.min()  # noqa: E731
     image = jnp.where(applied, jax.vmap(sample, in_axes=-1, out_axes=-1)(image), image)
     if label is not None:
         warped = map_coordinates(label, cl, order=0, mode="constant", cval=0).astype(label.dtype)
@@ -546,7 +548,7 @@ def affine(key: jax.Array, image: jax.Array, label: Label = None, *, p: float = 
            rotate: Any = (-15.0, 15.0), scale: Any = (0.85, 1.15), isotropic: bool = True,
            shear: Any = (0.0, 0.0), translate: Any = (0.0, 0.0), order: int = 1) -> tuple[jax.Array, Label]:
     """With probability `p`, a random rotation (degrees), scaling, shear and translation (voxels) about the
-    image centre in one sampling grid; zero / label 0 outside. Ranges as in the module docstring."""
+    image centre in one sampling grid; the channel minimum / label 0 outside. Ranges as in the module docstring."""
     return _single("affine", key, image, label, dict(p=p, rotate=rotate, scale=scale, isotropic=isotropic,
                                                      shear=shear, translate=translate, order=order))
 
@@ -623,9 +625,11 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
 
     `batch` holds "image" (N, *spatial, C), "index" (N,) global example indices, and optionally "label": a
     segmentation map (N, *spatial) is transformed with the image; any other label (classification) and every
-    other key pass through. The image comes back float32. Unknown transform names, unknown fields and bad values
-    raise MedjaxError naming `config.<prefix>...`; shape-dependent checks (rot90's square plane, per-axis range
-    counts) run at the first trace, or now if `spatial_shape` is given.
+    other key pass through, except a per-voxel "mask" (N, *spatial) (e.g. a field-of-view mask), which follows
+    the geometric transforms as a label does (nearest, 0 outside the input) so it stays aligned with the image.
+    The image comes back float32. Unknown transform names, unknown fields and bad values raise MedjaxError
+    naming `config.<prefix>...`; shape-dependent checks (rot90's square plane, per-axis range counts) run at the
+    first trace, or now if `spatial_shape` is given.
     """
     d = _as_dict(cfg, f"config.{prefix}")
     for k in d:
@@ -682,6 +686,13 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
             out["image"], out["label"] = jax.vmap(lambda k, x, y: _apply_plans(plans, k, x, y))(keys, image, label)
         else:
             out["image"] = jax.vmap(lambda k, x: _apply_plans(plans, k, x, None)[0])(keys, image)
+        mask = batch.get("mask")
+        if mask is not None and tuple(mask.shape) != tuple(image.shape[:-1]):
+            raise MedjaxError(f"config.{prefix}: batch['mask'] of shape {tuple(mask.shape)} is not a per-voxel map "
+                              f"{tuple(image.shape[:-1])}; it would not follow the geometric transforms")
+        if mask is not None:
+            # The same keys draw the same geometry; the image computed alongside is unused and compiled away.
+            out["mask"] = jax.vmap(lambda k, x, m: _apply_plans(plans, k, x, m)[1])(keys, image, mask)
         return out
 
     return augment

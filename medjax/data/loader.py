@@ -24,7 +24,7 @@ class GrainStream:
     """Endless per-process training batches with the `next / get_state / set_state` interface of TrainStream."""
 
     def __init__(self, source: Any, global_batch_size: int, rows: slice, seed: int,
-                 transform: Transform | None = None, keys: tuple[str, ...] = ("image", "label"),
+                 transform: Transform | None = None, keys: tuple[str, ...] | None = None,
                  num_threads: int = 2, prefetch: int = 4):
         import grain
 
@@ -38,7 +38,7 @@ class GrainStream:
             g = (i // local) * global_batch_size + rows.start + i % local
             raw = shuffled[g]
             out = transform(raw, np.random.default_rng([seed, g])) if transform else raw
-            out = {k: np.asarray(out[k]) for k in keys}
+            out = {k: np.asarray(out[k]) for k in (keys or out)}  # default: every key (image, label, mask...)
             out["index"] = np.int32(g)
             out["weight"] = np.float32(1.0)
             return out
@@ -65,13 +65,14 @@ class GrainStream:
         self._iter.set_state(dict(state["grain"]))
 
 
-def materialize(source: Any, keys: tuple[str, ...] = ("image", "label"), num_threads: int = 4) -> dict[str, np.ndarray]:
-    """Read a whole fixed-shape split into arrays (evaluation splits), in stored order, with grain threads."""
+def materialize(source: Any, keys: tuple[str, ...] | None = None, num_threads: int = 4) -> dict[str, np.ndarray]:
+    """Read a whole fixed-shape split into arrays (evaluation splits), in stored order, with grain threads;
+    `keys=None` keeps every key of the examples."""
     import grain
 
     n = len(source)
     if n == 0:
         raise MedjaxError("eval split: the split is empty")
-    ds = grain.MapDataset.source(source).map(lambda e: {k: np.asarray(e[k]) for k in keys}).batch(min(n, 256))
+    ds = grain.MapDataset.source(source).map(lambda e: {k: np.asarray(e[k]) for k in (keys or e)}).batch(min(n, 256))
     chunks = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
-    return {k: np.concatenate([c[k] for c in chunks]) for k in keys}
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}

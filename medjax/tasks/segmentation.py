@@ -1,4 +1,7 @@
-"""Semantic segmentation: Dice+CE (or CE, or Dice) loss, optional deep supervision, per-class Dice."""
+"""Semantic segmentation: Dice+CE (or CE, or Dice) loss, optional deep supervision, per-class Dice.
+
+A batch may carry a per-voxel "mask" (N, *spatial) next to its "label" (e.g. a field-of-view mask from the
+`image_folder` source): voxels where it is 0 count in neither the loss nor the Dice counts."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ DICE_AVERAGES = ("voxels", "cases")
 
 
 def resize_labels(labels: jax.Array, spatial: Sequence[int]) -> jax.Array:
-    """Nearest-neighbour downsampling of integer labels to a coarser deep-supervision output (for a factor-2
-    output this is `labels[:, ::2, ::2]`, the pixel each strided level keeps)."""
+    """Nearest-neighbour downsampling of integer labels (or a per-voxel mask) to a coarser deep-supervision
+    output (for a factor-2 output this is `labels[:, ::2, ::2]`, the pixel each strided level keeps)."""
     idx = [jnp.arange(s) * labels.shape[1 + i] // s for i, s in enumerate(spatial)]
     out = labels
     for axis, ix in enumerate(idx):
@@ -49,8 +52,9 @@ class SegmentationTask:
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
         return self.model.init(rng, image, train=False)
 
-    def _loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
-        kw = dict(weights=weights)
+    def _loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array,
+              mask: jax.Array | None) -> jax.Array:
+        kw = dict(weights=weights, mask=mask)
         if self.loss_name == "ce":
             return losses.softmax_cross_entropy(logits, labels, **kw)
         if self.loss_name == "dice":
@@ -58,25 +62,34 @@ class SegmentationTask:
         return losses.dice_ce_loss(logits, labels, self.num_classes, include_background=self.include_background, **kw)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
-        """Training loss; with deep supervision, auxiliary outputs add with weights 1/2, 1/4, ... (normalised)."""
+        """Training loss; with deep supervision, auxiliary outputs add with weights 1/2, 1/4, ... (normalised).
+        A batch "mask" is downsampled with the labels, so every scale ignores the same region."""
         out, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True)
         outputs = out if isinstance(out, (tuple, list)) else (out,)
         weights = np.array([0.5**i for i in range(len(outputs))])
         weights = weights / weights.sum()
         total = 0.0
         for w, logits in zip(weights, outputs):
-            labels = batch["label"]
+            labels, mask = batch["label"], batch.get("mask")
             if logits.shape[1:-1] != labels.shape[1:]:
                 labels = resize_labels(labels, logits.shape[1:-1])
-            total = total + w * self._loss(logits.astype(jnp.float32), labels, batch["weight"])
+                mask = None if mask is None else resize_labels(mask, logits.shape[1:-1])
+            total = total + w * self._loss(logits.astype(jnp.float32), labels, batch["weight"], mask)
         return total, (new_stats, {"loss": total})
 
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
-        """Per-example Dice counts (intersection, predicted, reference voxels per class)."""
+        """Per-example Dice counts (intersection, predicted, reference voxels per class), inside the batch
+        "mask" if it has one."""
         logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
         pred = jnp.argmax(logits, axis=-1)
-        per_example = jax.vmap(lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes)))
-        return {"dice_counts": per_example(pred, batch["label"]), "weight": batch["weight"]}
+        if "mask" in batch:
+            per_example = jax.vmap(lambda p, l, m: jnp.stack(
+                metrics.dice_counts(p[None], l[None], self.num_classes, mask=m[None])))
+            counts = per_example(pred, batch["label"], batch["mask"])
+        else:
+            per_example = jax.vmap(lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes)))
+            counts = per_example(pred, batch["label"])
+        return {"dice_counts": counts, "weight": batch["weight"]}
 
     def probabilities(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
         """Softmax class probabilities (N, *spatial, C), float32: what sliding windows blend (as nnU-Net)."""

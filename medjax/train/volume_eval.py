@@ -68,11 +68,12 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None)
     counts, records = [], []
     num_classes = s.task.num_classes
     for i in range(cases):
-        example = {k: source[k][i] for k in ("image", "label")} if isinstance(source, dict) else source[i]
+        example = {k: source[k][i] for k in source} if isinstance(source, dict) else source[i]
         image, label = np.asarray(example["image"]), np.asarray(example["label"])
         pred = predict_volume(s, predict, image).argmax(-1)
+        mask = None if example.get("mask") is None else jnp.asarray(np.asarray(example["mask"])[None])
         c = np.stack([np.asarray(x) for x in metrics.dice_counts(jnp.asarray(pred[None]), jnp.asarray(label[None]),
-                                                                  num_classes)])
+                                                                  num_classes, mask=mask)])
         counts.append(c)
         dice = metrics.dice_from_counts(*c)
         records.append({"case": i, "shape": list(label.shape),

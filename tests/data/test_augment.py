@@ -64,9 +64,9 @@ def _run(cfg, batch, seed=0):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _shift(x, shift):
-    """np.roll over the leading len(shift) axes, with zero fill instead of wrap-around."""
-    out = np.zeros_like(x)
+def _shift(x, shift, fill=None):
+    """np.roll over the leading len(shift) axes, filling with `fill` (per channel) or 0 instead of wrap-around."""
+    out = np.zeros_like(x) if fill is None else np.broadcast_to(fill, x.shape).copy()
     src, dst = [], []
     for s, n in zip(shift, x.shape):
         src.append(slice(max(0, -s), n - max(0, s)))
@@ -176,7 +176,7 @@ def test_rot90_on_a_non_square_plane_is_an_error_at_build_time():
 
 
 AFFINE_CASES = {
-    # pure integer translation: exact, like np.roll with zero fill
+    # pure integer translation: exact (to float rounding), like np.roll with the channel minimum filled in
     "translate": (dict(rotate=0.0, scale=(1.0, 1.0), translate=((2, 2), (-3, -3), (1, 1))), 0.0),
     # a quarter turn about the centre, then a translation: pins the rotation direction and composition order
     "rotate90": (dict(rotate=((90, 90), (0, 0), (0, 0)), scale=(1.0, 1.0), translate=((1, 1), (2, 2), (0, 0))),
@@ -198,12 +198,10 @@ def test_affine_pins_translation_and_rotation(nd, case):
     plane = (0, 1) if nd == 2 else (1, 2)
     k = 1 if case == "rotate90" else 0
     for i in range(2):
-        want_x = _shift(np.rot90(batch["image"][i], k, axes=plane), shift)
+        channel_min = batch["image"][i].min(axis=tuple(range(nd)))  # the image's fill outside the input
+        want_x = _shift(np.rot90(batch["image"][i], k, axes=plane), shift, fill=channel_min)
         want_y = _shift(np.rot90(batch["label"][i], k, axes=plane), shift)
-        if atol == 0:
-            np.testing.assert_array_equal(out["image"][i], want_x)
-        else:
-            np.testing.assert_allclose(out["image"][i], want_x, atol=atol)
+        np.testing.assert_allclose(out["image"][i], want_x, atol=max(atol, 1e-5), rtol=0)
         np.testing.assert_array_equal(out["label"][i], want_y)
 
 
@@ -223,6 +221,20 @@ def test_geometric_labels_keep_their_values_and_stay_aligned_with_the_image(nd):
     np.testing.assert_array_equal(out["image"][..., 0], out["label"].astype(np.float32))
     assert not np.array_equal(out["label"], batch["label"])
     assert (out["label"] > 0).sum() > 0.3 * (batch["label"] > 0).sum()  # foreground mostly stays in view
+
+
+def test_a_voxel_mask_follows_the_geometry_of_the_label():
+    """batch["mask"] (e.g. a field-of-view mask) moves exactly as the label does: flips, rotations and warps,
+    nearest, 0 where the warp samples outside the input."""
+    batch = _batch(2, n=8)
+    batch["mask"] = (batch["label"] == 3).astype(np.float32)
+    cfg = _cfg(flip=dict(p=0.5), rot90=dict(p=0.5), **GEOMETRIC, gamma=dict(p=1.0))
+    out = _run(cfg, batch)
+    assert out["mask"].dtype == np.float32
+    np.testing.assert_array_equal(out["mask"], (out["label"] == 3).astype(np.float32))
+    assert not np.array_equal(out["mask"], batch["mask"])
+    with pytest.raises(MedjaxError, match=r"batch\['mask'\] of shape \(8, 16, 16, 1\)"):
+        _run(cfg, dict(batch, mask=batch["mask"][..., None]))
 
 
 def test_linear_image_sampling_stays_aligned_with_nearest_labels():

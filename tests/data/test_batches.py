@@ -54,6 +54,16 @@ def test_eval_batches_cover_everything_once_with_padding():
     assert labels[weights > 0].tolist() == list(range(10))
 
 
+def test_every_array_key_travels_with_its_rows():
+    """A per-pixel "mask" (the image_folder source's FOV) is batched like image and label, in train and eval."""
+    arrays = dict(_arrays(10), mask=np.arange(10, dtype=np.float32)[:, None, None] * np.ones((10, 2, 3), np.float32))
+    batch = next(TrainStream(arrays, 4, slice(0, 4), seed=0))
+    np.testing.assert_array_equal(batch["mask"][:, 0, 0], batch["label"])
+    for batch in eval_batches(arrays, 4, slice(0, 4)):
+        assert batch["mask"].shape == (4, 2, 3)
+        np.testing.assert_array_equal(batch["mask"][:, 0, 0], batch["label"])
+
+
 def test_empty_or_ragged_split_is_an_error():
     with pytest.raises(MedjaxError, match="empty"):
         list(eval_batches({"image": np.zeros((0, 1)), "label": np.zeros(0)}, 4, slice(0, 4)))

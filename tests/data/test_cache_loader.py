@@ -75,3 +75,14 @@ def test_host_transform_randomness_depends_on_position_only(source):
     a = GrainStream(source, 4, slice(0, 4), seed=0, transform=transform)
     b = GrainStream(source, 4, slice(2, 4), seed=0, transform=transform)
     np.testing.assert_array_equal(next(a)["image"][2:], next(b)["image"])
+
+
+def test_every_cached_key_reaches_the_batches(tmp_path):
+    """A field-of-view mask stored with the examples travels with them (nothing is silently dropped)."""
+    arrays = dict(_arrays(6), mask=(np.arange(6)[:, None, None] * np.ones((6, 4, 4)) > 2).astype(np.float32))
+    features = dict(FEATURES, mask=((4, 4), np.float32))
+    source = build_or_load("m", {"v": 1}, features, {"train": arrays_generator(arrays)}, cache_dir=str(tmp_path))["train"]
+    batch = next(GrainStream(source, 3, slice(0, 3), seed=0))
+    assert set(batch) == {"image", "label", "mask", "index", "weight"}
+    np.testing.assert_array_equal(batch["mask"][:, 0, 0], batch["label"] > 2)
+    assert set(materialize(source)) == {"image", "label", "mask"}

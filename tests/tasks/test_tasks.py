@@ -1,5 +1,6 @@
 """Task objects: losses and summaries against hand-computed values and scikit-learn."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -75,6 +76,62 @@ def test_deep_supervision_loss_combines_scales():
     outs, _ = task.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
     assert [o.shape[1:3] for o in outs] == [(16, 16), (8, 8)]
     ce = [float(-jax.nn.log_softmax(o)[..., 0].mean()) for o in outs]
+    assert float(loss) == pytest.approx((ce[0] * 1.0 + ce[1] * 0.5) / 1.5, rel=1e-5)
+
+
+class _LogitsAreTheImage(nn.Module):
+    """A parameter-free "model" whose logits are its input, so a test sets the predictions exactly."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        return x
+
+
+def test_segmentation_mask_restricts_loss_and_dice():
+    """With batch["mask"], predictions outside it change neither the Dice counts nor the loss, which equal
+    those of the inside pixels alone (a rectangle: the cropped arrays)."""
+    task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 3, "loss": "dice_ce"}),
+                            ml_collections.ConfigDict({"name": "unet", "features": (4, 8)}), [])
+    task.model = _LogitsAreTheImage()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 6, 8))
+    mask = np.zeros((2, 6, 8), np.float32)
+    mask[:, 1:5, 2:7] = 1.0
+    pred = np.where(rng.random(labels.shape) < 0.7, labels, rng.integers(0, 3, labels.shape))
+    pred = np.where(mask == 0, (labels + 1) % 3, pred)  # every prediction outside the mask is wrong
+    logits = 4.0 * jax.nn.one_hot(pred, 3) + rng.normal(0, 0.5, (2, 6, 8, 3)).astype(np.float32)
+    batch = {"image": logits, "label": labels, "weight": np.ones(2, np.float32), "mask": mask}
+    crop = {"image": logits[:, 1:5, 2:7], "label": labels[:, 1:5, 2:7], "weight": np.ones(2, np.float32)}
+
+    counts = task.eval_outputs({}, {}, batch)["dice_counts"]
+    np.testing.assert_array_equal(counts, task.eval_outputs({}, {}, crop)["dice_counts"])
+    unmasked = task.eval_outputs({}, {}, {k: v for k, v in batch.items() if k != "mask"})["dice_counts"]
+    assert task.summarize({"dice_counts": counts, "weight": np.ones(2)})["dice_mean"] > (
+        task.summarize({"dice_counts": unmasked, "weight": np.ones(2)})["dice_mean"])
+
+    loss, _ = task.loss({}, {}, batch, None)
+    np.testing.assert_allclose(float(loss), float(task.loss({}, {}, crop, None)[0]), rtol=1e-6)
+    assert not np.isclose(float(loss), float(task.loss({}, {}, {k: v for k, v in batch.items() if k != "mask"},
+                                                       None)[0]))
+
+
+def test_deep_supervision_downsamples_the_mask():
+    task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 2, "loss": "ce"}),
+                            ml_collections.ConfigDict({"name": "unet", "features": (4, 8, 8),
+                                                       "deep_supervision": True}), [])
+    labels = jnp.asarray(np.random.default_rng(1).integers(0, 2, (2, 16, 16)), jnp.int32)
+    mask = np.zeros((2, 16, 16), np.float32)
+    mask[0, 2:11, 3:13] = 1.0
+    mask[1, 5:, :7] = 1.0
+    batch = {"image": jnp.ones((2, 16, 16, 1)), "label": labels, "weight": jnp.ones(2), "mask": mask}
+    variables = task.init_variables(jax.random.key(0, impl="rbg"), batch["image"])
+    loss, _ = task.loss(variables["params"], variables["batch_stats"], batch, None)
+    outs, _ = task.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    ce = []
+    for o in outs:
+        y, m = resize_labels(labels, o.shape[1:3]), np.asarray(resize_labels(mask, o.shape[1:3]))
+        per_pixel = -np.take_along_axis(np.asarray(jax.nn.log_softmax(o)), np.asarray(y)[..., None], -1)[..., 0]
+        ce.append(np.mean([per_pixel[i][m[i] > 0].mean() for i in range(2)]))
     assert float(loss) == pytest.approx((ce[0] * 1.0 + ce[1] * 0.5) / 1.5, rel=1e-5)
 
 
