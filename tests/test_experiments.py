@@ -115,3 +115,106 @@ def test_case_split_is_seeded_and_disjoint():
     from medjax.errors import MedjaxError
     with pytest.raises(MedjaxError, match="leave cases for training"):
         case_split(10, 0.5, 0.5, 0)
+
+
+def _write_image_folder(root, n=10, size=16, fov_dir="fov", fov_suffix=""):
+    """PNG images (a bright square inside a disc-shaped field of view, black outside it), 0/255 masks of the
+    square that also mark the corners outside the FOV as foreground (annotation noise there must not count),
+    and 0/255 FOV masks."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    fov = (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2 <= (size / 2 - 1) ** 2
+    for folder in ("images", "masks", fov_dir):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        square = np.zeros((size, size), bool)
+        y, x = rng.integers(3, size - 8, 2)
+        square[y:y + 5, x:x + 5] = True
+        image = np.where(fov, 60 + 120 * square + rng.integers(0, 40, (size, size)), 0).astype(np.uint8)
+        label = (square & fov) | ~fov
+        Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        Image.fromarray(label.astype(np.uint8) * 255).save(root / "masks" / f"case{i:02d}.png")
+        Image.fromarray(fov.astype(np.uint8) * 255).save(root / fov_dir / f"case{i:02d}{fov_suffix}.png")
+    return fov
+
+
+def test_image_folder_unet_tiny_scores_inside_the_fov(repo, tmp_path):
+    import jax
+
+    from medjax import metrics
+    from medjax.train.parallel import replicated_to_host
+
+    fov = _write_image_folder(tmp_path / "data")
+    config = build_config(str(repo / "experiments" / "image_folder_unet.py") + ":tiny",
+                          [f"--config.data.root={tmp_path / 'data'}"])
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in val] == [2] and set(val[0]) >= {"dice/class0", "dice/class1", "dice_mean"}
+    result = loop.evaluate(config, str(workdir))
+
+    # the test split's Dice, recomputed from the model's predictions counting only the pixels inside the FOV
+    s = loop.setup(config, str(workdir))
+    test = s.splits["test"]
+    assert len(test["image"]) == 2 and test["mask"].dtype == np.float32
+    np.testing.assert_array_equal(test["mask"], np.broadcast_to(fov, test["mask"].shape))
+    canonical, _, _, _ = s.checkpoints(read_only=True).restore(s.abstract_state(), which="best")
+    params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
+    pred = np.asarray(jax.jit(s.task.predict)(params, stats, test["image"]))
+
+    def dice(where):
+        p, y = pred[:, where], test["label"][:, where]
+        return [2 * ((p == c) & (y == c)).sum() / ((p == c).sum() + (y == c).sum()) for c in (0, 1)]
+
+    inside, everywhere = dice(fov), dice(np.ones_like(fov))
+    assert [result["dice/class0"], result["dice/class1"]] == pytest.approx(inside, abs=1e-6)
+    assert result["dice_mean"] == pytest.approx(inside[1], abs=1e-6)
+    assert everywhere != pytest.approx(inside, abs=1e-3)  # the corners outside the FOV would have counted
+    counts = metrics.dice_counts(pred, test["label"], 2)  # cross-check: unmasked counts give the other number
+    assert list(metrics.dice_from_counts(*counts)) == pytest.approx(everywhere, abs=1e-6)
+    pmap = build_config(str(repo / "experiments" / "image_folder_unet.py") + ":tiny",
+                        [f"--config.data.root={tmp_path / 'data'}", "--config.parallel.strategy=pmap"])
+    again = loop.evaluate(pmap, str(workdir))  # the batch and its mask split by pmap instead of jit: same Dice
+    assert again["dice/class1"] == pytest.approx(result["dice/class1"], abs=1e-6)
+
+
+def test_image_folder_source_options(repo, tmp_path):
+    from medjax.data.image_folder import load_image_folder
+    from medjax.data.sources import load_splits
+    from medjax.errors import MedjaxError
+
+    root = tmp_path / "drive"
+    _write_image_folder(root, n=6, fov_dir="mask", fov_suffix="_mask")
+    cfg = build_config(str(repo / "experiments" / "image_folder_unet.py"),
+                       [f"--config.data.root={root}", "--config.data.fov_dir=mask", "--config.data.fov_suffix=_mask",
+                        "--config.data.size=(8, 8)", "--config.data.class_names=background,square",
+                        "--config.data.val_fraction=0.2", "--config.data.test_fraction=0.0"]).data
+    data = load_splits(cfg)
+    assert data.class_names == ["background", "square"] and set(data.splits) == {"train", "val"}
+    everything = load_image_folder(root / "images", root / "masks", fov_dir=root / "mask", fov_suffix="_mask",
+                                   size=(8, 8))
+    split = case_split(6, 0.2, 0.0, 0)
+    for name in ("train", "val"):
+        np.testing.assert_array_equal(data.splits[name]["image"], everything["image"][split[name]])
+        np.testing.assert_array_equal(data.splits[name]["label"], everything["label"][split[name]])
+        np.testing.assert_array_equal(data.splits[name]["mask"], everything["fov"][split[name]].astype(np.float32))
+    assert data.splits["train"]["image"].shape == (5, 8, 8, 1)
+
+    # a CSV of pairs without FOV masks: no "mask" key; mask_values map the stored 0/255; class names class0..
+    (root / "pairs.csv").write_text("image,mask\n" + "".join(f"images/case{i:02d}.png,masks/case{i:02d}.png\n"
+                                                             for i in range(6)))
+    cfg.fov_dir, cfg.fov_suffix, cfg.pairs_csv, cfg.class_names = "", "", "pairs.csv", ()
+    cfg.mask_values = {0: 0, 255: 2}
+    data = load_splits(cfg)
+    assert "mask" not in data.splits["train"] and data.class_names == ["class0", "class1", "class2"]
+    assert set(np.unique(data.splits["train"]["label"])) == {0, 2}
+
+    cfg.pairs_csv, cfg.root = "", ""
+    with pytest.raises(MedjaxError, match="config.data.root must name a folder"):
+        load_splits(cfg)
+    cfg.root, cfg.class_names, cfg.num_classes, cfg.mask_values = str(root), ("a", "b", "c"), 2, None
+    with pytest.raises(MedjaxError, match="config.data.num_classes=2 but config.data.class_names"):
+        load_splits(cfg)

@@ -98,6 +98,79 @@ def _msd(cfg: ml_collections.ConfigDict) -> "Dataset":
     return Dataset(sources, list(index.class_names))
 
 
+def _folder_option(cfg: ml_collections.ConfigDict, key: str, default: str | None) -> str | None:
+    """`data.<key>` relative to `data.root` (absolute paths kept); unset -> `default` under the root."""
+    root = cfg.get("root") or ""
+    value = cfg.get(key)
+    if value:
+        return os.path.join(root, str(value))
+    return os.path.join(root, default) if root and default else None
+
+
+def _mask_values(cfg: ml_collections.ConfigDict) -> dict[int, int] | None:
+    """`data.mask_values` as {stored value: class}: a mapping (keys may be numeric strings) or (value, class) pairs."""
+    given = cfg.get("mask_values")
+    if not given:
+        return None
+    if isinstance(given, ml_collections.ConfigDict):
+        given = given.to_dict()
+    try:
+        items = given.items() if hasattr(given, "items") else [tuple(pair) for pair in given]
+        return {int(k): int(v) for k, v in items}
+    except (TypeError, ValueError) as e:
+        raise MedjaxError(f"config.data.mask_values must map stored mask values to classes, e.g. {{0: 0, 255: 1}} "
+                          f"or ((0, 0), (255, 1)); got {given!r}") from e
+
+
+def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    """2D images with masks (and optional field-of-view masks) from folders or a CSV (`medjax.data.image_folder`),
+    split into train / val / test by a seeded permutation (`case_split`), held in memory.
+
+    `data.root` holds `images/`, `masks/` and optionally `fov/` (used when present); `data.images_dir`,
+    `masks_dir`, `fov_dir` or `pairs_csv` (relative to the root) replace those. Reader options: `mask_suffix`,
+    `fov_suffix`, `size` ((H, W); () keeps the stored size), `color`, `mask_values`, `num_classes`. The FOV
+    becomes the split key "mask" (float32, 1 inside), which the segmentation loss and Dice respect.
+    Class names: `data.class_names`, else class0.. up to `data.num_classes` (or the largest label found)."""
+    from medjax.data.image_folder import fov_weights, load_image_folder
+
+    pairs_csv = _folder_option(cfg, "pairs_csv", None)
+    if pairs_csv is None and not (cfg.get("root") or cfg.get("images_dir")):
+        raise MedjaxError("config.data.root must name a folder with images/ and masks/ (or set config.data."
+                          "images_dir and masks_dir, or config.data.pairs_csv) for data.name='image_folder'")
+    dirs: dict[str, str | None] = {}
+    if pairs_csv is not None:
+        for key in ("images_dir", "masks_dir", "fov_dir"):
+            if cfg.get(key):
+                raise MedjaxError(f"config.data.pairs_csv lists the files: leave config.data.{key} empty")
+    else:
+        root_fov = os.path.join(cfg.get("root") or "", "fov")
+        dirs = dict(images_dir=_folder_option(cfg, "images_dir", "images"),
+                    masks_dir=_folder_option(cfg, "masks_dir", "masks"),
+                    fov_dir=_folder_option(cfg, "fov_dir", "fov" if os.path.isdir(root_fov) else None))
+        if dirs["masks_dir"] is None:
+            raise MedjaxError("config.data.masks_dir (or config.data.root with a masks/ folder) is needed: "
+                              "segmentation trains on masks")
+    class_names = [str(c) for c in (cfg.get("class_names") or ())]
+    num_classes = int(cfg.get("num_classes") or 0) or len(class_names) or None
+    if class_names and num_classes != len(class_names):
+        raise MedjaxError(f"config.data.num_classes={num_classes} but config.data.class_names names "
+                          f"{len(class_names)} classes: {class_names}")
+    size = tuple(int(v) for v in (cfg.get("size") or ())) or None
+    data = load_image_folder(**dirs, pairs_csv=pairs_csv, color=cfg.get("color", "auto"),
+                             mask_values=_mask_values(cfg), size=size, mask_suffix=cfg.get("mask_suffix", ""),
+                             fov_suffix=cfg.get("fov_suffix", ""), num_classes=num_classes)
+    arrays = {"image": data["image"], "label": data["label"]}
+    if "fov" in data:
+        arrays["mask"] = fov_weights(data["fov"])
+    split = case_split(len(data["image"]), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
+                       cfg.get("split_seed", 0))
+    splits = {name: {k: v[np.asarray(idx, np.int64)] for k, v in arrays.items()} for name, idx in split.items()}
+    if not class_names:
+        count = num_classes or max(2, int(data["label"].max()) + 1)
+        class_names = [f"class{i}" for i in range(count)]
+    return splits, class_names
+
+
 def case_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
     """Case indices per split: `test_fraction` of all cases first (`split_cases` with `seed`), then
     `val_fraction` of all cases out of the rest (with `seed + 1`); empty val / test splits are left out."""
@@ -123,6 +196,7 @@ def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, 
 
 SOURCES: dict[str, Callable] = {
     "icbm152": _icbm152,
+    "image_folder": _image_folder,
     "msd": _msd,
     "npz": _npz,
     "synthetic_segmentation": lambda cfg: _synthetic(cfg, synthetic.blobs_segmentation),
@@ -174,6 +248,9 @@ def train_transform(cfg: ml_collections.ConfigDict):
     patch_size, fg_ratio = tuple(cfg.patch_size), cfg.get("fg_ratio", 0.33)
 
     def transform(example: dict, rng: np.random.Generator) -> dict:
+        if set(example) - {"image", "label"}:
+            raise MedjaxError(f"config.data.patch_size: patch sampling carries only image and label, but the "
+                              f"examples also hold {sorted(set(example) - {'image', 'label'})}; unset patch_size")
         seed = int(rng.integers(2**31))
         images, labels = sample_patches(example["image"], example["label"], patch_size, 1, fg_ratio, seed)
         return {"image": images[0], "label": labels[0]}
