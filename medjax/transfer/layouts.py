@@ -1,0 +1,83 @@
+"""Name tables: which torch module becomes which medjax module, per (architecture family, layout).
+
+A family is what `family(model_name)` returns for a medjax model name (resnet18/34/50 and resnet -> "resnet",
+basic_unet -> "basic_unet", ...). Layouts: "torchvision" (torchvision.models), "monai" (monai.networks.nets).
+Both ResNet layouts use the same names (MONAI copied torchvision's), 2D and 3D alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from medjax.errors import MedjaxError
+from medjax.transfer.convert import Layout, Rule
+
+_STAGE_BLOCK = r"layer(\d+)\.(\d+)"
+
+
+def _block(m) -> str:
+    return f"stage{m.group(1)}_block{int(m.group(2)) + 1}"
+
+
+RESNET_RULES = (
+    Rule(r"conv1", "stem_conv", "conv"),
+    Rule(r"bn1", "stem_bn", "batch_norm"),
+    Rule(_STAGE_BLOCK + r"\.conv(\d)", lambda m: f"{_block(m)}/conv{m.group(3)}", "conv"),
+    Rule(_STAGE_BLOCK + r"\.bn(\d)", lambda m: f"{_block(m)}/bn{m.group(3)}", "batch_norm"),
+    Rule(_STAGE_BLOCK + r"\.downsample\.0", lambda m: f"{_block(m)}/downsample_conv", "conv"),
+    Rule(_STAGE_BLOCK + r"\.downsample\.1", lambda m: f"{_block(m)}/downsample_bn", "batch_norm"),
+    Rule(r"fc", "head", "linear"),
+)
+RESNET = Layout(RESNET_RULES)
+
+
+def fold_downsample_bias(state: dict) -> tuple[dict, list[str]]:
+    """MONAI's ResNet gives the 1x1 shortcut convolution a bias (`bias_downsample=True`, its default); medjax's,
+    like torchvision's, has none, because a BatchNorm follows: BN(conv(x) + b) with running mean m is exactly
+    BN(conv(x)) with running mean m - b, and in training BN subtracts the batch mean, so b never matters. The
+    bias is folded into the running mean."""
+    folded = []
+    for key in [k for k in state if re.fullmatch(r".*\.downsample\.0\.bias", k)]:
+        mean_key = key[: -len("0.bias")] + "1.running_mean"
+        if mean_key not in state:
+            continue
+        state[mean_key] = np.asarray(state[mean_key]) - np.asarray(state.pop(key))
+        folded.append(key)
+    return state, folded
+
+
+RESNET_MONAI = Layout(RESNET_RULES, prepare=fold_downsample_bias, zero_on_export=r".*\.downsample\.0\.bias")
+
+BASIC_UNET_MONAI = Layout((
+    # conv_0.conv_0.conv / down_1.convs.conv_0.conv / upcat_4.convs.conv_1.conv, and their adn.N norms
+    Rule(r"(.+)\.conv", lambda m: m.group(1).replace(".", "/") + "/conv", "conv"),
+    Rule(r"(.+)\.adn\.N", lambda m: m.group(1).replace(".", "/") + "/norm", "norm"),
+    Rule(r"(upcat_\d)\.upsample\.deconv", r"\1/upsample", "conv_transpose"),
+    Rule(r"final_conv", "final_conv", "conv"),
+))
+
+LAYOUTS: dict[tuple[str, str], Layout] = {
+    ("resnet", "torchvision"): RESNET,
+    ("resnet", "monai"): RESNET_MONAI,
+    ("basic_unet", "monai"): BASIC_UNET_MONAI,
+}
+
+FAMILIES = {"resnet": "resnet", "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
+            "basic_unet": "basic_unet"}
+
+
+def family(model_name: str) -> str:
+    if model_name not in FAMILIES:
+        raise MedjaxError(f"no weight-import tables for model {model_name!r}; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_name]
+
+
+def get_layout(model_name: str, layout: str) -> Layout:
+    """The name table for importing `layout` weights into medjax model `model_name`."""
+    key = (family(model_name), layout)
+    if key not in LAYOUTS:
+        known = sorted(lay for fam, lay in LAYOUTS if fam == key[0])
+        raise MedjaxError(f"unknown weight layout {layout!r} for model {model_name!r}; known: {known}")
+    return LAYOUTS[key]
