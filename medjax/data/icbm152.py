@@ -201,6 +201,13 @@ def _evenly(zs: list[int], k: int | None) -> list[int]:
     return [zs[i] for i in idx]
 
 
+PLANES = {  # (X, Y, Z) RAS -> (A, B, S): slices along S, rows = B reversed, cols = A
+    "axial": (0, 1, 2),  # rows anterior -> posterior, cols left -> right
+    "coronal": (0, 2, 1),  # rows superior -> inferior, cols left -> right
+    "sagittal": (1, 2, 0),  # rows superior -> inferior, cols posterior -> anterior
+}
+
+
 def load_icbm152_slices(
     root: str | None = None,
     in_plane_mm: float = 2.0,
@@ -208,8 +215,14 @@ def load_icbm152_slices(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     gap_slices: int = 4,
+    plane: str = "axial",
+    max_train_slices: int | None = None,
 ) -> dict:
-    """Train/val/test axial slices of ICBM152 with 4-class tissue labels (see the module docstring).
+    """Train/val/test slices of ICBM152 with 4-class tissue labels (see the module docstring).
+
+    `plane` picks the slicing axis: "axial" (the default and everything the docstring pins), "coronal" or
+    "sagittal" (the same rules along RAS y or x; rows then run superior -> inferior). `max_train_slices` keeps that
+    many evenly spaced training slices (after `max_slices_per_split`), for few-label fine-tuning experiments.
 
     Returns ``{"train" | "val" | "test": {"image": (N, H, W, 1) float32, "label": (N, H, W) int32},
     "meta": {...}}``; ``meta`` holds ``train_z`` / ``val_z`` / ``test_z`` (z indices into the canonical 1 mm
@@ -223,16 +236,21 @@ def load_icbm152_slices(
                           f"got {in_plane_mm}")
     f = int(round(factor))
     gap = int(gap_slices)
+    if plane not in PLANES:
+        raise MedjaxError(f"unknown icbm152 plane {plane!r}; use one of {sorted(PLANES)}")
     raw = _read_raw(root)
+    for k in ("t1", "gm", "wm", "mask"):
+        raw[k] = np.transpose(raw[k], PLANES[plane])
     mask = raw["mask"]
 
     area = mask.sum(axis=(0, 1)).astype(np.float64)  # mm^2 per axial slice (1 mm voxels)
     kept = np.flatnonzero(area >= MIN_BRAIN_AREA_MM2)
     if len(kept) == 0:
-        raise MedjaxError(f"{raw['root']}: no axial slice has {MIN_BRAIN_AREA_MM2} mm^2 of brain")
+        raise MedjaxError(f"{raw['root']}: no {plane} slice has {MIN_BRAIN_AREA_MM2} mm^2 of brain")
     z_lo, z_hi = int(kept[0]), int(kept[-1])
     zs = _split_z(z_lo, z_hi, val_fraction, test_fraction, gap)
     zs = {k: _evenly(v, max_slices_per_split) for k, v in zs.items()}
+    zs["train"] = _evenly(zs["train"], max_train_slices)
 
     # To slice layout (Z, rows = anterior->posterior, cols = left->right).
     def to_slices(a):  # (X, Y, Z) -> (Z, Y reversed, X)
@@ -272,7 +290,10 @@ def load_icbm152_slices(
         "intensity_mean": mean,
         "intensity_std": std,
         "window": {"row_start": r0, "rows": rs, "col_start": c0, "cols": cs},
-        "orientation": "rows anterior->posterior, cols subject left->right (RAS +x); axial = RAS z",
+        "plane": plane,
+        "orientation": {"axial": "rows anterior->posterior, cols subject left->right (RAS +x); axial = RAS z",
+                        "coronal": "rows superior->inferior, cols subject left->right; slices along RAS y",
+                        "sagittal": "rows superior->inferior, cols posterior->anterior; slices along RAS x"}[plane],
         "root": raw["root"],
     }
     return out

@@ -22,7 +22,8 @@ Splits = dict[str, dict[str, np.ndarray]]
 def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     from medjax.data.icbm152 import load_icbm152_slices
 
-    kwargs = {k: cfg[k] for k in ("root", "in_plane_mm", "max_slices_per_split") if k in cfg}
+    kwargs = {k: cfg[k] for k in ("root", "in_plane_mm", "max_slices_per_split", "plane", "max_train_slices")
+              if k in cfg}
     out = load_icbm152_slices(**kwargs)
     meta = out.pop("meta")
     return out, list(meta["class_names"])

@@ -153,3 +153,14 @@ def test_bad_inputs_raise_medjax_error(tmp_path):
     with pytest.raises(MedjaxError, match="val_fraction"):
         load_icbm152_slices(val_fraction=0.9)
     assert default_root().endswith("datasets/data")
+
+
+def test_coronal_and_sagittal_planes_and_few_training_slices():
+    coronal = load_icbm152_slices(in_plane_mm=4.0, plane="coronal")
+    assert coronal["meta"]["plane"] == "coronal" and coronal["meta"]["kept_z"] == (30, 204)
+    assert coronal["train"]["image"].shape == (107, 48, 48, 1) and coronal["test"]["label"].shape == (26, 48, 48)
+    sagittal = load_icbm152_slices(in_plane_mm=4.0, plane="sagittal", max_train_slices=4)
+    assert sagittal["meta"]["train_z"] == [28, 55, 141, 168] and sagittal["train"]["image"].shape == (4, 48, 48, 1)
+    assert len(sagittal["meta"]["val_z"]) == 21  # held-out splits keep every slice
+    with pytest.raises(MedjaxError, match="unknown icbm152 plane 'oblique'"):
+        load_icbm152_slices(plane="oblique")
