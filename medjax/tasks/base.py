@@ -41,11 +41,6 @@ def apply_model(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, t
     return model.apply(variables, x, train=train), batch_stats
 
 
-def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """Mean over examples with weight > 0 (padded eval rows have weight 0)."""
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def keep_valid(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop padded rows (weight 0) from host-side eval outputs."""
     valid = outputs["weight"] > 0

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from medjax import losses, metrics
-from medjax.tasks.base import apply_model, keep_valid, masked_mean, model_from_config
+from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
 
 class ClassificationTask:
@@ -45,7 +45,7 @@ class ClassificationTask:
         else:
             loss = losses.softmax_cross_entropy(logits, batch["label"], weights=batch["weight"])
         _, acc = self._per_example(logits, batch["label"])
-        return loss, (new_stats, {"loss": loss, "acc": masked_mean(acc, batch["weight"])})
+        return loss, (new_stats, {"loss": loss, "acc": losses.weighted_mean(acc, batch["weight"])})
 
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
         logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
