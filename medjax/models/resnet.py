@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medjax.errors import MedjaxError
 from medjax.models import layers
 
 BLOCKS = ("basic", "bottleneck")
@@ -68,7 +69,12 @@ class ResNet(nn.Module):
     """ResNet classifier for NHWC (2D) or NDHWC (3D) input; returns float32 logits of shape (N, num_classes).
 
     `stem="standard"` is torchvision's 7x7/2 conv + 3x3/2 max-pool (for >= 128 px inputs); `"small"` is a 3x3/1
-    conv without pooling, as the 28 px MedMNIST baselines use. `width` scales every stage (64 = torchvision).
+    conv without pooling, as the 28 px MedMNIST baselines use. `stem_kernel`, `stem_stride` (an int, or one per
+    spatial axis) and `stem_pool` override the stem's conv kernel, conv stride and whether the 3x3/2 max-pool
+    follows; None keeps `stem`'s value. They reproduce `monai.networks.nets.ResNet`, whose `conv1_t_size`,
+    `conv1_t_stride` and `no_max_pool` they mirror (`stem_pool = not no_max_pool`; MONAI's defaults are 7, 1 and
+    a max-pool, i.e. `stem_stride=1`). The stem conv pads `kernel // 2` per axis, as both torchvision and MONAI do.
+    `width` scales every stage (64 = torchvision).
     `bn_axis_name` is only for pmap/shard_map strategies that need cross-device BatchNorm statistics.
     """
 
@@ -76,6 +82,9 @@ class ResNet(nn.Module):
     block: str
     num_classes: int
     stem: str = "standard"
+    stem_kernel: int | Sequence[int] | None = None
+    stem_stride: int | Sequence[int] | None = None
+    stem_pool: bool | None = None
     width: int = 64
     norm: str = "batch"
     bn_axis_name: str | None = None
@@ -86,21 +95,32 @@ class ResNet(nn.Module):
         layers.check_choice("resnet block", self.block, BLOCKS)
         layers.check_choice("resnet stem", self.stem, STEMS)
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
+        for what, value in (("stem_kernel", self.stem_kernel), ("stem_stride", self.stem_stride)):
+            values = value if isinstance(value, Sequence) else (value,)
+            if value is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
+                raise MedjaxError(f"resnet {what} must be a positive int or one per spatial axis, got {value!r}")
         super().__post_init__()
+
+    def _stem_setting(self, value: int | Sequence[int] | None, default: int, what: str, nd: int) -> tuple[int, ...]:
+        value = default if value is None else value
+        if not isinstance(value, Sequence):
+            return (value,) * nd
+        if len(value) != nd:
+            raise MedjaxError(f"resnet {what} {tuple(value)} has {len(value)} entries for {nd}D input")
+        return tuple(value)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         nd = layers.spatial_ndim(x)
         x = jnp.asarray(x, self.dtype)
-        if self.stem == "standard":
-            x = layers.conv(self.width, 7, nd, 2, use_bias=False, name="stem_conv", dtype=self.dtype,
-                            kernel_init=_conv_init)(x)
-        else:
-            x = layers.conv(self.width, 3, nd, 1, use_bias=False, name="stem_conv", dtype=self.dtype,
-                            kernel_init=_conv_init)(x)
+        standard = self.stem == "standard"
+        kernel = self._stem_setting(self.stem_kernel, 7 if standard else 3, "stem_kernel", nd)
+        stride = self._stem_setting(self.stem_stride, 2 if standard else 1, "stem_stride", nd)
+        x = nn.Conv(self.width, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel], use_bias=False,
+                    dtype=self.dtype, kernel_init=_conv_init, name="stem_conv")(x)
         x = layers.norm(self.norm, train=train, name="stem_bn", axis_name=self.bn_axis_name, dtype=self.dtype)(x)
         x = nn.relu(x)
-        if self.stem == "standard":
+        if (standard if self.stem_pool is None else self.stem_pool):
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
         for i, n_blocks in enumerate(self.stage_sizes, start=1):

@@ -134,10 +134,49 @@ def test_bad_choices_raise_medjax_error():
 
 
 def test_build_model_registry():
-    assert set(MODELS) == {"resnet", "resnet18", "resnet34", "resnet50", "unet", "basic_unet"}
+    assert set(MODELS) == {"resnet", "resnet18", "resnet34", "resnet50", "unet", "basic_unet", "densenet", "densenet121",
+                           "monai_unet"}
     m = build_model("resnet34", num_classes=5, stem="small")
     assert isinstance(m, ResNet) and tuple(m.stage_sizes) == (3, 4, 6, 3) and m.stem == "small"
-    with pytest.raises(MedjaxError, match=r"'resnet101'.*basic_unet, resnet, resnet18, resnet34, resnet50, unet"):
+    with pytest.raises(MedjaxError, match=r"'resnet101'.*basic_unet, densenet, densenet121, monai_unet, resnet, resnet18, resnet34, "
+                                         r"resnet50, unet"):
         build_model("resnet101", num_classes=2)
     with pytest.raises(TypeError):  # a wrong keyword stays a TypeError; the task layer names the config key
         build_model("resnet18", num_classes=2, depth=3)
+
+
+def test_stem_overrides_reproduce_monai_stems():
+    # MONAI's ResNet: conv1_t_size (kernel), conv1_t_stride (default 1), no_max_pool; None keeps `stem`'s value.
+    assert resnet18(2).stem_kernel is None and resnet18(2).stem_stride is None and resnet18(2).stem_pool is None
+    p = _shapes(resnet18(2, stem_kernel=(3, 7, 7), stem_stride=(1, 2, 2)), (1, 8, 16, 16, 1))["params"]
+    assert p["stem_conv"]["kernel"].shape == (3, 7, 7, 1, 64)
+    assert _shapes(resnet18(9, stem="small", stem_kernel=7), (1, 28, 28, 3))["params"]["stem_conv"]["kernel"].shape \
+        == (7, 7, 3, 64)
+
+    def stem_out(**kw):
+        model = resnet18(2, width=8, **kw)
+        x = jnp.zeros((1, 32, 32, 1))
+        v = _shapes(model, x.shape)
+
+        def f(v, x):
+            _, state = model.apply(v, x, train=False, capture_intermediates=lambda m, _: m.name == "stage1_block1",
+                                   mutable=["intermediates"])
+            return state["intermediates"]["stage1_block1"]["__call__"][0]
+
+        return jax.eval_shape(f, v, x).shape[1:3]
+
+    assert stem_out() == (8, 8)  # 7x7/2 conv, 3x3/2 pool
+    assert stem_out(stem_stride=1) == (16, 16)  # MONAI's default conv1_t_stride=1
+    assert stem_out(stem_stride=1, stem_pool=False) == (32, 32)  # MONAI no_max_pool=True
+    assert stem_out(stem="small") == (32, 32)
+    assert stem_out(stem="small", stem_pool=True) == (16, 16)
+    assert stem_out(stem_stride=(1, 2)) == (16, 8)
+
+
+def test_bad_stem_overrides_raise_medjax_error():
+    with pytest.raises(MedjaxError, match=r"stem_stride must be a positive int.*0"):
+        resnet18(2, stem_stride=0)
+    with pytest.raises(MedjaxError, match=r"stem_kernel must be a positive int"):
+        resnet18(2, stem_kernel="7")
+    with pytest.raises(MedjaxError, match=r"stem_kernel \(3, 3\) has 2 entries for 3D input"):
+        _shapes(resnet18(2, stem_kernel=(3, 3)), (1, 8, 8, 8, 1))
