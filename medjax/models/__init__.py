@@ -8,6 +8,8 @@ from typing import Any
 import flax.linen as nn
 
 from medjax.errors import MedjaxError
+from medjax.models.densenet import DenseNet, densenet121
+from medjax.models.monai_unet import MonaiUNet, monai_unet
 from medjax.models.resnet import ResNet, resnet18, resnet34, resnet50
 from medjax.models.unet import BasicUNet, UNet, basic_unet
 
@@ -18,6 +20,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "unet": UNet,
     "basic_unet": basic_unet,
+    "monai_unet": monai_unet,  # monai.networks.nets.UNet (residual units, PReLU)
+    "densenet": DenseNet,  # any growth_rate/block_config/num_init_features/bn_size
+    "densenet121": densenet121,
 }
 
 
@@ -30,4 +35,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["MODELS", "BasicUNet", "ResNet", "UNet", "basic_unet", "build_model", "resnet18", "resnet34", "resnet50"]
+__all__ = ["MODELS", "BasicUNet", "DenseNet", "ResNet", "UNet", "basic_unet", "build_model", "densenet121", "resnet18",
+           "resnet34", "resnet50", "MonaiUNet", "monai_unet"]

@@ -58,14 +58,74 @@ BASIC_UNET_MONAI = Layout((
     Rule(r"final_conv", "final_conv", "conv"),
 ))
 
+
+# MONAI UNet: level i's Sequential(down, SkipConnection(next level), up) is `model` + ".1.submodule" * i; the last
+# SkipConnection wraps the bottom block. Each block is a Convolution (conv, adn.N, adn.A) or a ResidualUnit
+# (conv.unit{k}.<Convolution>, residual); a residual-unit up layer is Sequential(Convolution, ResidualUnit).
+_LEVEL = r"model(?P<lvl>(?:\.1\.submodule)*)"
+_UNIT = r"(?:\.conv\.(?P<unit>unit\d+))?"
+_MONAI_UNET_BLOCKS = (  # (torch block regex, medjax block path, kind of its `conv`)
+    (_LEVEL + r"\.0" + _UNIT, "down{lvl}", "conv"),
+    (r"model(?:\.1\.submodule)+" + _UNIT, "bottom", "conv"),
+    (_LEVEL + r"\.2(?:\.0)?", "up{lvl}", "conv_transpose"),
+    (_LEVEL + r"\.2\.1" + _UNIT, "up{lvl}/res", "conv"),
+)
+
+
+def _monai_unet_path(block: str, leaf: str):
+    def target(m) -> str:
+        lvl = m.groupdict().get("lvl")
+        path = block.format(lvl=(lvl or "").count(".1.submodule"))
+        unit = m.groupdict().get("unit")
+        return "/".join([path, unit, leaf] if unit else [path, leaf])
+    return target
+
+
+MONAI_UNET = Layout(tuple(
+    rule
+    for block, path, conv_kind in _MONAI_UNET_BLOCKS
+    for rule in (
+        Rule(block + r"\.conv", _monai_unet_path(path, "conv"), conv_kind),
+        Rule(block + r"\.adn\.N", _monai_unet_path(path, "norm"), "batch_norm"),  # batch norm (instance: no tensors)
+        Rule(block + r"\.adn\.A", _monai_unet_path(path, "act"), "prelu"),
+    )
+) + tuple(  # the shortcut conv of a residual unit that changes shape (never the up layers' units, in MONAI)
+    Rule(block + r"\.residual", _monai_unet_path(path, "residual"), "conv")
+    for block, path in ((_LEVEL + r"\.0", "down{lvl}"), (r"model(?:\.1\.submodule)+", "bottom"))
+))
+
+
+def _densenet_rules(layers: str, head: str) -> tuple[Rule, ...]:
+    """DenseNet tables: torchvision's `features.denseblock{b}.denselayer{l}.norm1` is MONAI's
+    `features.denseblock{b}.denselayer{l}.layers.norm1` (`layers` is the regex of that extra level), and the head
+    is `classifier` / `class_layers.out`; the stem, transitions and norm5 are named alike, 2D and 3D."""
+    layer = r"features\.denseblock(\d+)\.denselayer(\d+)" + layers
+    return (
+        Rule(r"features\.conv0", "conv0", "conv"),
+        Rule(r"features\.norm([05])", r"norm\1", "batch_norm"),
+        Rule(layer + r"\.conv([12])", r"denseblock\1_denselayer\2/conv\3", "conv"),
+        Rule(layer + r"\.norm([12])", r"denseblock\1_denselayer\2/norm\3", "batch_norm"),
+        Rule(r"features\.transition(\d+)\.conv", r"transition\1/conv", "conv"),
+        Rule(r"features\.transition(\d+)\.norm", r"transition\1/norm", "batch_norm"),
+        Rule(head, "head", "linear"),
+    )
+
+
+DENSENET = Layout(_densenet_rules("", r"classifier"))
+DENSENET_MONAI = Layout(_densenet_rules(r"\.layers", r"class_layers\.out"))
+
 LAYOUTS: dict[tuple[str, str], Layout] = {
     ("resnet", "torchvision"): RESNET,
     ("resnet", "monai"): RESNET_MONAI,
     ("basic_unet", "monai"): BASIC_UNET_MONAI,
+    ("densenet", "torchvision"): DENSENET,
+    ("densenet", "monai"): DENSENET_MONAI,
+    ("monai_unet", "monai"): MONAI_UNET,
 }
 
 FAMILIES = {"resnet": "resnet", "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
-            "basic_unet": "basic_unet"}
+            "basic_unet": "basic_unet", "densenet": "densenet", "densenet121": "densenet",
+            "monai_unet": "monai_unet"}
 
 
 def family(model_name: str) -> str:
