@@ -1,7 +1,12 @@
-"""`medjax train | evaluate`: the command line.
+"""`medjax train | evaluate | import-weights`: the command line.
 
     medjax train --config experiments/quickstart.py --workdir runs/quickstart [--config.key=value ...]
     medjax evaluate --config experiments/quickstart.py --workdir runs/quickstart
+    medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
+        [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--model.key=value ...] [--overwrite]
+
+`import-weights` converts a PyTorch weight file into a medjax pretrained-weights directory (strict: every tensor
+used, every leaf filled), which `--config.init.from=DIR --config.init.layout=medjax` then starts a run from.
 
 Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3.
 """
@@ -30,11 +35,123 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
             p.add_argument("--split", default="test")
+    p = sub.add_parser("import-weights", help="PyTorch weights -> a medjax pretrained-weights directory")
+    p.add_argument("--arch", required=True, help="medjax model name (medjax.models.MODELS), e.g. resnet18")
+    p.add_argument("--layout", required=True, choices=("torchvision", "monai"), help="the file's naming scheme")
+    p.add_argument("--in", dest="src", required=True, help="weight file: .pt/.pth/.bin/.safetensors/.npz")
+    p.add_argument("--out", required=True, help="directory to write (must not exist unless --overwrite)")
+    p.add_argument("--num_classes", type=int, default=None, help="default: the head's output size in the file")
+    p.add_argument("--in_channels", type=int, default=None, help="default: the first convolution's input channels")
+    p.add_argument("--spatial_dims", type=int, choices=(2, 3), default=None,
+                   help="default: from the first convolution's kernel rank")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     return parser
+
+
+def _model_overrides(extra: list[str]) -> dict:
+    """`--model.key=value` / `--model.key value` pairs (values parsed as Python literals when they parse)."""
+    from medjax.config import _parse_value
+
+    kwargs, i = {}, 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--model.") or arg == "--model.":
+            raise MedjaxError(f"unrecognized argument: {arg} (import-weights takes --model.key=value for the "
+                              f"model's constructor arguments)")
+        body = arg[len("--model."):]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        else:
+            if i + 1 >= len(extra):
+                raise MedjaxError(f"missing value for {arg}")
+            key, value = body, extra[i + 1]
+            i += 1
+        parsed = _parse_value(value)
+        kwargs[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+        i += 1
+    return kwargs
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+HEAD_PATHS = ("params/head/kernel", "params/final_conv/kernel", "params/classifier/kernel")
+
+
+def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
+    """Build `--arch`, import `--in` strictly through `--layout`, write `--out`; returns the meta written."""
+    import os
+
+    import jax
+    import jax.numpy as jnp
+
+    from medjax.models import build_model
+    from medjax.transfer import get_layout, import_weights, read_state_dict
+    from medjax.transfer.convert import locate, to_medjax
+    from medjax.transfer.pretrained import save_pretrained
+
+    model_kwargs = _model_overrides(extra)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise MedjaxError(f"--out {args.out} already exists (pass --overwrite to replace it)")
+    layout = get_layout(args.arch, args.layout)
+    state = read_state_dict(args.src)
+    num_classes, in_channels, spatial_dims = args.num_classes, args.in_channels, args.spatial_dims
+    first_conv = None
+    for key, value in state.items():  # file order: the stem comes first
+        where = locate(key, layout)
+        if where in (None, "drop") or key.rpartition(".")[2] != "weight":
+            continue
+        path, kind = where
+        if kind == "conv" and first_conv is None:
+            first_conv = (key, tuple(value.shape))
+        if num_classes is None and path in HEAD_PATHS:
+            num_classes = int(to_medjax(value, kind, "weight").shape[-1])
+    if first_conv is None and (in_channels is None or spatial_dims is None):
+        raise MedjaxError(f"{args.src}: no convolution found to infer the input from; pass --in_channels and "
+                          f"--spatial_dims")
+    if in_channels is None:
+        in_channels = int(first_conv[1][1])
+    if spatial_dims is None:
+        spatial_dims = len(first_conv[1]) - 2
+        if spatial_dims not in (2, 3):
+            raise MedjaxError(f"{args.src}: first convolution {first_conv[0]!r} has shape {first_conv[1]}; pass "
+                              f"--spatial_dims")
+    if num_classes is None:
+        raise MedjaxError(f"{args.src}: cannot tell the number of classes (no head tensor); pass --num_classes")
+    try:
+        model = build_model(args.arch, num_classes=num_classes, **model_kwargs)
+    except TypeError as e:
+        raise MedjaxError(f"--model arguments for {args.arch!r}: {e}") from e
+    x = jax.ShapeDtypeStruct((1, *(64,) * spatial_dims, in_channels), jnp.float32)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    target = {k: v for k, v in abstract.items() if k in ("params", "batch_stats")}
+    variables, report = import_weights(state, layout, target, strict=True, source=args.src)
+    meta = {
+        "arch": args.arch, "layout": args.layout, "source": os.path.abspath(args.src), "sha256": _sha256(args.src),
+        "num_classes": num_classes, "in_channels": in_channels, "spatial_dims": spatial_dims, "model": model_kwargs,
+        "report": {k: len(getattr(report, k)) for k in ("loaded", "folded", "dropped", "unused", "missing",
+                                                        "skipped")},
+    }
+    save_pretrained(args.out, variables, meta, overwrite=args.overwrite)
+    print(f"medjax: imported {args.src} -> {args.out}: {report.summary()}", file=sys.stderr)
+    return meta
 
 
 def run(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
+    if args.command == "import-weights":
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+        print(json.dumps(import_weights_command(args, overrides), indent=2, sort_keys=True))
+        return 0
     from medjax.config import build_config
 
     config = build_config(args.config, overrides)  # validate before touching JAX backends

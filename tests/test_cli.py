@@ -131,3 +131,97 @@ def test_two_processes_match_one_process(repo, tmp_path):
     for x, y in zip(val_single, val_multi):
         if x["split"] == "val":
             assert x["dice_mean"] == pytest.approx(y["dice_mean"], abs=1e-6)
+
+
+# ---------------------------------------------------------------- import-weights and config.init.from
+
+UNET_FEATURES = "(4,4,8,8,16,4)"
+BASIC_UNET_CONFIG = '''
+import importlib.util
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location("_synthetic", {synthetic!r})
+_synthetic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_synthetic)
+
+
+def get_config(arg=None):
+    c = _synthetic.get_config("segmentation")
+    c.model = ml_collections.ConfigDict(dict(name="basic_unet", features=(4, 4, 8, 8, 16, 4)))
+    return c
+'''
+
+
+@pytest.fixture(scope="module")
+def monai_unet(tmp_path_factory):
+    """A MONAI BasicUNet state dict (2D, 1 -> 3 channels, tiny features) saved with torch.save."""
+    torch = pytest.importorskip("torch")
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = nets.BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(4, 4, 8, 8, 16, 4))
+    path = tmp_path_factory.mktemp("monai") / "basic_unet.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_import_weights_then_train_from_them(repo, tmp_path, monai_unet):
+    import jax
+
+    from medjax.config import build_config
+    from medjax.transfer import read_state_dict
+    from medjax.transfer.pretrained import load_pretrained
+    from medjax.train.parallel import replicated_to_host
+
+    out = tmp_path / "imported"
+    r = medjax(repo, "import-weights", "--arch", "basic_unet", "--layout", "monai", "--in", str(monai_unet),
+               "--out", str(out), f"--model.features={UNET_FEATURES}")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert json.loads(r.stdout) == meta
+    assert meta["arch"] == "basic_unet" and meta["num_classes"] == 3 and meta["in_channels"] == 1
+    assert meta["spatial_dims"] == 2 and meta["report"]["loaded"] == len(read_state_dict(monai_unet))
+    assert meta["report"]["unused"] == meta["report"]["missing"] == 0
+    import hashlib
+
+    assert meta["sha256"] == hashlib.sha256(monai_unet.read_bytes()).hexdigest()
+    variables, _ = load_pretrained(out)
+    torch_state = read_state_dict(monai_unet)
+    np.testing.assert_array_equal(variables["params"]["final_conv"]["kernel"],
+                                  torch_state["final_conv.weight"].transpose(2, 3, 1, 0))
+
+    config_file = tmp_path / "basic_unet.py"
+    config_file.write_text(BASIC_UNET_CONFIG.format(synthetic=str(repo / "experiments" / "synthetic.py")))
+    args = ["--config.num_train_steps=2", f"--config.init.from={out}", "--config.init.layout=medjax"]
+    r = medjax(repo, "train", "--config", str(config_file), "--workdir", str(tmp_path / "run"), *args)
+    assert r.returncode == 0, r.stderr
+    assert "medjax: init from" in r.stderr and "0 medjax leaves missing" in r.stderr
+
+    # the run's first state is the imported weights, whether read from the directory or from the .pt itself
+    for init in ([f"--config.init.from={out}"],
+                 [f"--config.init.from={monai_unet}", "--config.init.layout=monai"]):
+        s = loop.setup(build_config(str(config_file), init), str(tmp_path / "unused"))
+        state = replicated_to_host(s.strategy.to_canonical(s.initial_state()))
+        jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
+
+
+@pytest.mark.parametrize("flags, model_args, message", [
+    ({"--in": "{tmp}/missing.pt"}, [], "weight file not found"),
+    ({"--layout": "torchvision"}, [], "unknown weight layout 'torchvision' for model 'basic_unet'"),
+    ({}, ["--model.features=(4,4,8,8,16,8)"], "'upcat_1.convs.conv_0.conv.weight' of shape (4, 8, 3, 3)"),
+    ({"--out": "{tmp}"}, [], "already exists"),
+])
+def test_import_weights_errors_exit_2(repo, tmp_path, monai_unet, flags, model_args, message):
+    given = {"--arch": "basic_unet", "--layout": "monai", "--in": str(monai_unet), "--out": str(tmp_path / "out")}
+    given.update({k: v.format(tmp=tmp_path) for k, v in flags.items()})
+    r = medjax(repo, "import-weights", *[x for kv in given.items() for x in kv],
+               *(model_args or [f"--model.features={UNET_FEATURES}"]))
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("medjax: error: ") and message in lines[0], r.stderr
+
+
+def test_train_init_from_missing_path_exit_2(repo, tmp_path):
+    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(tmp_path / "run"),
+               f"--config.init.from={tmp_path / 'nope'}")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"medjax: error: config.init.from: {tmp_path / 'nope'} does not exist"

@@ -1,6 +1,7 @@
 """The generic training loop and the evaluation entry point, shared by every task.
 
-train(): build (strategy, task, data, optimizer) from config -> resume from the latest checkpoint if any ->
+train(): build (strategy, task, data, optimizer) from config -> resume from the latest checkpoint if any (else
+start from `config.init.from`'s weights, or a random initialisation) ->
 jitted steps over the global batch -> periodic metrics, eval on `val`, checkpoints (latest and best) -> curves.
 evaluate(): restore the best (or latest) checkpoint and score a split into `<workdir>/eval.json`.
 """
@@ -19,13 +20,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from medjax import rng
 from medjax.data.augment import make_augment
 from medjax.data.batches import TrainStream, eval_batches
 from medjax.data.loader import GrainStream, materialize
 from medjax.data.sources import load_splits, train_transform
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
-from medjax.train import volume_eval
+from medjax.train import finetune as finetune_lib
+from medjax.train import init_from, volume_eval
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.logging import MetricLog
 from medjax.train.optim import make_optimizer
@@ -51,6 +54,7 @@ class Setup:
     create: Any  # () -> TrainState, pure
     augment: Any = None  # (key, batch) -> batch inside the train step, or None
     window_step: Any = None  # the compiled sliding-window predictor, built on first use (volume_eval)
+    finetune: Any = None  # medjax.train.finetune.Plan from config.finetune, None for plain training
 
     @property
     def is_main(self) -> bool:
@@ -63,6 +67,20 @@ class Setup:
 
     def abstract_state(self) -> TrainState:
         return self.strategy.abstract_canonical(jax.eval_shape(self.create))
+
+    def train_step_fn(self):
+        """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan)."""
+        return make_train_step(self.task, self.tx, self.strategy.axis_name, self.augment, self.finetune)
+
+    def initial_state(self) -> TrainState:
+        """The state of a run that starts now: `config.init.from`'s weights (see medjax.train.init_from) over a
+        fresh initialisation, or just the fresh initialisation."""
+        if not init_from.requested(self.config):
+            return self.strategy.init_state(self.create)
+        abstract = jax.eval_shape(self.create)
+        pretrained = init_from.load_init(self.config, {"params": abstract.params,
+                                                       "batch_stats": abstract.batch_stats}, verbose=self.is_main)
+        return self.strategy.init_state(lambda values: self.create(pretrained=values), pretrained)
 
 
 def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
@@ -88,11 +106,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setu
     config = resolve_config(config, data)
     task = make_task(config, data.class_names, strategy.axis_name)
     _validate_labels(splits, config)
-    tx = make_optimizer(config.optimizer, config.num_train_steps)
     example = _first_train_image(splits["train"], config)
-    create = functools.partial(create_state, lambda key: task.init_variables(key, example), tx, config.seed)
+    init_variables = lambda key: task.init_variables(key, example)  # noqa: E731
+    plan = None
+    if finetune_lib.is_active(config.get("finetune")):
+        params = jax.eval_shape(init_variables, rng.key(config.seed))["params"]
+        plan = finetune_lib.make_plan(config.finetune, params)
+    if plan is None or not plan.splits_optimizer:
+        tx = make_optimizer(config.optimizer, config.num_train_steps)
+    else:
+        tx = finetune_lib.make_finetune_optimizer(config.optimizer, plan, config.num_train_steps)
+    create = functools.partial(create_state, init_variables, tx, config.seed)
     augment = make_augment(config.get("augment"), spatial_shape=example.shape[1:-1])
-    return Setup(config, workdir, strategy, task, splits, tx, create, augment)
+    return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan)
 
 
 def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.ConfigDict:
@@ -175,9 +201,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         state = strategy.from_canonical(canonical)
         stream.set_state(data_state)
     else:
-        start, state = 0, strategy.init_state(s.create)
+        start, state = 0, s.initial_state()
     log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
-    train_step = strategy.compile_train_step(make_train_step(s.task, s.tx, strategy.axis_name, s.augment))
+    train_step = strategy.compile_train_step(s.train_step_fn())
     eval_step = strategy.compile_eval_step(make_eval_step(s.task))
     has_val = "val" in s.splits
 

@@ -30,17 +30,23 @@ def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax
     return main
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.GradientTransformation:
-    """The optimizer named by `cfg.name`, with the schedule and optional global-norm gradient clipping."""
-    schedule = make_schedule(cfg, num_train_steps)
+def make_base_optimizer(cfg: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule
+                        ) -> optax.GradientTransformation:
+    """The optimizer named by `cfg.name` at `learning_rate` (a number or a schedule), without clipping."""
     if cfg.name == "adam":
-        tx = optax.adam(schedule)
-    elif cfg.name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    elif cfg.name == "sgd":
-        tx = optax.sgd(schedule, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
-    else:
-        raise MedjaxError(f"unknown config.optimizer.name={cfg.name!r}; known: {list(OPTIMIZERS)}")
+        return optax.adam(learning_rate)
+    if cfg.name == "adamw":
+        return optax.adamw(learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return optax.sgd(learning_rate, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+    raise MedjaxError(f"unknown config.optimizer.name={cfg.name!r}; known: {list(OPTIMIZERS)}")
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.GradientTransformation:
+    """The optimizer named by `cfg.name`, with the schedule and optional global-norm gradient clipping.
+    (`medjax.train.finetune.make_finetune_optimizer` builds the per-group variant from the same pieces.)"""
+    schedule = make_schedule(cfg, num_train_steps)
+    tx = make_base_optimizer(cfg, schedule)
     if cfg.get("grad_clip_norm", 0.0):
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx

@@ -49,9 +49,12 @@ class ShardedStrategy:
         stops = [idx[0].stop if idx[0].stop is not None else global_batch_size for idx in index_map.values()]
         return slice(min(starts), max(stops))
 
-    def init_state(self, create: Callable[[], Any]) -> Any:
-        """Build the state directly in its replicated sharding (nothing lands on one device first)."""
-        return jax.jit(create, out_shardings=self.replicated)()
+    def init_state(self, create: Callable[..., Any], *args: Any) -> Any:
+        """Build the state directly in its replicated sharding (nothing lands on one device first). `args` (host
+        arrays, the same on every process, e.g. pretrained weights) are placed replicated and passed to `create`."""
+        args = jax.tree.map(
+            lambda a: jax.make_array_from_callback(np.shape(a), self.replicated, lambda idx: np.asarray(a)[idx]), args)
+        return jax.jit(create, out_shardings=self.replicated)(*args)
 
     def compile_train_step(self, step_fn: Callable) -> Callable:
         return jax.jit(step_fn, in_shardings=(self.replicated, self.data_sharding),
@@ -105,8 +108,8 @@ class PmapStrategy(ShardedStrategy):
     def compile_eval_step(self, eval_fn: Callable) -> Callable:
         return self._pmap(eval_fn)
 
-    def init_state(self, create: Callable[[], Any]) -> Any:
-        return self.from_canonical(super().init_state(create))
+    def init_state(self, create: Callable[..., Any], *args: Any) -> Any:
+        return self.from_canonical(super().init_state(create, *args))
 
     def put_batch(self, local_batch: dict[str, np.ndarray], global_batch_size: int) -> dict[str, np.ndarray]:
         n = len(self.local_devices)

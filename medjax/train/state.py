@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from medjax import rng
 
@@ -27,10 +28,24 @@ class TrainState:
     rng: jax.Array
 
 
-def create_state(init_variables: Callable[[jax.Array], dict], tx: optax.GradientTransformation, seed: int) -> TrainState:
-    """Initialise model variables and optimizer state from `seed` (pure: use under jit with out_shardings)."""
+def create_state(init_variables: Callable[[jax.Array], dict], tx: optax.GradientTransformation, seed: int,
+                 pretrained: Mapping[str, Any] | None = None) -> TrainState:
+    """Initialise model variables and optimizer state from `seed` (pure: use under jit with out_shardings).
+
+    `pretrained` ({'/'-joined variable path: array}, e.g. "params/stem_conv/kernel", from
+    `medjax.train.init_from`) replaces those leaves of the fresh initialisation (cast to their dtypes); the others
+    keep their fresh values, and the optimizer state is initialised for the resulting params. Pass it as an
+    argument of the jitted function, not a closure, so the weights are not baked into the program."""
     init_key, train_key = jax.random.split(rng.key(seed))
     variables = init_variables(init_key)
+    if pretrained:
+        flat = flatten_dict(dict(variables), keep_empty_nodes=True, sep="/")
+        unknown = sorted(set(pretrained) - set(flat))
+        if unknown:
+            raise ValueError(f"pretrained values for leaves the model does not have: {unknown[:5]}")
+        for path, value in pretrained.items():
+            flat[path] = jnp.asarray(value, flat[path].dtype)
+        variables = unflatten_dict(flat, sep="/")
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

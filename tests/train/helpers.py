@@ -6,7 +6,6 @@ from medjax.config import build_config
 from medjax.data.batches import TrainStream
 from medjax.train.loop import setup
 from medjax.train.parallel import replicated_to_host
-from medjax.train.steps import make_train_step
 
 
 def synthetic_config(repo, variant="segmentation", *overrides):
@@ -17,8 +16,8 @@ def run_steps(config, workdir, num_steps, devices=None):
     """`num_steps` training steps; returns (host state, per-step metrics, the jitted step)."""
     s = setup(config, str(workdir), devices)
     stream = TrainStream(s.splits["train"], config.batch_size, s.strategy.local_rows(config.batch_size), config.seed)
-    state = s.strategy.init_state(s.create)
-    step = s.strategy.compile_train_step(make_train_step(s.task, s.tx, s.strategy.axis_name, s.augment))
+    state = s.initial_state()
+    step = s.strategy.compile_train_step(s.train_step_fn())
     history = []
     for _ in range(num_steps):
         state, metrics = step(state, s.strategy.put_batch(next(stream), config.batch_size))
