@@ -27,7 +27,7 @@ run: $(VENV)/.runtime
 	$(VENV)/bin/medjax evaluate --config experiments/quickstart.py --workdir $(RUN_DIR)
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
