@@ -3,10 +3,14 @@
     medjax train --config experiments/quickstart.py --workdir runs/quickstart [--config.key=value ...]
     medjax evaluate --config experiments/quickstart.py --workdir runs/quickstart
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
-        [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--model.key=value ...] [--overwrite]
+        [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
+        [--model.key=value ...] [--overwrite]
 
 `import-weights` converts a PyTorch weight file into a medjax pretrained-weights directory (strict: every tensor
 used, every leaf filled), which `--config.init.from=DIR --config.init.layout=medjax` then starts a run from.
+`--in_channels` other than the file's adapts the first convolution (`medjax.transfer.adapt.adapt_input_channels`:
+`--in_channels 1` with RGB weights sums it over the colour channels), and `--spatial_dims 3` with 2D weights
+inflates every convolution kernel to 3D (`medjax.transfer.adapt.inflate_kernel`, mode `--inflate_mode`).
 
 Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3.
 """
@@ -41,9 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="src", required=True, help="weight file: .pt/.pth/.bin/.safetensors/.npz")
     p.add_argument("--out", required=True, help="directory to write (must not exist unless --overwrite)")
     p.add_argument("--num_classes", type=int, default=None, help="default: the head's output size in the file")
-    p.add_argument("--in_channels", type=int, default=None, help="default: the first convolution's input channels")
+    p.add_argument("--in_channels", type=int, default=None,
+                   help="default: the first convolution's input channels; another count adapts that convolution "
+                        "(3 -> 1 sums it over the colour channels)")
     p.add_argument("--spatial_dims", type=int, choices=(2, 3), default=None,
-                   help="default: from the first convolution's kernel rank")
+                   help="default: from the first convolution's kernel rank; 3 with 2D weights inflates them")
+    p.add_argument("--inflate_mode", choices=("average", "center"), default="center",
+                   help="2D -> 3D: repeat along depth and divide (average, I3D) or the middle slice (center)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     return parser
 
@@ -93,7 +101,8 @@ def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
     import jax.numpy as jnp
 
     from medjax.models import build_model
-    from medjax.transfer import get_layout, import_weights, read_state_dict
+    from medjax.transfer import get_layout, read_state_dict
+    from medjax.transfer.adapt import import_adapted
     from medjax.transfer.convert import locate, to_medjax
     from medjax.transfer.pretrained import save_pretrained
 
@@ -125,6 +134,12 @@ def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
                               f"--spatial_dims")
     if num_classes is None:
         raise MedjaxError(f"{args.src}: cannot tell the number of classes (no head tensor); pass --num_classes")
+    file_dims = len(first_conv[1]) - 2 if first_conv else spatial_dims
+    if file_dims == 3 and spatial_dims == 2:
+        raise MedjaxError(f"{args.src}: first convolution {first_conv[0]!r} is 3D (shape {first_conv[1]}); 3D "
+                          f"weights cannot become a 2D model")
+    adapt_channels = first_conv is not None and in_channels != first_conv[1][1]
+    inflate = args.inflate_mode if (file_dims == 2 and spatial_dims == 3) else None
     try:
         model = build_model(args.arch, num_classes=num_classes, **model_kwargs)
     except TypeError as e:
@@ -132,15 +147,29 @@ def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
     x = jax.ShapeDtypeStruct((1, *(64,) * spatial_dims, in_channels), jnp.float32)
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     target = {k: v for k, v in abstract.items() if k in ("params", "batch_stats")}
-    variables, report = import_weights(state, layout, target, strict=True, source=args.src)
+    variables, report, plan = import_adapted(state, layout, target, input_channels=adapt_channels, inflate=inflate,
+                                             strict=True, source=args.src)
+    adapted = {}
+    channel_steps = sorted({s[1:] for steps in plan.values() for s in steps if s[0] == "channels"})
+    if channel_steps:
+        adapted["input_channels"] = {"from": channel_steps[0][0], "to": channel_steps[0][1],
+                                     "kernels": sorted(p for p, steps in plan.items()
+                                                       if any(s[0] == "channels" for s in steps))}
+    inflated = sorted(p for p, steps in plan.items() if any(s[0] == "inflate" for s in steps))
+    if inflated:
+        adapted["inflate"] = {"mode": inflate, "kernels": len(inflated)}
     meta = {
         "arch": args.arch, "layout": args.layout, "source": os.path.abspath(args.src), "sha256": _sha256(args.src),
         "num_classes": num_classes, "in_channels": in_channels, "spatial_dims": spatial_dims, "model": model_kwargs,
         "report": {k: len(getattr(report, k)) for k in ("loaded", "folded", "dropped", "unused", "missing",
                                                         "skipped")},
+        "adapted": adapted,
     }
     save_pretrained(args.out, variables, meta, overwrite=args.overwrite)
-    print(f"medjax: imported {args.src} -> {args.out}: {report.summary()}", file=sys.stderr)
+    from medjax.transfer.adapt import describe
+
+    note = f"; adapted: {describe(plan)}" if plan else ""
+    print(f"medjax: imported {args.src} -> {args.out}: {report.summary()}{note}", file=sys.stderr)
     return meta
 
 

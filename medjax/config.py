@@ -55,12 +55,19 @@ def init_defaults() -> ml_collections.ConfigDict:
     skip     fnmatch patterns on medjax paths ("head/*" or "params/head/*") kept at their fresh initialisation,
              e.g. the head when the number of classes differs; a pattern that matches nothing is an error
     strict   every leaf of the model must get a value and every source entry must be used (outside `skip`)
+    adapt_input_channels  a kernel differing from the model's in its input channels only (RGB weights, grey
+             data) is adapted, keeping its sum over the input channels (3 -> 1: the sum), instead of failing
+    inflate  2D kernels for a 3D model are inflated along depth (mode `inflate_mode`) instead of failing
+    inflate_mode  "center" (default: middle slice, zeros elsewhere; keeps the 2D function exactly) | "average" (I3D)
     """
     c = ml_collections.ConfigDict()
     c["from"] = ""  # `from` is a Python keyword: read it as config.init["from"]
     c.layout = "medjax"
     c.skip = ()
     c.strict = True
+    c.adapt_input_channels = False
+    c.inflate = False
+    c.inflate_mode = "center"
     return c
 
 

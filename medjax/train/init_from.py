@@ -13,11 +13,21 @@ Fields (defaults in `medjax.config.init_defaults`):
     skip    fnmatch patterns on medjax paths ("head/*", "params/head/*") left at their fresh initialisation,
             e.g. the head when the number of classes differs; each must match something
     strict  (default True) every leaf outside `skip` must get a value and every source entry must be used
+    adapt_input_channels  (default False) True: a convolution kernel that differs from this model's in its input
+            channels only (the convolution reading the image: RGB weights, grey data) is adapted by
+            `medjax.transfer.adapt.adapt_input_channels` (3 -> 1: the sum over the input channels; 1 -> 3: repeated
+            and divided by 3; in general the sum over the input channels is kept) instead of failing
+    inflate (default False) True: a 2D kernel (kh, kw, I, O) where this model has a 3D one (kd, kh, kw, I, O)
+            is inflated (`medjax.transfer.adapt.inflate_kernel`, mode `inflate_mode`) instead of failing
+    inflate_mode  "center" (default: the 2D kernel in the middle depth slice, zeros elsewhere: a volume of
+            identical slices then gives exactly the 2D network's output) | "average" (I3D: repeated along depth
+            and divided by kd; border slices see the depth padding); see `medjax.transfer.adapt`
 
 Only `params` and `batch_stats` come from the source; the optimizer state is initialised fresh for them, the step
 is 0 and the data order is the run's own. Only a run that starts from scratch reads `from`: a resumed run restores
 its own checkpoint. Errors (missing path, unreadable file, shape mismatch, strict mismatches) are `MedjaxError`s
-naming the file and the keys. Process 0 prints one line to stderr: what was loaded, skipped, missing or unused.
+naming the file and the keys; a mismatch that `adapt_input_channels` or `inflate` would fix names that field.
+Process 0 prints one line to stderr: what was loaded, skipped, missing, unused or adapted.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from medjax.errors import MedjaxError
+from medjax.transfer import adapt
 from medjax.transfer.convert import ImportReport
 
 LAYOUTS = ("medjax", "torchvision", "monai")
@@ -153,20 +164,64 @@ def load_init(config: ml_collections.ConfigDict, abstract_variables: Mapping[str
         if not any(_skip_match(p, (pattern,)) for p in target):
             raise MedjaxError(f"config.init.skip: pattern {pattern!r} matches nothing in this model (paths look "
                               f"like {', '.join(list(target)[:3])}, ...)")
+    adapt_channels = bool(cfg.get("adapt_input_channels", False))
+    inflate_mode = str(cfg.get("inflate_mode", "center") or "center")
+    if inflate_mode not in adapt.INFLATE_MODES:
+        raise MedjaxError(f"unknown config.init.inflate_mode={inflate_mode!r}; known: {list(adapt.INFLATE_MODES)}")
+    inflate = inflate_mode if bool(cfg.get("inflate", False)) else None
+    target_shapes = {p: tuple(v.shape) for p, v in target.items()}
     if layout == "medjax":
         source, name = read_medjax_source(path)
+        source_shapes = {k: tuple(np.shape(v)) for k, v in source.items()}
+        _adaptation_hint(source_shapes, target_shapes, skip, adapt_channels, inflate, name)
+        plan = {p: steps for p, steps in adapt.plan_adaptation(source_shapes, target_shapes,
+                                                               input_channels=adapt_channels,
+                                                               inflate=inflate).items()
+                if not _skip_match(p, skip)}
+        source = {k: (adapt.apply_adaptation(v, plan[k]) if k in plan else v) for k, v in source.items()}
         values, report = match_medjax(source, target, skip=skip, strict=strict, name=name)
     else:
-        from medjax.transfer import get_layout, import_weights, read_state_dict
+        from medjax.transfer import get_layout, read_state_dict
 
         state = read_state_dict(path)
+        torch_layout = get_layout(config.model.name, layout)
+        _adaptation_hint(adapt.torch_shapes(state, torch_layout), target_shapes, skip, adapt_channels, inflate, path)
         prefixed = tuple(p for pattern in skip
                          for p in (pattern, f"params/{pattern}", f"batch_stats/{pattern}"))
         nested = {k: v for k, v in abstract_variables.items() if k in ("params", "batch_stats")}
-        filled, report = import_weights(state, get_layout(config.model.name, layout), nested, skip=prefixed,
-                                        strict=strict, source=path)
+        filled, report, plan = adapt.import_adapted(state, torch_layout, nested, input_channels=adapt_channels,
+                                                    inflate=inflate, skip=prefixed, strict=strict, source=path)
         flat = flat_variables(filled)
         values = {p: np.asarray(flat[p]) for _, p in report.loaded}
     if verbose and jax.process_index() == 0:
-        print(f"medjax: init from {path} (layout {layout}): {report.summary()}", file=sys.stderr, flush=True)
+        adapted = f"; adapted: {adapt.describe(plan)}" if plan else ""
+        print(f"medjax: init from {path} (layout {layout}): {report.summary()}{adapted}", file=sys.stderr,
+              flush=True)
     return values
+
+
+def _adaptation_hint(source_shapes: Mapping[str, tuple], target_shapes: Mapping[str, tuple], skip: Sequence[str],
+                     adapt_channels: bool, inflate: str | None, name: str) -> None:
+    """A MedjaxError naming the config.init field to set when every shape mismatch is one an adaptation that is
+    off would fix (otherwise the plain shape errors say what differs)."""
+    mismatched = {p: (tuple(s), target_shapes[p]) for p, s in source_shapes.items()
+                  if p in target_shapes and tuple(s) != target_shapes[p] and not _skip_match(p, skip)}
+    if not mismatched:
+        return
+    try:
+        full = adapt.plan_adaptation(source_shapes, target_shapes, input_channels=True, inflate="average")
+    except MedjaxError:
+        return
+    if not set(mismatched) <= set(full):
+        return
+    needs = []
+    kinds = {step[0] for p in mismatched for step in full[p]}
+    if "channels" in kinds and not adapt_channels:
+        needs.append("config.init.adapt_input_channels=True (the input channels differ)")
+    if "inflate" in kinds and not inflate:
+        needs.append("config.init.inflate=True (2D weights for a 3D model)")
+    if needs:
+        path = sorted(mismatched)[0]
+        raise MedjaxError(f"config.init.from={name}: {path!r} has shape {mismatched[path][0]} but this model's has "
+                          f"shape {mismatched[path][1]} ({len(mismatched)} such kernel(s)); set "
+                          f"{' and '.join(needs)} to adapt the pretrained weights")
