@@ -260,7 +260,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
 
 def _progress(config: ml_collections.ConfigDict, start: int, enabled: bool):
-    from tqdm.auto import tqdm
+    """A tqdm bar on process 0; plain tqdm when disabled, so notebooks without ipywidgets get no warning."""
+    show = enabled and config.get("progress", True)
+    if show:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     return tqdm(total=config.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
                 disable=not (enabled and config.get("progress", True)), desc="train")
