@@ -1,10 +1,13 @@
-"""Inference over whole volumes: sliding-window inference as one jitted XLA program."""
+"""Inference over whole volumes: sliding-window inference as one jitted XLA program, or with host-side blending
+for datasets whose volumes differ in shape (`sliding_window_volume`)."""
 
 from medjax.inference.sliding_window import (
     gaussian_importance_map,
     importance_map,
     sliding_window_inference,
+    sliding_window_volume,
     window_starts,
 )
 
-__all__ = ["gaussian_importance_map", "importance_map", "sliding_window_inference", "window_starts"]
+__all__ = ["gaussian_importance_map", "importance_map", "sliding_window_inference", "sliding_window_volume",
+           "window_starts"]
