@@ -1,16 +1,20 @@
-"""`medjax train | evaluate | import-weights`: the command line.
+"""`medjax train | evaluate | import-weights | bench`: the command line.
 
     medjax train --config experiments/quickstart.py --workdir runs/quickstart [--config.key=value ...]
     medjax evaluate --config experiments/quickstart.py --workdir runs/quickstart
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
         [--model.key=value ...] [--overwrite]
+    medjax bench [--quick | --smoke] [--cases NAME ...] --out DIR
 
 `import-weights` converts a PyTorch weight file into a medjax pretrained-weights directory (strict: every tensor
 used, every leaf filled), which `--config.init.from=DIR --config.init.layout=medjax` then starts a run from.
 `--in_channels` other than the file's adapts the first convolution (`medjax.transfer.adapt.adapt_input_channels`:
 `--in_channels 1` with RGB weights sums it over the colour channels), and `--spatial_dims 3` with 2D weights
 inflates every convolution kernel to 3D (`medjax.transfer.adapt.inflate_kernel`, mode `--inflate_mode`).
+
+`bench` times medjax against PyTorch (eager and torch.compile) on the same models and weights
+(`experiments/benchmarks/bench.py`; needs the dev extras torch and monai) -> DIR/bench.json, bench.md, bench.png.
 
 Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3.
 """
@@ -53,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inflate_mode", choices=("average", "center"), default="center",
                    help="2D -> 3D: repeat along depth and divide (average, I3D) or the middle slice (center)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p = sub.add_parser("bench", help="benchmark medjax against PyTorch baselines -> DIR/bench.{json,md,png}")
+    p.add_argument("--quick", action="store_true", help="smaller batches/sizes/repeats: minutes on a CPU")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, one case per kind: seconds (tests)")
+    p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="a subset of the cases")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default per mode)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps (default per mode)")
+    p.add_argument("--out", required=True, help="directory for bench.json, bench.md, bench.png")
     return parser
 
 
@@ -173,8 +184,36 @@ def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
     return meta
 
 
+def bench_command(args: argparse.Namespace, extra: list[str]) -> int:
+    """`medjax bench`: the harness lives in experiments/benchmarks/bench.py (torch and monai are dev extras)."""
+    if extra:
+        raise MedjaxError(f"unrecognized arguments for bench: {' '.join(extra)}")
+    if args.quick and args.smoke:
+        raise MedjaxError("--quick and --smoke are exclusive")
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, when run from elsewhere
+    if os.path.isfile(os.path.join(root, "experiments", "benchmarks", "bench.py")) and root not in sys.path:
+        sys.path.append(root)
+    try:
+        from experiments.benchmarks import bench
+    except ImportError as e:
+        raise MedjaxError(f"medjax bench needs the repository's experiments/ package and the dev extras torch and "
+                          f"monai ({e})") from e
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        bench.run_from_args(args)
+    except bench.BenchError as e:
+        raise MedjaxError(str(e)) from e
+    return 0
+
+
 def run(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
+    if args.command == "bench":
+        return bench_command(args, overrides)
     if args.command == "import-weights":
         import absl.logging
 

@@ -1,0 +1,71 @@
+"""`medjax bench`: the smoke mode end to end through the CLI (one case per kind, tiny shapes), and its user errors.
+
+No timing assertions: only that every framework produced a record, the loss/output agreement checks ran and
+passed, the ratios are there, and the three output files are well formed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from medjax import cli  # noqa: E402
+
+FRAMEWORKS = {"medjax", "torch_eager", "torch_compile"}
+
+
+def test_bench_smoke(repo, tmp_path):
+    out = tmp_path / "bench"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    proc = subprocess.run([sys.executable, "-m", "medjax.cli", "bench", "--smoke", "--out", str(out)], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = json.loads((out / "bench.json").read_text())
+    assert result["mode"] == "smoke"
+    assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
+    records = result["records"]
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"classification", "segmentation", "sliding_window"}
+    for case in result["cases"]:
+        by_fw = {r["framework"]: r for r in records if r["case"] == case}
+        assert set(by_fw) == FRAMEWORKS, case
+        mj = by_fw["medjax"]
+        for fw, r in by_fw.items():
+            assert r["status"] == "ok", (case, fw, r["reason"])
+            assert r["infer_examples_per_s"] > 0 and r["compile_s"] > 0
+            assert len(r["input_shape_nc"]) == 2 + (3 if case.endswith("_3d") or r["kind"] == "sliding_window"
+                                                    else 2)
+            if r["kind"] != "sliding_window":
+                assert r["train_examples_per_s"] > 0
+            if fw != "medjax":
+                check = r["loss_check"] if r["kind"] != "sliding_window" else r["output_check"]
+                assert check["passed"] and check["against"] == "medjax", (case, fw, check)
+        if mj["kind"] != "sliding_window":
+            assert mj["loss_check"]["passed"]
+            assert all(mj["ratios"][f"train_medjax_over_{o}"] > 0 for o in ("torch_eager", "torch_compile"))
+        assert all(mj["ratios"][f"infer_medjax_over_{o}"] > 0 for o in ("torch_eager", "torch_compile"))
+
+    md = (out / "bench.md").read_text()
+    assert "| case |" in md and "medjax/torch_eager" in md and "FAILED" not in md
+    for case in result["cases"]:
+        assert case in md
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_bench_unknown_case_exits_2(tmp_path, capsys):
+    assert cli.main(["bench", "--cases", "nosuch", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and err.startswith("medjax: error:")
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_quick_and_smoke_exclusive(tmp_path, capsys):
+    assert cli.main(["bench", "--quick", "--smoke", "--out", str(tmp_path / "b")]) == 2
+    assert "exclusive" in capsys.readouterr().err
