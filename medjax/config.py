@@ -7,8 +7,9 @@ the key, so a typo can never silently run the default.
 
 Two optional sections exist in every loaded config, filled with inactive defaults where the file leaves them out
 (so `--config.init.from=...` and `--config.finetune.freeze=...` work with any experiment), see `optional_sections`:
-`config.init` (start from pretrained weights, `medjax.train.init_from`) and `config.finetune` (frozen groups,
-per-group learning rates, frozen BatchNorm statistics, linear probing; `medjax.train.finetune`).
+`config.init` (start from pretrained weights, `medjax.train.init_from`), `config.finetune` (frozen groups,
+per-group learning rates, frozen BatchNorm statistics, linear probing; `medjax.train.finetune`) and
+`config.compute` (mixed precision, rematerialisation, gradient accumulation; `medjax.train.compute`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from medjax.errors import MedjaxError
+from medjax.train import compute
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -92,11 +94,11 @@ def finetune_defaults() -> ml_collections.ConfigDict:
     return c
 
 
-OPTIONAL_SECTIONS = {"init": init_defaults, "finetune": finetune_defaults}
+OPTIONAL_SECTIONS = {"init": init_defaults, "finetune": finetune_defaults, "compute": compute.defaults}
 
 
 def optional_sections(config: ml_collections.ConfigDict) -> None:
-    """Add `config.init` / `config.finetune` (and any field a file's own section leaves out) with their defaults."""
+    """Add `config.init` / `config.finetune` / `config.compute` (and any field a file's own section leaves out) with their defaults."""
     with config.unlocked():
         for name, defaults in OPTIONAL_SECTIONS.items():
             if name not in config:

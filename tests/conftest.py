@@ -13,6 +13,8 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+import medjax  # noqa: E402,F401  (before any JAX computation: merges medjax's XLA:CPU defaults into XLA_FLAGS)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

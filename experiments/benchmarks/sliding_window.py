@@ -50,10 +50,15 @@ def jax_params(layers):
 
 
 def jax_net(params, x):
-    """(B, D, H, W, 1) -> (B, D, H, W, 2); explicit symmetric padding k // 2, as torch's `padding=k // 2`."""
+    """(B, D, H, W, 1) -> (B, D, H, W, 2); explicit symmetric padding k // 2, as torch's `padding=k // 2`.
+
+    The convolutions are medjax's (`medjax.models.ops.conv_general_dilated`, what medjax's models use).
+    """
+    from medjax.models import ops
+
     for i, (w, b) in enumerate(params):
         k = w.shape[0]
-        x = jax.lax.conv_general_dilated(
+        x = ops.conv_general_dilated(
             x, w, (1, 1, 1), [(k // 2, k // 2)] * 3, dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
         ) + b
         if i < len(params) - 1:

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from medjax.models import layers
+from medjax.models import layers, ops
 
 STEMS = ("standard", "small")
 
@@ -73,7 +73,7 @@ class _Transition(_Unit):
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = layers.spatial_ndim(x)
         x = self.make_conv(self.features, 1, nd, "conv")(nn.relu(self.make_norm("norm")(x)))
-        return nn.avg_pool(x, (2,) * nd, strides=(2,) * nd, padding="VALID")
+        return ops.pool_blocks(x, (2,) * nd, "avg")
 
 
 class DenseNet(nn.Module):
@@ -82,6 +82,8 @@ class DenseNet(nn.Module):
     `stem="standard"` is torchvision's 7x7/2 conv + 3x3/2 max-pool (the standard network needs >= 29 px: five
     halvings); `"small"` is a 3x3/1 conv without pooling, for 28 px MedMNIST inputs. `bn_axis_name` is only for
     pmap/shard_map strategies that need cross-device BatchNorm statistics.
+    `remat` recomputes each dense layer's activations in the backward pass instead of storing them (`nn.remat`):
+    less memory for a slower step, same numbers and parameter names.
     """
 
     num_classes: int
@@ -93,6 +95,7 @@ class DenseNet(nn.Module):
     norm: str = "batch"
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def __post_init__(self) -> None:
         layers.check_choice("densenet stem", self.stem, STEMS)
@@ -119,9 +122,10 @@ class DenseNet(nn.Module):
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
         features = self.num_init_features
+        layer_cls = nn.remat(_DenseLayer) if self.remat else _DenseLayer
         for b, n_layers in enumerate(self.block_config, start=1):
             for i in range(1, n_layers + 1):
-                new = _DenseLayer(growth_rate=self.growth_rate, bn_size=self.bn_size,
+                new = layer_cls(growth_rate=self.growth_rate, bn_size=self.bn_size,
                                   name=f"denseblock{b}_denselayer{i}", **shared)(x)
                 x = jnp.concatenate([x, new], axis=-1)
             features += n_layers * self.growth_rate

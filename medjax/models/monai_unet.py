@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax.errors import MedjaxError
-from medjax.models import layers
+from medjax.models import layers, ops
 
 NORMS = ("instance", "batch")
 PRELU_INIT = 0.25  # torch.nn.PReLU default
@@ -70,8 +70,8 @@ def _convolution(x: jax.Array, features: int, kernel_size: int | Sequence[int], 
         pad = [(ki - 1 - (ki - 1) // 2, ki - 1 - (ki - 1) // 2 + si - 1) for ki, si in zip(k, s)]
         x = nn.ConvTranspose(features, k, strides=s, padding=pad, use_bias=cfg.bias, dtype=cfg.dtype, name="conv")(x)
     else:
-        x = nn.Conv(features, k, strides=s, padding=[((ki - 1) // 2,) * 2 for ki in k], use_bias=cfg.bias,
-                    dtype=cfg.dtype, name="conv")(x)
+        x = ops.Conv(features, k, strides=s, padding=[((ki - 1) // 2,) * 2 for ki in k], use_bias=cfg.bias,
+                     dtype=cfg.dtype, name="conv")(x)
     if conv_only:
         return x
     for op in cfg.adn_ordering.upper():
@@ -129,8 +129,8 @@ class _ResidualUnit(nn.Module):
         res = x
         if int(np.prod(s)) != 1 or x.shape[-1] != self.features:
             k = _tuple(self.kernel_size, nd, "kernel_size") if int(np.prod(s)) != 1 else (1,) * nd
-            res = nn.Conv(self.features, k, strides=s, padding=[((ki - 1) // 2,) * 2 for ki in k],
-                          use_bias=self.cfg.bias, dtype=self.cfg.dtype, name="residual")(x)
+            res = ops.Conv(self.features, k, strides=s, padding=[((ki - 1) // 2,) * 2 for ki in k],
+                           use_bias=self.cfg.bias, dtype=self.cfg.dtype, name="residual")(x)
         n = max(1, self.subunits)
         for i in range(n):
             x = _Convolution(self.features, self.kernel_size, s if i == 0 else 1, self.last_conv_only and i == n - 1,

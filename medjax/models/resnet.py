@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax.errors import MedjaxError
-from medjax.models import layers
+from medjax.models import layers, ops
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("standard", "small")
@@ -76,6 +76,8 @@ class ResNet(nn.Module):
     a max-pool, i.e. `stem_stride=1`). The stem conv pads `kernel // 2` per axis, as both torchvision and MONAI do.
     `width` scales every stage (64 = torchvision).
     `bn_axis_name` is only for pmap/shard_map strategies that need cross-device BatchNorm statistics.
+    `remat` recomputes each residual block's activations in the backward pass instead of storing them (`nn.remat`):
+    less memory for a slower step, same numbers and parameter names.
     """
 
     stage_sizes: Sequence[int]
@@ -89,6 +91,7 @@ class ResNet(nn.Module):
     norm: str = "batch"
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def __post_init__(self) -> None:
         # Fail at construction (config time), not at the first trace.
@@ -116,16 +119,17 @@ class ResNet(nn.Module):
         standard = self.stem == "standard"
         kernel = self._stem_setting(self.stem_kernel, 7 if standard else 3, "stem_kernel", nd)
         stride = self._stem_setting(self.stem_stride, 2 if standard else 1, "stem_stride", nd)
-        x = nn.Conv(self.width, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel], use_bias=False,
-                    dtype=self.dtype, kernel_init=_conv_init, name="stem_conv")(x)
+        x = ops.Conv(self.width, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel], use_bias=False,
+                     dtype=self.dtype, kernel_init=_conv_init, name="stem_conv")(x)
         x = layers.norm(self.norm, train=train, name="stem_bn", axis_name=self.bn_axis_name, dtype=self.dtype)(x)
         x = nn.relu(x)
         if (standard if self.stem_pool is None else self.stem_pool):
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
+        block_cls = nn.remat(_Block) if self.remat else _Block
         for i, n_blocks in enumerate(self.stage_sizes, start=1):
             for j in range(1, n_blocks + 1):
-                x = _Block(
+                x = block_cls(
                     features=self.width * 2 ** (i - 1),
                     strides=2 if (i > 1 and j == 1) else 1,
                     bottleneck=self.block == "bottleneck",

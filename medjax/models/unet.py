@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax.errors import MedjaxError
-from medjax.models import layers
+from medjax.models import layers, ops
 
 UPSAMPLES = ("transpose", "resize")
 ACTIVATIONS = ("relu", "leaky_relu")
@@ -28,16 +28,16 @@ def _activation(kind: str, x: jax.Array) -> jax.Array:
 
 def _max_pool2(x: jax.Array) -> jax.Array:
     nd = x.ndim - 2
-    return nn.max_pool(x, (2,) * nd, strides=(2,) * nd)  # floor on odd sizes, like torch
+    return ops.pool_blocks(x, (2,) * nd, "max")  # floor on odd sizes, like torch
 
 
-def _deconv(features: int, nd: int, dtype: Any, name: str) -> nn.ConvTranspose:
+def _deconv(features: int, nd: int, dtype: Any, name: str) -> ops.UpConv:
     """2x transposed conv (kernel 2, stride 2): each input voxel writes one 2^nd output block, no overlap.
 
     Flax's kernel is (k.., in, out) and spatially flipped relative to torch's ConvTranspose (in, out, k..):
     a weight importer must flip the spatial axes.
     """
-    return nn.ConvTranspose(features, (2,) * nd, strides=(2,) * nd, padding="VALID", dtype=dtype, name=name)
+    return ops.UpConv(features, (2,) * nd, dtype=dtype, name=name)  # = nn.ConvTranspose(stride 2, VALID)
 
 
 class ConvBlock(nn.Module):
@@ -70,6 +70,8 @@ class UNet(nn.Module):
     (no checkerboard artefacts). With `deep_supervision`, train mode returns `(main, aux2, ..., aux{depth-1})`:
     1x1-conv logits `aux{i}` from decoder level `dec{i}`, each at its own (coarser) resolution, finest first;
     eval returns the main logits only. Group norm needs every feature count divisible by `num_groups`.
+    `remat` recomputes each conv block's activations in the backward pass instead of storing them (`nn.remat`):
+    less memory for a slower step, same numbers and parameter names.
     """
 
     num_classes: int
@@ -81,6 +83,7 @@ class UNet(nn.Module):
     num_groups: int = 8
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def __post_init__(self) -> None:
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
@@ -96,8 +99,10 @@ class UNet(nn.Module):
         depth = len(self.features)
         x = jnp.asarray(x, self.dtype)
 
+        block_cls = nn.remat(ConvBlock) if self.remat else ConvBlock
+
         def block(f: int, name: str) -> ConvBlock:
-            return ConvBlock(f, self.norm, self.activation, train, self.bn_axis_name, self.num_groups,
+            return block_cls(f, self.norm, self.activation, train, self.bn_axis_name, self.num_groups,
                              self.dtype, name=name)
 
         skips = []
@@ -190,12 +195,15 @@ class BasicUNet(nn.Module):
     count) except the last (`halves=False`), whose output width is `features[5]`, not `features[0]`.
     Input channels are taken from the data. `bn_axis_name` is accepted for a uniform model interface and unused
     (instance norm has no cross-example statistics); `train` changes nothing (dropout is 0).
+    `remat` recomputes each level (two convs)'s activations in the backward pass instead of storing them (`nn.remat`):
+    less memory for a slower step, same numbers and parameter names.
     """
 
     num_classes: int
     features: Sequence[int] = (32, 32, 64, 128, 256, 32)
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def __post_init__(self) -> None:
         if len(self.features) != 6:
@@ -207,15 +215,16 @@ class BasicUNet(nn.Module):
         nd = layers.spatial_ndim(x)
         f = self.features
         x = jnp.asarray(x, self.dtype)
-        x0 = _TwoConv(f[0], self.dtype, name="conv_0")(x)
-        x1 = _Down(f[1], self.dtype, name="down_1")(x0)
-        x2 = _Down(f[2], self.dtype, name="down_2")(x1)
-        x3 = _Down(f[3], self.dtype, name="down_3")(x2)
-        x4 = _Down(f[4], self.dtype, name="down_4")(x3)
-        u4 = _UpCat(f[4] // 2, f[3], self.dtype, name="upcat_4")(x4, x3)
-        u3 = _UpCat(f[3] // 2, f[2], self.dtype, name="upcat_3")(u4, x2)
-        u2 = _UpCat(f[2] // 2, f[1], self.dtype, name="upcat_2")(u3, x1)
-        u1 = _UpCat(f[1], f[5], self.dtype, name="upcat_1")(u2, x0)  # halves=False
+        two_conv, down, upcat = (nn.remat(m) if self.remat else m for m in (_TwoConv, _Down, _UpCat))
+        x0 = two_conv(f[0], self.dtype, name="conv_0")(x)
+        x1 = down(f[1], self.dtype, name="down_1")(x0)
+        x2 = down(f[2], self.dtype, name="down_2")(x1)
+        x3 = down(f[3], self.dtype, name="down_3")(x2)
+        x4 = down(f[4], self.dtype, name="down_4")(x3)
+        u4 = upcat(f[4] // 2, f[3], self.dtype, name="upcat_4")(x4, x3)
+        u3 = upcat(f[3] // 2, f[2], self.dtype, name="upcat_3")(u4, x2)
+        u2 = upcat(f[2] // 2, f[1], self.dtype, name="upcat_2")(u3, x1)
+        u1 = upcat(f[1], f[5], self.dtype, name="upcat_1")(u2, x0)  # halves=False
         logits = layers.conv(self.num_classes, 1, nd, name="final_conv", dtype=self.dtype)(u1)
         return jnp.asarray(logits, jnp.float32)
 

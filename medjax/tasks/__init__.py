@@ -7,6 +7,7 @@ from typing import Sequence
 import ml_collections
 
 from medjax.errors import MedjaxError
+from medjax.train import compute
 from medjax.tasks.classification import ClassificationTask
 from medjax.tasks.segmentation import SegmentationTask
 
@@ -14,7 +15,7 @@ TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask}
 
 
 def make_task(config: ml_collections.ConfigDict, class_names: Sequence[str], axis_name: str | None = None):
-    """Build `config.task.name`'s task with `config.model`."""
+    """Build `config.task.name`'s task with `config.model` (under `config.compute`'s precision and remat)."""
     if config.task.name not in TASKS:
         raise MedjaxError(f"unknown config.task.name={config.task.name!r}; known: {sorted(TASKS)}")
-    return TASKS[config.task.name](config.task, config.model, class_names, axis_name)
+    return TASKS[config.task.name](config.task, compute.model_config(config), class_names, axis_name)

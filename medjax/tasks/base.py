@@ -26,6 +26,8 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_nam
     try:
         return build_model(cfg.name, **kwargs)
     except TypeError as e:  # a dataclass constructor rejecting a keyword: the config's key is wrong
+        if "'remat'" in str(e):
+            raise MedjaxError(f"config.compute.remat: model {cfg.name!r} has no rematerialisation option") from e
         raise MedjaxError(f"config.model: {e} (model {cfg.name!r})") from e
 
 

@@ -28,7 +28,7 @@ from medjax.data.sources import load_splits, train_transform
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
 from medjax.train import finetune as finetune_lib
-from medjax.train import init_from, volume_eval
+from medjax.train import compute, init_from, volume_eval
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.logging import MetricLog
 from medjax.train.optim import make_optimizer
@@ -70,7 +70,8 @@ class Setup:
 
     def train_step_fn(self):
         """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan)."""
-        return make_train_step(self.task, self.tx, self.strategy.axis_name, self.augment, self.finetune)
+        return make_train_step(self.task, self.tx, self.strategy.axis_name, self.augment, self.finetune,
+                               accum_steps=compute.of(self.config).grad_accum_steps)
 
     def initial_state(self) -> TrainState:
         """The state of a run that starts now: `config.init.from`'s weights (see medjax.train.init_from) over a
@@ -104,6 +105,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setu
     if "train" not in splits:
         raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
     config = resolve_config(config, data)
+    compute.check(compute.of(config), config.batch_size, strategy.num_devices)
     task = make_task(config, data.class_names, strategy.axis_name)
     _validate_labels(splits, config)
     example = _first_train_image(splits["train"], config)

@@ -11,6 +11,11 @@ on the batch split across devices or processes, and a resumed run replays it exa
 Fine-tuning (`finetune`, a `medjax.train.finetune.Plan`, None without `config.finetune`) may freeze BatchNorm
 statistics in the forward pass (always, or during a linear probe) and makes `grad_norm` measure the gradients of
 the parameters that train at this step; without it the step is exactly the plain one.
+
+Gradient accumulation (`accum_steps` N > 1, `config.compute.grad_accum_steps`) splits the (augmented) batch into
+N micro-batches, example i to micro-batch i mod N, and scans over them: gradients and metrics are averaged, the
+BatchNorm statistics thread from one micro-batch to the next, and micro-batch j's loss key is
+`fold_in(fold_in(step_key, MICRO_STREAM), j)`. N = 1 is exactly the plain step.
 """
 
 from __future__ import annotations
@@ -18,29 +23,70 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from medjax import rng
 from medjax.train.state import TrainState
 
 AUGMENT_STREAM = 1  # folded into the step key for augmentation; the task's own randomness uses the step key
+MICRO_STREAM = 2  # folded into the step key for the micro-batches of gradient accumulation
+
+
+def micro_batches(batch: dict, n: int) -> dict:
+    """(B, ...) leaves -> (n, B / n, ...): micro-batch j holds examples j, j + n, ... (a reshape keeps every
+    device's contiguous rows spread evenly over the micro-batches)."""
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} examples is not divisible into {n} micro-batches")
+        return jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
 
 
 def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | None = None,
-                    augment: Callable[[jax.Array, dict], dict] | None = None, finetune=None) -> Callable:
-    """`train_step(state, batch) -> (state, metrics)`: augment (optional), loss, gradients, one optimizer update."""
+                    augment: Callable[[jax.Array, dict], dict] | None = None, finetune=None,
+                    accum_steps: int = 1) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)`: augment (optional), loss, gradients (accumulated over
+    `accum_steps` micro-batches), one optimizer update."""
+
+    def grads_of(params, batch_stats, batch, key, step):
+        def loss_fn(p):
+            return task.loss(p, batch_stats, batch, key)
+
+        if finetune is not None:
+            loss_fn = finetune.wrap_loss(loss_fn, batch_stats, step)
+        (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, batch_stats, metrics
+
+    def accumulated(params, batch_stats, batch, step_key, step):
+        micro_key = jax.random.fold_in(step_key, MICRO_STREAM)
+
+        def body(carry, xs):
+            grad_sum, stats, metric_sum = carry
+            j, micro = xs
+            grads, stats, metrics = grads_of(params, stats, micro, jax.random.fold_in(micro_key, j), step)
+            return (jax.tree.map(jnp.add, grad_sum, grads), stats, jax.tree.map(jnp.add, metric_sum, metrics)), None
+
+        micro = micro_batches(batch, accum_steps)
+        first = jax.tree.map(lambda x: x[0], micro)
+        zero_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+            lambda: grads_of(params, batch_stats, first, micro_key, step)[2]))
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        (grad_sum, batch_stats, metric_sum), _ = jax.lax.scan(
+            body, (zero_grads, batch_stats, zero_metrics), (jnp.arange(accum_steps), micro))
+        mean = lambda tree: jax.tree.map(lambda v: v / accum_steps, tree)  # noqa: E731
+        return mean(grad_sum), batch_stats, mean(metric_sum)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(rng.from_data(state.rng), state.step)
         if augment is not None:
             batch = augment(jax.random.fold_in(step_key, AUGMENT_STREAM), batch)
 
-        def loss_fn(params):
-            return task.loss(params, state.batch_stats, batch, step_key)
-
-        if finetune is not None:
-            loss_fn = finetune.wrap_loss(loss_fn, state.batch_stats, state.step)
-        (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if accum_steps == 1:
+            grads, batch_stats, metrics = grads_of(state.params, state.batch_stats, batch, step_key, state.step)
+        else:
+            grads, batch_stats, metrics = accumulated(state.params, state.batch_stats, batch, step_key, state.step)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
