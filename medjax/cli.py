@@ -5,7 +5,7 @@
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
         [--model.key=value ...] [--overwrite]
-    medjax bench [--quick | --smoke] [--cases NAME ...] --out DIR
+    medjax bench [--quick | --smoke] [--cases NAME ...] [--precision float32|bfloat16] --out DIR
 
 `import-weights` converts a PyTorch weight file into a medjax pretrained-weights directory (strict: every tensor
 used, every leaf filled), which `--config.init.from=DIR --config.init.layout=medjax` then starts a run from.
@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="a subset of the cases")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default per mode)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default per mode)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: medjax's mixed-precision policy against torch.autocast(bfloat16)")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md, bench.png")
     return parser
 

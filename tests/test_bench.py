@@ -69,3 +69,21 @@ def test_bench_unknown_case_exits_2(tmp_path, capsys):
 def test_bench_quick_and_smoke_exclusive(tmp_path, capsys):
     assert cli.main(["bench", "--quick", "--smoke", "--out", str(tmp_path / "b")]) == 2
     assert "exclusive" in capsys.readouterr().err
+
+
+def test_bench_smoke_bfloat16_compares_mixed_precision_policies(repo, tmp_path):
+    """medjax's bfloat16 policy against torch.autocast(bfloat16): same weights, losses within the bf16 tolerance."""
+    out = tmp_path / "bench"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-m", "medjax.cli", "bench", "--smoke", "--cases", "resnet18_2d_28",
+                           "--precision", "bfloat16", "--out", str(out)], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    assert result["precision"] == "bfloat16"
+    assert "--xla_cpu_experimental_xnn_fusion_type=individual_convolution" in result["machine"]["xla_flags"]
+    records = {r["framework"]: r for r in result["records"]}
+    assert {r["precision"] for r in records.values()} == {"bfloat16"}
+    check = records["torch_eager"]["loss_check"]
+    assert check["passed"] and check["rtol"] == 3e-2 and check["rel_diff"] > 0

@@ -58,6 +58,8 @@ import numpy as np
 
 FRAMEWORKS = ("medjax", "torch_eager", "torch_compile")
 LOSS_RTOL = 1e-4
+LOSS_RTOL_BF16 = 3e-2  # bfloat16 keeps 8 mantissa bits: the two frameworks round differently
+PRECISIONS = ("float32", "bfloat16")
 SW_ATOL = 1e-4
 LR = 1e-3
 SMALL_UNET = (8, 8, 16, 32, 64, 8)
@@ -201,7 +203,7 @@ def _data(case: Case, shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 # ---------------------------------------------------------------------------------------------------- frameworks
 
 def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np.ndarray, warmup: int,
-                repeats: int) -> dict:
+                repeats: int, precision: str = "float32") -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -214,6 +216,8 @@ def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np
     from medjax.transfer import get_layout, import_weights
 
     model = _medjax_model(case, shape)
+    if precision == "bfloat16":  # medjax's mixed-precision policy (config.compute.precision): float32 params
+        model = model.clone(dtype=jnp.bfloat16)
     xj = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *xj.shape[1:])), train=False))
     target = {k: v for k, v in target.items() if k in ("params", "batch_stats")}
@@ -262,20 +266,42 @@ def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np
                               "dropped": len(report.dropped)}}
 
 
-def _run_torch(net, compile_backend: str | None, x: np.ndarray, y: np.ndarray, warmup: int, repeats: int) -> dict:
+def torch_device() -> str:
     import torch
 
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_torch(net, compile_backend: str | None, x: np.ndarray, y: np.ndarray, warmup: int, repeats: int,
+               precision: str = "float32") -> dict:
+    import contextlib
+
+    import torch
+
+    device = torch_device()
+    net.to(device)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     net.train()
     model = torch.compile(net, backend=compile_backend, dynamic=False) if compile_backend else net
     opt = torch.optim.Adam(net.parameters(), lr=LR)
 
+    def autocast():  # torch's mixed precision: float32 weights, bfloat16 compute where autocast allows it
+        if precision == "bfloat16":
+            return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync(t):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return t
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(xt).float(), yt)
         loss.backward()
         opt.step()
-        return loss.detach()
+        return sync(loss.detach())
 
     rss0 = _maxrss_mb()
     t0 = time.perf_counter()
@@ -286,8 +312,8 @@ def _run_torch(net, compile_backend: str | None, x: np.ndarray, y: np.ndarray, w
     net.eval()
 
     def forward():
-        with torch.no_grad():
-            return model(xt)
+        with torch.no_grad(), autocast():
+            return sync(model(xt))
 
     infer_first_s = _timed(forward)  # eval mode: torch.compile recompiles for the changed BatchNorm path
     infer_s = _median_time(forward, warmup, repeats)
@@ -320,7 +346,7 @@ def _compile_fields(rec: dict, budget: CompileBudget) -> None:
 
 
 def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, frameworks=FRAMEWORKS,
-                   log=print, budget: CompileBudget | None = None) -> list[dict]:
+                   log=print, budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
     budget = budget or CompileBudget()
     import torch
 
@@ -334,7 +360,8 @@ def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, framewor
               "input_shape_nc": [shape.batch, case.in_channels, *spatial],
               "input_shape_medjax": [shape.batch, *spatial, case.in_channels], "num_classes": case.num_classes,
               "features": list(shape.features) if shape.features else None, "stem": case.stem,
-              "warmup": warmup, "repeats": repeats, "optimizer": f"adam lr {LR}", "loss": "softmax cross-entropy"}
+              "warmup": warmup, "repeats": repeats, "optimizer": f"adam lr {LR}", "loss": "softmax cross-entropy",
+              "precision": precision}
     results: dict[str, dict] = {}
     for fw in frameworks:
         rec = dict(common, framework=fw, status="ok", reason=None)
@@ -347,7 +374,7 @@ def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, framewor
             if rec["status"] != "ok":
                 pass
             elif fw == "medjax":
-                rec.update(_run_medjax(case, shape, state_dict, x, y, warmup, repeats))
+                rec.update(_run_medjax(case, shape, state_dict, x, y, warmup, repeats, precision))
             else:
                 rec.update(_run_torch(net if fw == "torch_eager" else net_for_compile,
                                       budget.backend if fw == "torch_compile" else None, x, y, warmup, repeats))
@@ -365,11 +392,11 @@ def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, framewor
             rec["infer_examples_per_s"] = shape.batch / rec["infer_step_s"]
         results[fw] = rec
         log(f"  {case.name} {fw}: {_describe(rec)}")
-    _check_losses(results)
+    _check_losses(results, LOSS_RTOL_BF16 if precision == "bfloat16" else LOSS_RTOL)
     return [results[fw] for fw in frameworks]
 
 
-def _check_losses(results: dict[str, dict]) -> None:
+def _check_losses(results: dict[str, dict], rtol: float = LOSS_RTOL) -> None:
     ref = results.get("medjax")
     if ref is None:
         return
@@ -378,14 +405,14 @@ def _check_losses(results: dict[str, dict]) -> None:
             continue
         rel = _rel(rec["first_loss"], ref["first_loss"])
         rec["loss_check"] = {"against": "medjax", "medjax_first_loss": ref["first_loss"], "rel_diff": rel,
-                             "rtol": LOSS_RTOL, "passed": rel <= LOSS_RTOL}
-    ref["loss_check"] = {"against": "torch", "rtol": LOSS_RTOL,
+                             "rtol": rtol, "passed": rel <= rtol}
+    ref["loss_check"] = {"against": "torch", "rtol": rtol,
                          "passed": all(r.get("loss_check", {}).get("passed", True) for r in results.values()
                                        if r is not ref)}
     bad = [f"{fw}: {r['first_loss']!r} vs medjax {ref['first_loss']!r}" for fw, r in results.items()
            if r is not ref and r.get("loss_check") and not r["loss_check"]["passed"]]
     if bad:
-        raise RuntimeError(f"{ref['case']}: first-step losses disagree beyond {LOSS_RTOL} relative: {bad}")
+        raise RuntimeError(f"{ref['case']}: first-step losses disagree beyond {rtol} relative: {bad}")
 
 
 def run_sliding_window_case(case: Case, shape: Shape, warmup: int, repeats: int, frameworks=FRAMEWORKS,
@@ -406,8 +433,9 @@ def run_sliding_window_case(case: Case, shape: Shape, warmup: int, repeats: int,
                                                       ).astype(np.float32)
     roi = (shape.roi,) * 3
     params, xj = sw.jax_params(layers), jnp.asarray(volume)
-    xt = torch.from_numpy(np.ascontiguousarray(volume.transpose(0, 4, 1, 2, 3)))
-    net = sw.torch_net(layers)
+    device = torch_device()
+    xt = torch.from_numpy(np.ascontiguousarray(volume.transpose(0, 4, 1, 2, 3))).to(device)
+    net = sw.torch_net(layers).to(device)
     common = {"case": case.name, "kind": case.kind, "arch": "conv3d(1-8-8-2)", "batch": shape.batch,
               "input_shape_nc": [shape.batch, 1, *(shape.size,) * 3],
               "input_shape_medjax": [shape.batch, *(shape.size,) * 3, 1], "roi": list(roi), "overlap": sw.OVERLAP,
@@ -424,7 +452,7 @@ def run_sliding_window_case(case: Case, shape: Shape, warmup: int, repeats: int,
         def go():
             with torch.no_grad():
                 return monai_swi(xt, roi, sw.SW_BATCH, predictor, overlap=sw.OVERLAP, mode=sw.MODE
-                                 ).numpy().transpose(0, 2, 3, 4, 1)
+                                 ).cpu().numpy().transpose(0, 2, 3, 4, 1)
         return go
 
     outputs, records = {}, []
@@ -508,6 +536,9 @@ def machine() -> dict:
             "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()], "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "torch_cuda": torch.cuda.is_available(),
+            "jax_device_kind": jax.devices()[0].device_kind,
+            "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),  # medjax's XLA:CPU defaults (medjax/xla_flags.py) included
             "monai": monai.__version__,
             # persistent compilation caches make "compile s" a cache load on a second run
             "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir,
@@ -634,9 +665,11 @@ def check_extras() -> None:
 
 
 def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None = None,
-        warmup: int | None = None, repeats: int | None = None, log=print) -> dict:
+        warmup: int | None = None, repeats: int | None = None, log=print, precision: str = "float32") -> dict:
     if mode not in MODES:
         raise BenchError(f"unknown mode {mode!r}")
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown --precision {precision!r}; known: {', '.join(PRECISIONS)}")
     cases = select_cases(mode, case_names)
     if warmup is not None and warmup < 0 or repeats is not None and repeats < 1:
         raise BenchError("--warmup must be >= 0 and --repeats >= 1")
@@ -653,10 +686,12 @@ def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None
     for case in cases:
         shape = getattr(case, mode)
         log(f"{case.name}: {mode} shape {shape}")
-        runner = run_sliding_window_case if case.kind == "sliding_window" else run_model_case
-        records += runner(case, shape, warmup, repeats, log=log, budget=budget)
+        if case.kind == "sliding_window":  # float32 inference in both frameworks whatever --precision says
+            records += run_sliding_window_case(case, shape, warmup, repeats, log=log, budget=budget)
+        else:
+            records += run_model_case(case, shape, warmup, repeats, log=log, budget=budget, precision=precision)
     add_ratios(records)
-    result = {"mode": mode, "machine": machine(), "warmup": warmup, "repeats": repeats,
+    result = {"mode": mode, "precision": precision, "machine": machine(), "warmup": warmup, "repeats": repeats,
               "torch_compile_backend": budget.backend, "torch_compile_budget_s": budget.total,
               "torch_compile_caches_disabled": torch_caches,
               "cases": [c.name for c in cases], "frameworks": list(FRAMEWORKS), "records": records,
@@ -689,12 +724,14 @@ def add_arguments(p) -> None:
     p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help=f"subset of: {', '.join(CASES)}")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default per mode)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default per mode)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="bfloat16: medjax's mixed-precision policy against torch.autocast(bfloat16) (training cases)")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md, bench.png")
 
 
 def run_from_args(args) -> dict:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    return run(args.out, mode, args.cases, args.warmup, args.repeats)
+    return run(args.out, mode, args.cases, args.warmup, args.repeats, precision=getattr(args, "precision", "float32"))
 
 
 if __name__ == "__main__":

@@ -2,18 +2,22 @@
 
 Every function here computes exactly what the `lax` / `flax.linen` primitive it replaces computes (up to float
 summation order, tested), with the same parameters, so checkpoints and imported weights are unaffected. They exist
-because of measurements on XLA:CPU (jax 0.10, 2-core AMD EPYC; `experiments/benchmarks/ops.py`):
+because of measurements on XLA:CPU (jax 0.10, 2-core AMD EPYC; `python -m experiments.benchmarks.ops`, whose
+table is in the README's Performance section):
 
-* **3D convolution** is a generic, poorly vectorised loop on XLA:CPU (about 22 GFLOP/s against 120 for a matmul on
-  the same machine), while 2D convolutions go to XNNPACK (see `medjax.perf`). `conv_general_dilated` therefore
-  computes a 3D convolution on CPU as a sum over the kernel's depth taps of 2D convolutions whose batch is
-  (batch x output depth): 4-5x faster forward and backward. Other platforms keep `lax.conv_general_dilated`
-  (cuDNN's 3D kernels are good), selected per platform at lowering time by `lax.platform_dependent`.
+* **3D convolution** is a generic, poorly vectorised loop on XLA:CPU (5x slower than torch's), while 2D
+  convolutions go to XNNPACK (see `medjax.xla_flags`). `conv_general_dilated` therefore computes a 3D convolution
+  on CPU as a sum over the kernel's depth taps of 2D convolutions whose batch is (batch x output depth): about 5x
+  faster forward + backward, on par with torch.
+* **3D convolutions on tiny planes** (ResNet's last stages: 2x2 or 4x4 pixels, 256-512 channels) are slow as 2D
+  convolutions too, so they run as one matmul over gathered patches (im2col): more than 10x faster.
+* Other platforms keep `lax.conv_general_dilated` (cuDNN's kernels are good), selected per platform at lowering
+  time by `lax.platform_dependent`.
 * **Transposed convolution with kernel == stride** (U-Net 2x up-sampling) writes disjoint output blocks, so it is a
   matmul followed by a depth-to-space reshape (`UpConv`); XLA lowers the general form to a convolution of the
-  zero-dilated input, 40x slower forward in 3D.
+  zero-dilated input, over 30x slower in 3D.
 * **Non-overlapping pooling** (window == stride, no padding) as a reshape and a reduction (`pool_blocks`): the
-  gradient of `reduce_window` max is `select_and_scatter`, 13x slower on CPU than the reduction's gradient. On ties
+  gradient of `reduce_window` max is `select_and_scatter`, several times slower on CPU. On ties
   inside a window the gradient is split equally among the tied inputs (torch picks one); ties have measure zero
   for continuous activations, and ReLU zeros carry no gradient either way.
 """
@@ -21,6 +25,7 @@ because of measurements on XLA:CPU (jax 0.10, 2-core AMD EPYC; `experiments/benc
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,12 +35,22 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _channels_last_3d(dimension_numbers: Any, ndim: int) -> bool:
-    """True when `dimension_numbers` is NDHWC / DHWIO / NDHWC (flax's channels-last convention)."""
-    if ndim != 5:
+# On CPU, a 3D convolution whose output planes (the last two spatial axes) have at most this many pixels runs as
+# one matmul over gathered patches: as 2D convolutions on tiny planes with many channels it is slow (ResNet's last
+# stage, 2x2^3 x 512 -> 512; see the benchmark's conv3d_small row). Not for 2D convolutions: a 2D ResNet-18 on
+# 28 px trained about 10% slower with its 4x4 stage as matmuls (batch 16, two interleaved pairs of runs).
+SMALL_PLANE = 16
+
+
+def _channels_last(dimension_numbers: Any, ndim: int) -> bool:
+    """True when `dimension_numbers` is NHWC / HWIO / NHWC or NDHWC / DHWIO / NDHWC (flax's convention)."""
+    if ndim not in (4, 5):
         return False
-    dn = lax.conv_dimension_numbers((1,) * 5, (1,) * 5, dimension_numbers)
-    return dn == lax.ConvDimensionNumbers((0, 4, 1, 2, 3), (4, 3, 0, 1, 2), (0, 4, 1, 2, 3))
+    nd = ndim - 2
+    dn = lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
+    spatial = tuple(range(1, 1 + nd))
+    return dn == lax.ConvDimensionNumbers((0, nd + 1) + spatial, (nd + 1, nd) + tuple(range(nd)),
+                                          (0, nd + 1) + spatial)
 
 
 def _explicit_padding(padding: Any, lhs_spatial: Sequence[int], rhs_spatial: Sequence[int],
@@ -46,12 +61,41 @@ def _explicit_padding(padding: Any, lhs_spatial: Sequence[int], rhs_spatial: Seq
     return [tuple(int(v) for v in p) for p in padding]
 
 
+def _pad_or_crop(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """Spatial padding of a channels-last batch; negative amounts crop, as in lax.conv_general_dilated."""
+    x = jnp.pad(x, [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads] + [(0, 0)])
+    return x[(slice(None),) + tuple(slice(max(-lo, 0), x.shape[1 + i] - max(-hi, 0))
+                                    for i, (lo, hi) in enumerate(pads)) + (slice(None),)]
+
+
+def _out_size(size: int, k: int, pad: tuple[int, int], stride: int, dilation: int) -> int:
+    return (size + pad[0] + pad[1] - (k - 1) * dilation - 1) // stride + 1
+
+
+def _conv_as_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], pads: list[tuple[int, int]],
+                    rhs_dilation: Sequence[int], precision: Any, preferred_element_type: Any) -> jax.Array:
+    """Channels-last convolution as one matmul: the input patches of every kernel offset, concatenated along the
+    channels (im2col), times the kernel reshaped to (k^nd * in, out). For small outputs only (memory: k^nd x)."""
+    nd = lhs.ndim - 2
+    x = _pad_or_crop(lhs, pads)
+    k = rhs.shape[:nd]
+    out = [_out_size(x.shape[1 + i], k[i], (0, 0), strides[i], rhs_dilation[i]) for i in range(nd)]
+    patches = []
+    for offset in itertools.product(*(range(ki) for ki in k)):
+        start = [0] + [o * d for o, d in zip(offset, rhs_dilation)] + [0]
+        limit = [x.shape[0]] + [s + st * (o - 1) + 1 for s, st, o in zip(start[1:], strides, out)] + [x.shape[-1]]
+        patches.append(lax.slice(x, start, limit, [1, *strides, 1]))
+    cols = jnp.concatenate(patches, axis=-1)
+    y = lax.dot_general(cols, rhs.reshape(-1, rhs.shape[-1]), (((nd + 1,), (0,)), ((), ())), precision=precision,
+                        preferred_element_type=preferred_element_type)
+    return y
+
+
 def _conv3d_as_2d(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], pads: list[tuple[int, int]],
                   rhs_dilation: Sequence[int], precision: Any, preferred_element_type: Any) -> jax.Array:
     """NDHWC x DHWIO convolution as sum_k conv2d(depth slice k of the input, rhs[k]), batch folded with depth."""
-    (d_lo, d_hi), sd, rd = pads[0], strides[0], rhs_dilation[0]
-    x = jnp.pad(lhs, [(0, 0), (max(d_lo, 0), max(d_hi, 0)), (0, 0), (0, 0), (0, 0)])
-    x = x[:, max(-d_lo, 0): x.shape[1] - max(-d_hi, 0)]  # negative padding crops
+    sd, rd = strides[0], rhs_dilation[0]
+    x = _pad_or_crop(lhs, [pads[0], (0, 0), (0, 0)])
     n, depth, kd = x.shape[0], x.shape[1], rhs.shape[0]
     d_out = (depth - (kd - 1) * rd - 1) // sd + 1
     out = None
@@ -70,9 +114,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
-    """Drop-in `lax.conv_general_dilated`; 3D channels-last convolutions run as 2D ones on CPU (module docstring).
+    """Drop-in `lax.conv_general_dilated`. On CPU, 3D channels-last convolutions run as one matmul when their
+    output planes are small (<= `SMALL_PLANE` pixels), else as 2D convolutions (module docstring).
 
-    Anything else (other ranks or layouts, input dilation, grouped convolutions) is passed to `lax` unchanged.
+    Anything else (other platforms, 2D convolutions, other layouts, input dilation, grouped convolutions) is
+    `lax.conv_general_dilated` unchanged.
     """
     nd = lhs.ndim - 2
     rhs_dilation = tuple(rhs_dilation or (1,) * nd)
@@ -80,13 +126,16 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type)
-    if (not _channels_last_3d(dimension_numbers, lhs.ndim) or feature_group_count != 1 or batch_group_count != 1
-            or any(d != 1 for d in (lhs_dilation or ()))):
+    if (nd != 3 or not _channels_last(dimension_numbers, lhs.ndim) or feature_group_count != 1
+            or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or ()))):
         return reference(lhs, rhs)
     strides = tuple(window_strides)
-    pads = _explicit_padding(padding, lhs.shape[1:4], rhs.shape[:3], strides, rhs_dilation)
-    on_cpu = functools.partial(_conv3d_as_2d, strides=strides, pads=pads, rhs_dilation=rhs_dilation,
-                               precision=precision, preferred_element_type=preferred_element_type)
+    pads = _explicit_padding(padding, lhs.shape[1:1 + nd], rhs.shape[:nd], strides, rhs_dilation)
+    out = [_out_size(lhs.shape[1 + i], rhs.shape[i], pads[i], strides[i], rhs_dilation[i]) for i in range(nd)]
+    kw = dict(strides=strides, pads=pads, rhs_dilation=rhs_dilation, precision=precision,
+              preferred_element_type=preferred_element_type)
+    small = out[-1] * out[-2] <= SMALL_PLANE
+    on_cpu = functools.partial(_conv_as_matmul if small else _conv3d_as_2d, **kw)
     return lax.platform_dependent(lhs, rhs, cpu=on_cpu, default=reference)
 
 

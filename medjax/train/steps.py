@@ -13,8 +13,11 @@ statistics in the forward pass (always, or during a linear probe) and makes `gra
 the parameters that train at this step; without it the step is exactly the plain one.
 
 Gradient accumulation (`accum_steps` N > 1, `config.compute.grad_accum_steps`) splits the (augmented) batch into
-N micro-batches, example i to micro-batch i mod N, and scans over them: gradients and metrics are averaged, the
-BatchNorm statistics thread from one micro-batch to the next, and micro-batch j's loss key is
+N micro-batches, example i to micro-batch i mod N, and runs them one after another in a `lax.scan` (one
+micro-batch's activations alive at a time). On CPU the scan is unrolled (`lax.platform_dependent`): XLA:CPU runs
+a loop body with convolutions about 20x slower, and there the unrolled form saves no memory, only the larger
+effective batch (`experiments/benchmarks/train_options.py compute`). Gradients and metrics are averaged,
+the BatchNorm statistics thread from one micro-batch to the next, and micro-batch j's loss key is
 `fold_in(fold_in(step_key, MICRO_STREAM), j)`. N = 1 is exactly the plain step.
 """
 
@@ -61,20 +64,28 @@ def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | Non
 
     def accumulated(params, batch_stats, batch, step_key, step):
         micro_key = jax.random.fold_in(step_key, MICRO_STREAM)
+        micro = micro_batches(batch, accum_steps)
 
         def body(carry, xs):
             grad_sum, stats, metric_sum = carry
-            j, micro = xs
-            grads, stats, metrics = grads_of(params, stats, micro, jax.random.fold_in(micro_key, j), step)
+            j, mb = xs
+            grads, stats, metrics = grads_of(params, stats, mb, jax.random.fold_in(micro_key, j), step)
             return (jax.tree.map(jnp.add, grad_sum, grads), stats, jax.tree.map(jnp.add, metric_sum, metrics)), None
 
-        micro = micro_batches(batch, accum_steps)
-        first = jax.tree.map(lambda x: x[0], micro)
-        zero_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-            lambda: grads_of(params, batch_stats, first, micro_key, step)[2]))
-        zero_grads = jax.tree.map(jnp.zeros_like, params)
-        (grad_sum, batch_stats, metric_sum), _ = jax.lax.scan(
-            body, (zero_grads, batch_stats, zero_metrics), (jnp.arange(accum_steps), micro))
+        def init(batch_stats, micro):
+            first = jax.tree.map(lambda x: x[0], micro)
+            zero_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: grads_of(params, batch_stats, first, micro_key, step)[2]))
+            return jax.tree.map(jnp.zeros_like, params), batch_stats, zero_metrics
+
+        def scanned(batch_stats, micro):  # one compiled body, one micro-batch's activations alive at a time
+            return jax.lax.scan(body, init(batch_stats, micro), (jnp.arange(accum_steps), micro))[0]
+
+        def unrolled(batch_stats, micro):  # XLA:CPU runs a scan body with convolutions ~20x slower
+            return jax.lax.scan(body, init(batch_stats, micro), (jnp.arange(accum_steps), micro), unroll=True)[0]
+
+        grad_sum, batch_stats, metric_sum = jax.lax.platform_dependent(
+            batch_stats, micro, cpu=unrolled, default=scanned)
         mean = lambda tree: jax.tree.map(lambda v: v / accum_steps, tree)  # noqa: E731
         return mean(grad_sum), batch_stats, mean(metric_sum)
 

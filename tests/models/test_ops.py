@@ -65,8 +65,32 @@ def test_conv3d_is_2d_convolutions_on_cpu_and_3d_elsewhere():
     assert _lowered(f, x, w, platform="cuda") == ["b, 0, 1, 2, f"]
 
 
+@pytest.mark.parametrize("xshape,kshape,strides,padding,dilation", [
+    ((2, 3, 2, 2, 8), (3, 3, 3, 8, 6), (1, 1, 1), [(1, 1)] * 3, (1, 1, 1)),        # 3D 2x2 planes
+    ((1, 5, 6, 5, 3), (3, 3, 3, 3, 4), (1, 2, 2), [(2, 0), (1, 1), (0, 2)], (1, 2, 1)),  # asymmetric, dilated
+    ((1, 5, 6, 6, 3), (3, 2, 3, 3, 4), (1, 2, 2), [(1, 1), (-1, 1), (1, 1)], (1, 1, 1)),  # negative pad crops
+    ((1, 4, 4, 4, 3), (1, 1, 1, 3, 5), (2, 2, 2), [(0, 0)] * 3, (1, 1, 1)),        # 1x1x1 shortcut
+])
+def test_small_plane_3d_convolutions_as_matmul_match_lax(xshape, kshape, strides, padding, dilation):
+    x, w = _rand(xshape, 0), _rand(kshape, 1)
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=DN3)
+
+    def fast(x, w):
+        return ops.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=DN3)
+
+    text = jax.jit(fast).trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+    assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
+    _close(jax.jit(fast)(x, w), ref(x, w))
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    for g_fast, g_ref in zip(jax.jit(jax.grad(loss(fast), (0, 1)))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+        _close(g_fast, g_ref, rtol=5e-6)
+
+
 @pytest.mark.parametrize("kw", [
     dict(xshape=(2, 8, 9, 3), kshape=(3, 3, 3, 4), dn=("NHWC", "HWIO", "NHWC")),              # 2D
+    dict(xshape=(2, 4, 4, 8), kshape=(3, 3, 8, 4), dn=("NHWC", "HWIO", "NHWC")),              # 2D, small plane
     dict(xshape=(1, 6, 6, 6, 4), kshape=(3, 3, 3, 2, 4), dn=DN3, feature_group_count=2),       # grouped
     dict(xshape=(1, 6, 6, 6, 2), kshape=(3, 3, 3, 2, 4), dn=DN3, lhs_dilation=(2, 2, 2)),      # input dilation
     dict(xshape=(1, 2, 6, 6, 6), kshape=(4, 2, 3, 3, 3), dn=("NCDHW", "OIDHW", "NCDHW")),     # channels first

@@ -122,3 +122,30 @@ def test_remat_on_a_model_without_it_is_named(repo):
         config.model = type(config.model)(dict(name="monai_unet", channels=(4, 8), strides=(2,)))
     with pytest.raises(MedjaxError, match="config.compute.remat: model 'monai_unet'"):
         model_from_config(compute.model_config(config), 3, None)
+
+
+def test_accumulation_is_a_loop_on_accelerators_and_unrolled_on_cpu():
+    """A scan keeps one micro-batch's activations alive on GPU/TPU; XLA:CPU runs loop bodies slowly, so CPU unrolls."""
+    import optax
+
+    from medjax import rng
+    from medjax.train.state import TrainState
+    from medjax.train.steps import make_train_step
+
+    class Task:
+        def loss(self, params, batch_stats, batch, key):
+            loss = jnp.mean((batch["image"] @ params["w"] - batch["label"]) ** 2)
+            return loss, (batch_stats, {"loss": loss})
+
+    tx = optax.sgd(0.1)
+    params = {"w": jnp.ones((3,))}
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params),
+                       rng=rng.to_data(rng.key(0)))
+    batch = {"image": jnp.ones((8, 3)), "label": jnp.zeros((8,))}
+    step = jax.jit(make_train_step(Task(), tx, accum_steps=4))
+
+    def lowered(platform):
+        return step.trace(state, batch).lower(lowering_platforms=(platform,)).as_text()
+
+    assert "stablehlo.while" in lowered("cuda")
+    assert "stablehlo.while" not in lowered("cpu")

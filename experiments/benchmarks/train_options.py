@@ -1,0 +1,209 @@
+"""Throughput and memory of medjax's training step under its parallel and compute options.
+
+    python -m experiments.benchmarks.train_options scaling [--devices 1 2 4] [--strategy sharding] --out DIR
+    python -m experiments.benchmarks.train_options compute [--case basic_unet_3d_96] --out DIR
+
+`scaling`: the trainer's step (the strategy's compiled `make_train_step`) on 1, 2, 4... devices at the same
+global batch, each device count in its own process (`JAX_NUM_CPU_DEVICES` on CPU, the first N accelerators
+otherwise). On a CPU the "devices" share the same cores, so the ratio measures the partitioning overhead, not a
+speed-up; on GPUs it is the scaling curve.
+
+`compute`: one model and batch (a `medjax bench` case at its --quick shape) under each `config.compute` option:
+plain, `remat`, `grad_accum_steps` 2 and 4, `precision=bfloat16`. Memory is XLA's own account of the compiled step
+(`compiled.memory_analysis()`: temporaries, i.e. activations and workspace, plus arguments and outputs), so it is
+exact on every platform; time is the median of `--repeats` steps after one warm-up.
+
+Both write DIR/<mode>.json and DIR/<mode>.md. Numbers depend on the machine: they are written with its description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _timed_steps(step, state, batch, repeats: int) -> tuple[float, float, object]:
+    import jax
+
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times), state
+
+
+def _setup(case_name: str, precision: str = "float32", remat: bool = False, batch_size: int | None = None):
+    """(model, task-like loss object, optax tx, host batch) for a bench case at its --quick shape (its batch
+    size replaced by `batch_size` if given)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    import optax
+
+    from experiments.benchmarks import bench
+    from medjax import losses
+    from medjax.tasks.base import apply_model
+
+    case = bench.CASES[case_name]
+    shape = case.quick if batch_size is None else dataclasses.replace(case.quick, batch=batch_size)
+    model = bench._medjax_model(case, shape).clone(remat=remat)
+    if precision == "bfloat16":
+        model = model.clone(dtype=jnp.bfloat16)
+    x, y = bench._data(case, shape)
+    batch = {"image": np.ascontiguousarray(np.moveaxis(x, 1, -1)), "label": y.astype(np.int32)}
+
+    class Task:
+        def loss(self, params, batch_stats, batch, key):
+            logits, new_stats = apply_model(model, params, batch_stats, batch["image"], train=True)
+            loss = losses.softmax_cross_entropy(logits, batch["label"])
+            return loss, (new_stats, {"loss": loss})
+
+    return case, model, Task(), optax.adam(bench.LR), batch
+
+
+def _state(model, tx, image, strategy):
+    from medjax.train.state import create_state
+
+    init = lambda key: model.init(key, image[:1], train=False)  # noqa: E731
+    return strategy.init_state(lambda: create_state(init, tx, 0))
+
+
+def scaling_worker(case_name: str, strategy_name: str, repeats: int) -> dict:
+    """In-process: the step on every visible device."""
+    import jax
+
+    from medjax.train.parallel import make_strategy
+    from medjax.train.steps import make_train_step
+
+    case, model, task, tx, batch = _setup(case_name)
+    strategy = make_strategy(strategy_name)
+    state = _state(model, tx, batch["image"], strategy)
+    step = strategy.compile_train_step(make_train_step(task, tx, strategy.axis_name))
+    placed = strategy.put_batch(batch, len(batch["label"]))
+    first, median, _ = _timed_steps(step, state, placed, repeats)
+    return {"case": case_name, "strategy": strategy_name, "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "global_batch": len(batch["label"]),
+            "first_step_s": first, "step_s": median, "examples_per_s": len(batch["label"]) / median}
+
+
+def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int) -> list[dict]:
+    rows = []
+    for n in devices:
+        env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n))
+        code = (f"import json, medjax; from experiments.benchmarks import train_options as t; "
+                f"print('RESULT', json.dumps(t.scaling_worker({case_name!r}, {strategy!r}, {repeats})))")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
+                              cwd=pathlib.Path(__file__).resolve().parents[2])
+        if proc.returncode:
+            raise RuntimeError(f"{n} devices failed:\n{proc.stderr[-2000:]}")
+        rows.append(json.loads(proc.stdout.split("RESULT", 1)[1]))
+        print(f"  {n} device(s): {rows[-1]['examples_per_s']:.2f} examples/s", flush=True)
+    base = rows[0]["examples_per_s"]
+    for r in rows:
+        r["throughput_vs_first"] = r["examples_per_s"] / base
+    return rows
+
+
+COMPUTE_OPTIONS = {  # name -> (precision, remat, grad_accum_steps)
+    "plain": ("float32", False, 1),
+    "remat": ("float32", True, 1),
+    "grad_accum_2": ("float32", False, 2),
+    "grad_accum_4": ("float32", False, 4),
+    "bfloat16": ("bfloat16", False, 1),
+}
+
+
+def run_compute(case_name: str, repeats: int, options: list[str], batch_size: int | None) -> list[dict]:
+    import jax
+
+    from medjax.train.parallel import make_strategy
+    from medjax.train.steps import make_train_step
+
+    strategy = make_strategy("sharding", jax.devices()[:1])
+    rows = []
+    for name in options:
+        precision, remat, accum = COMPUTE_OPTIONS[name]
+        case, model, task, tx, batch = _setup(case_name, precision, remat, batch_size)
+        if len(batch["label"]) % accum:
+            rows.append({"option": name, "skipped": f"batch {len(batch['label'])} not divisible by {accum}"})
+            continue
+        state = _state(model, tx, batch["image"], strategy)
+        step = strategy.compile_train_step(make_train_step(task, tx, None, accum_steps=accum))
+        placed = strategy.put_batch(batch, len(batch["label"]))
+        mem = step.lower(state, placed).compile().memory_analysis()
+        first, median, _ = _timed_steps(step, state, placed, repeats)
+        rows.append({"option": name, "precision": precision, "remat": remat, "grad_accum_steps": accum,
+                     "case": case_name, "batch": len(batch["label"]), "step_s": median, "first_step_s": first,
+                     "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+                     "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+                     "output_bytes": getattr(mem, "output_size_in_bytes", None)})
+        print(f"  {name}: {median:.3f} s/step, temporaries {rows[-1]['temp_bytes'] / 2**20:.1f} MiB", flush=True)
+    plain = next((r for r in rows if r["option"] == "plain"), None)
+    for r in rows:
+        if "step_s" in r and plain is not None:
+            r["time_vs_plain"] = r["step_s"] / plain["step_s"]
+            r["temp_vs_plain"] = r["temp_bytes"] / plain["temp_bytes"] if plain["temp_bytes"] else None
+    return rows
+
+
+def _markdown(mode: str, rows: list[dict], machine: dict) -> str:
+    head = f"# medjax {mode}\n\nMachine: {machine['platform']}, {machine['cpu_count']} CPUs, jax {machine['jax']} " \
+           f"({machine['device_kind']}).\n\n"
+    if mode == "scaling":
+        lines = ["| devices | global batch | step s | examples/s | vs 1 device |", "|---|---|---|---|---|"]
+        lines += [f"| {r['devices']} | {r['global_batch']} | {r['step_s']:.3f} | {r['examples_per_s']:.2f} | "
+                  f"{r['throughput_vs_first']:.2f} |" for r in rows]
+    else:
+        lines = ["| option | step s | time vs plain | temporaries MiB | memory vs plain |", "|---|---|---|---|---|"]
+        lines += [f"| {r['option']} | {r['step_s']:.3f} | {r.get('time_vs_plain', float('nan')):.2f} | "
+                  f"{r['temp_bytes'] / 2**20:.1f} | {r.get('temp_vs_plain') or float('nan'):.2f} |"
+                  for r in rows if "step_s" in r]
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("scaling", "compute"))
+    p.add_argument("--case", default=None, help="a medjax bench case (its --quick shape)")
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--strategy", default="sharding", choices=("sharding", "pmap"))
+    p.add_argument("--options", nargs="+", default=list(COMPUTE_OPTIONS), choices=list(COMPUTE_OPTIONS))
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the case's --quick batch; "
+                   "compute mode: 4, so that gradient accumulation has micro-batches to split)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    import medjax  # noqa: F401  (XLA:CPU defaults before jax starts)
+    import jax
+
+    from experiments.benchmarks.bench import machine
+
+    if args.mode == "scaling":
+        rows = run_scaling(args.case or "resnet18_2d_28", args.devices, args.strategy, args.repeats)
+    else:
+        rows = run_compute(args.case or "basic_unet_3d_96", args.repeats, args.options, args.batch or 4)
+    info = dict(machine(), device_kind=jax.devices()[0].device_kind)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.mode}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    (out / f"{args.mode}.md").write_text(_markdown(args.mode, rows, info))
+    print((out / f"{args.mode}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
