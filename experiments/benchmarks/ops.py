@@ -49,6 +49,14 @@ def _torch_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def _torch_fwd_bwd(op, *tensors, **kw):
+    """A thunk running op(*tensors, **kw), then the backward pass of sum(y^2)."""
+    def go():
+        y = op(*tensors, **kw)
+        (y * y).sum().backward()
+    return go
+
+
 def _cases():
     """name -> (before(args), after(args), args, torch fwd+bwd thunk)."""
     import flax.linen as nn
@@ -65,11 +73,7 @@ def _cases():
     x, w = rand(1, 32, 32, 32, 32), rand(3, 3, 3, 32, 32) * 0.05
     xt = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
     wt = torch.from_numpy(w.transpose(4, 3, 0, 1, 2).copy()).requires_grad_()
-
-    def conv_torch():
-        y = torch.nn.functional.conv3d(xt, wt, padding=1)
-        (y * y).sum().backward()
-
+    conv_torch = _torch_fwd_bwd(torch.nn.functional.conv3d, xt, wt, padding=1)
     conv = (lambda x, w: lax.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=dn),
             lambda x, w: ops.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=dn),
             (jnp.asarray(x), jnp.asarray(w)), conv_torch)
@@ -78,32 +82,20 @@ def _cases():
     ref = nn.ConvTranspose(32, (2, 2, 2), strides=(2, 2, 2), padding="VALID", use_bias=False)
     ut = torch.from_numpy(u.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
     kt = torch.from_numpy(k[::-1, ::-1, ::-1].transpose(3, 4, 0, 1, 2).copy()).requires_grad_()
-
-    def up_torch():
-        y = torch.nn.functional.conv_transpose3d(ut, kt, stride=2)
-        (y * y).sum().backward()
-
+    up_torch = _torch_fwd_bwd(torch.nn.functional.conv_transpose3d, ut, kt, stride=2)
     upconv = (lambda u, k: ref.apply({"params": {"kernel": k}}, u), lambda u, k: ops.upconv_blocks(u, k),
               (jnp.asarray(u), jnp.asarray(k)), up_torch)
 
     p = rand(1, 32, 32, 32, 32)
     pt = torch.from_numpy(p.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
-
-    def pool_torch():
-        y = torch.nn.functional.max_pool3d(pt, 2)
-        (y * y).sum().backward()
-
+    pool_torch = _torch_fwd_bwd(torch.nn.functional.max_pool3d, pt, 2)
     pool = (lambda p: nn.max_pool(p, (2, 2, 2), strides=(2, 2, 2)), lambda p: ops.pool_blocks(p, (2, 2, 2)),
             (jnp.asarray(p),), pool_torch)
     s, ws = rand(2, 2, 2, 2, 512), rand(3, 3, 3, 512, 512) * 0.05
     st = torch.from_numpy(s.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
     wst = torch.from_numpy(ws.transpose(4, 3, 0, 1, 2).copy()).requires_grad_()
-
-    def small_torch():
-        y = torch.nn.functional.conv3d(st, wst, padding=1)
-        (y * y).sum().backward()
-
-    small = (conv[0], conv[1], (jnp.asarray(s), jnp.asarray(ws)), small_torch)
+    small = (conv[0], conv[1], (jnp.asarray(s), jnp.asarray(ws)),
+             _torch_fwd_bwd(torch.nn.functional.conv3d, st, wst, padding=1))
     return {"conv3d": conv, "upconv3d": upconv, "maxpool3d": pool, "conv3d_small": small}
 
 

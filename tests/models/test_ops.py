@@ -25,16 +25,8 @@ def _close(a, b, rtol=2e-6):
     np.testing.assert_allclose(a, b, atol=rtol * max(1.0, float(np.abs(b).max())), rtol=0)
 
 
-@pytest.mark.parametrize("xshape,kshape,strides,padding,dilation", [
-    ((2, 9, 10, 11, 3), (3, 3, 3, 3, 4), (1, 1, 1), [(1, 1)] * 3, (1, 1, 1)),      # U-Net conv, odd sizes
-    ((2, 9, 10, 11, 3), (3, 3, 3, 3, 4), (2, 2, 2), [(1, 1)] * 3, (1, 1, 1)),      # ResNet down-sampling
-    ((1, 8, 8, 8, 2), (1, 1, 1, 2, 5), (2, 2, 2), [(0, 0)] * 3, (1, 1, 1)),        # 1x1x1 shortcut, stride 2
-    ((1, 9, 9, 8, 2), (7, 7, 7, 2, 5), (2, 2, 2), [(3, 3)] * 3, (1, 1, 1)),        # ResNet stem
-    ((1, 8, 9, 8, 2), (3, 3, 3, 2, 5), (1, 2, 1), "SAME", (2, 1, 1)),              # string padding, depth dilation
-    ((1, 8, 9, 8, 2), (3, 3, 3, 2, 5), (1, 1, 1), [(2, 0), (0, 1), (1, 1)], (1, 1, 1)),  # asymmetric
-    ((1, 8, 9, 8, 2), (3, 2, 3, 2, 5), (1, 1, 1), [(-1, 2), (0, 1), (1, 1)], (1, 1, 1)),  # negative pad crops
-])
-def test_conv3d_matches_lax_values_and_gradients(xshape, kshape, strides, padding, dilation):
+def _check_against_lax(xshape, kshape, strides, padding, dilation):
+    """ops.conv_general_dilated equals lax's on values and gradients; returns the CPU lowering's text."""
     x, w = _rand(xshape, 0), _rand(kshape, 1)
 
     def ref(x, w):
@@ -47,6 +39,20 @@ def test_conv3d_matches_lax_values_and_gradients(xshape, kshape, strides, paddin
     loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
     for g_fast, g_ref in zip(jax.jit(jax.grad(loss(fast), (0, 1)))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
         _close(g_fast, g_ref, rtol=5e-6)
+    return jax.jit(fast).trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+
+
+@pytest.mark.parametrize("xshape,kshape,strides,padding,dilation", [
+    ((2, 9, 10, 11, 3), (3, 3, 3, 3, 4), (1, 1, 1), [(1, 1)] * 3, (1, 1, 1)),      # U-Net conv, odd sizes
+    ((2, 9, 10, 11, 3), (3, 3, 3, 3, 4), (2, 2, 2), [(1, 1)] * 3, (1, 1, 1)),      # ResNet down-sampling
+    ((1, 8, 8, 8, 2), (1, 1, 1, 2, 5), (2, 2, 2), [(0, 0)] * 3, (1, 1, 1)),        # 1x1x1 shortcut, stride 2
+    ((1, 9, 9, 8, 2), (7, 7, 7, 2, 5), (2, 2, 2), [(3, 3)] * 3, (1, 1, 1)),        # ResNet stem
+    ((1, 8, 9, 8, 2), (3, 3, 3, 2, 5), (1, 2, 1), "SAME", (2, 1, 1)),              # string padding, depth dilation
+    ((1, 8, 9, 8, 2), (3, 3, 3, 2, 5), (1, 1, 1), [(2, 0), (0, 1), (1, 1)], (1, 1, 1)),  # asymmetric
+    ((1, 8, 9, 8, 2), (3, 2, 3, 2, 5), (1, 1, 1), [(-1, 2), (0, 1), (1, 1)], (1, 1, 1)),  # negative pad crops
+])
+def test_conv3d_matches_lax_values_and_gradients(xshape, kshape, strides, padding, dilation):
+    _check_against_lax(xshape, kshape, strides, padding, dilation)
 
 
 def _lowered(f, *args, platform):
@@ -72,20 +78,8 @@ def test_conv3d_is_2d_convolutions_on_cpu_and_3d_elsewhere():
     ((1, 4, 4, 4, 3), (1, 1, 1, 3, 5), (2, 2, 2), [(0, 0)] * 3, (1, 1, 1)),        # 1x1x1 shortcut
 ])
 def test_small_plane_3d_convolutions_as_matmul_match_lax(xshape, kshape, strides, padding, dilation):
-    x, w = _rand(xshape, 0), _rand(kshape, 1)
-
-    def ref(x, w):
-        return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=DN3)
-
-    def fast(x, w):
-        return ops.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=DN3)
-
-    text = jax.jit(fast).trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+    text = _check_against_lax(xshape, kshape, strides, padding, dilation)
     assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
-    _close(jax.jit(fast)(x, w), ref(x, w))
-    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-    for g_fast, g_ref in zip(jax.jit(jax.grad(loss(fast), (0, 1)))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
-        _close(g_fast, g_ref, rtol=5e-6)
 
 
 @pytest.mark.parametrize("kw", [
