@@ -46,9 +46,10 @@ def _timed_steps(step, state, batch, repeats: int) -> tuple[float, float, object
     return first, statistics.median(times), state
 
 
-def _setup(case_name: str, precision: str = "float32", remat: bool = False, batch_size: int | None = None):
-    """(model, task-like loss object, optax tx, host batch) for a bench case at its --quick shape (its batch
-    size replaced by `batch_size` if given)."""
+def _setup(case_name: str, precision: str = "float32", remat: bool = False, batch_size: int | None = None,
+           shape: str = "quick"):
+    """(model, task-like loss object, optax tx, host batch) for a bench case at its `shape` ("quick" or
+    "smoke") shape, its batch size replaced by `batch_size` if given."""
     import dataclasses
 
     import jax.numpy as jnp
@@ -59,7 +60,8 @@ def _setup(case_name: str, precision: str = "float32", remat: bool = False, batc
     from medjax.tasks.base import apply_model
 
     case = bench.CASES[case_name]
-    shape = case.quick if batch_size is None else dataclasses.replace(case.quick, batch=batch_size)
+    base = getattr(case, shape)
+    shape = base if batch_size is None else dataclasses.replace(base, batch=batch_size)
     model = bench._medjax_model(case, shape).clone(remat=remat)
     if precision == "bfloat16":
         model = model.clone(dtype=jnp.bfloat16)
@@ -82,14 +84,14 @@ def _state(model, tx, image, strategy):
     return strategy.init_state(lambda: create_state(init, tx, 0))
 
 
-def scaling_worker(case_name: str, strategy_name: str, repeats: int) -> dict:
+def scaling_worker(case_name: str, strategy_name: str, repeats: int, shape: str = "quick") -> dict:
     """In-process: the step on every visible device."""
     import jax
 
     from medjax.train.parallel import make_strategy
     from medjax.train.steps import make_train_step
 
-    case, model, task, tx, batch = _setup(case_name)
+    case, model, task, tx, batch = _setup(case_name, shape=shape)
     strategy = make_strategy(strategy_name)
     state = _state(model, tx, batch["image"], strategy)
     step = strategy.compile_train_step(make_train_step(task, tx, strategy.axis_name))
@@ -100,12 +102,12 @@ def scaling_worker(case_name: str, strategy_name: str, repeats: int) -> dict:
             "first_step_s": first, "step_s": median, "examples_per_s": len(batch["label"]) / median}
 
 
-def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int) -> list[dict]:
+def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int, shape: str = "quick") -> list[dict]:
     rows = []
     for n in devices:
         env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n))
         code = (f"import json, medjax; from experiments.benchmarks import train_options as t; "
-                f"print('RESULT', json.dumps(t.scaling_worker({case_name!r}, {strategy!r}, {repeats})))")
+                f"print('RESULT', json.dumps(t.scaling_worker({case_name!r}, {strategy!r}, {repeats}, {shape!r})))")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
                               cwd=pathlib.Path(__file__).resolve().parents[2])
         if proc.returncode:
