@@ -106,8 +106,11 @@ def _free_port():
 def test_two_processes_match_one_process(repo, tmp_path):
     """2 processes x 2 CPU devices through jax.distributed == 1 process x 4 devices."""
     args = ["--config.num_train_steps=4", "--config.eval_every=2", "--config.checkpoint_every=4"]
+    # Without the XNNPACK/YNNPACK defaults: 2 processes x 2 devices beside another test worker oversubscribe the
+    # 2 CPUs, and under that load this test twice ran past its timeout with them on (never alone, 30 s).
+    plain_xla = {"MEDJAX_XLA_CPU_DEFAULTS": "0", "XLA_FLAGS": ""}
     single = tmp_path / "single"
-    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(single), *args)
+    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(single), *args, env=plain_xla)
     assert r.returncode == 0, r.stderr
     multi = tmp_path / "multi"
     port = _free_port()
@@ -116,7 +119,7 @@ def test_two_processes_match_one_process(repo, tmp_path):
          "--num_cpu_devices", "2"],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), **plain_xla))
         for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
