@@ -121,7 +121,13 @@ def test_two_processes_match_one_process(repo, tmp_path):
         env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), **plain_xla))
         for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = [p.communicate()[1][-3000:] for p in procs]
+        pytest.fail(f"2-process training ran past 600 s; stderr tails: {tails}")
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     _, a = final_params(repo, single, *args)
     _, b = final_params(repo, multi, *args)
