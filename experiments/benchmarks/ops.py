@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -27,26 +25,11 @@ SHAPES = {  # name -> description used in the table
 }
 
 
-def _median_ms(fn, args, repeats: int) -> float:
-    import jax
+def _median_ms(fn, warmup: int = 1, repeats: int = 7) -> float:
+    """Median wall time of `fn()` in ms, with the bench harness's timer."""
+    from experiments.benchmarks.bench import _median_time
 
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
-def _torch_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return 1000 * _median_time(fn, warmup, repeats)
 
 
 def _torch_fwd_bwd(op, *tensors, **kw):
@@ -110,10 +93,11 @@ def run(repeats: int = 7) -> list[dict]:
         def fwd_bwd(f):
             return jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=tuple(range(len(args)))))
 
+        fb_before, fb_after = fwd_bwd(before), fwd_bwd(after)  # jitted once, timed after a warm-up call
         rows.append({"op": name, "shape": SHAPES[name], "max_abs_diff": diff,
-                     "before_ms": _median_ms(fwd_bwd(before), args, repeats),
-                     "after_ms": _median_ms(fwd_bwd(after), args, repeats),
-                     "torch_eager_ms": _torch_ms(torch_fn, repeats)})
+                     "before_ms": _median_ms(lambda: jax.block_until_ready(fb_before(*args)), 1, repeats),
+                     "after_ms": _median_ms(lambda: jax.block_until_ready(fb_after(*args)), 1, repeats),
+                     "torch_eager_ms": _median_ms(torch_fn, 1, repeats)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
