@@ -1,11 +1,12 @@
 """Forward + backward time of the primitives `medjax.models.ops` replaces, against XLA's own form and torch.
 
-    python -m experiments.benchmarks.ops [--repeats 7] [--out DIR]
+    python -m experiments.benchmarks.ops [--repeats 7] [--fold-channels N] [--out DIR]
 
 Each row times `jax.grad(sum(f(x)^2))` (median of `--repeats` after a warm-up) for XLA's primitive ("before") and
 medjax's formulation ("after"), and the same forward + backward in torch eager on the same shapes, and checks that
 before and after agree. Writes DIR/ops.json and DIR/ops.md when --out is given. `import medjax` first, so the XLA:CPU
-defaults are on for both columns: the difference is the formulation only.
+defaults are on for both columns: the difference is the formulation only. `--fold-channels 0` sets
+`medjax.models.ops.FOLD_CHANNELS` for the run, e.g. 0 to time the per-tap form of few-channel 3D convolutions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 
 SHAPES = {  # name -> description used in the table
     "conv3d": "3D conv 3x3x3, 1x32^3x32 -> 32",
+    "conv3d_1ch": "3D conv 3x3x3, 4x32^3x1 -> 8 (a first layer)",
+    "conv3d_8ch": "3D conv 3x3x3, 4x32^3x8 -> 8",
     "upconv3d": "2x up-conv, 1x16^3x64 -> 32",
     "maxpool3d": "max-pool 2, 1x32^3x32",
     "conv3d_small": "3D conv 3x3x3, 2x2^3x512 -> 512 (ResNet's last stage)",
@@ -53,13 +56,16 @@ def _cases():
     rand = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     dn = ("NDHWC", "DHWIO", "NDHWC")
 
-    x, w = rand(1, 32, 32, 32, 32), rand(3, 3, 3, 32, 32) * 0.05
-    xt = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
-    wt = torch.from_numpy(w.transpose(4, 3, 0, 1, 2).copy()).requires_grad_()
-    conv_torch = _torch_fwd_bwd(torch.nn.functional.conv3d, xt, wt, padding=1)
-    conv = (lambda x, w: lax.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=dn),
-            lambda x, w: ops.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=dn),
-            (jnp.asarray(x), jnp.asarray(w)), conv_torch)
+    def conv_case(x, w):
+        xt = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
+        wt = torch.from_numpy(w.transpose(4, 3, 0, 1, 2).copy()).requires_grad_()
+        return (lambda x, w: lax.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=dn),
+                lambda x, w: ops.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=dn),
+                (jnp.asarray(x), jnp.asarray(w)), _torch_fwd_bwd(torch.nn.functional.conv3d, xt, wt, padding=1))
+
+    conv = conv_case(rand(1, 32, 32, 32, 32), rand(3, 3, 3, 32, 32) * 0.05)
+    conv_1ch = conv_case(rand(4, 32, 32, 32, 1), rand(3, 3, 3, 1, 8) * 0.3)
+    conv_8ch = conv_case(rand(4, 32, 32, 32, 8), rand(3, 3, 3, 8, 8) * 0.1)
 
     u, k = rand(1, 16, 16, 16, 64), rand(2, 2, 2, 64, 32) * 0.05
     ref = nn.ConvTranspose(32, (2, 2, 2), strides=(2, 2, 2), padding="VALID", use_bias=False)
@@ -74,12 +80,9 @@ def _cases():
     pool_torch = _torch_fwd_bwd(torch.nn.functional.max_pool3d, pt, 2)
     pool = (lambda p: nn.max_pool(p, (2, 2, 2), strides=(2, 2, 2)), lambda p: ops.pool_blocks(p, (2, 2, 2)),
             (jnp.asarray(p),), pool_torch)
-    s, ws = rand(2, 2, 2, 2, 512), rand(3, 3, 3, 512, 512) * 0.05
-    st = torch.from_numpy(s.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
-    wst = torch.from_numpy(ws.transpose(4, 3, 0, 1, 2).copy()).requires_grad_()
-    small = (conv[0], conv[1], (jnp.asarray(s), jnp.asarray(ws)),
-             _torch_fwd_bwd(torch.nn.functional.conv3d, st, wst, padding=1))
-    return {"conv3d": conv, "upconv3d": upconv, "maxpool3d": pool, "conv3d_small": small}
+    small = conv_case(rand(2, 2, 2, 2, 512), rand(3, 3, 3, 512, 512) * 0.05)
+    return {"conv3d": conv, "conv3d_1ch": conv_1ch, "conv3d_8ch": conv_8ch, "upconv3d": upconv, "maxpool3d": pool,
+            "conv3d_small": small}
 
 
 def run(repeats: int = 7) -> list[dict]:
@@ -105,9 +108,15 @@ def run(repeats: int = 7) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--fold-channels", type=int, default=None,
+                   help="override medjax.models.ops.FOLD_CHANNELS (0: every 3D convolution per depth tap)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     import medjax  # noqa: F401  (XLA:CPU defaults before JAX starts)
+    from medjax.models import ops
+
+    if args.fold_channels is not None:
+        ops.FOLD_CHANNELS = args.fold_channels
 
     rows = run(args.repeats)
     table = ["| op (forward + backward) | XLA's form ms | medjax ms | torch eager ms |", "|---|---|---|---|"]

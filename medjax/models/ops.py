@@ -9,6 +9,10 @@ table is in the README's Performance section):
   convolutions go to XNNPACK (see `medjax.xla_flags`). `conv_general_dilated` therefore computes a 3D convolution
   on CPU as a sum over the kernel's depth taps of 2D convolutions whose batch is (batch x output depth): about 5x
   faster forward + backward, on par with torch.
+* **3D convolutions with few input channels** (first layers, small networks: 1-32 channels) make per-tap 2D
+  convolutions mostly overhead, so the depth taps are concatenated along the channels and the whole convolution is
+  one 2D convolution (single-channel inputs fold the height taps too: one 1 x k convolution). Forward + backward,
+  batch 4 of 32^3: 1 -> 8 channels 157 -> 16 ms, 8 -> 8 channels 340 -> 38 ms against XLA's form (torch 20 and 49).
 * **3D convolutions on tiny planes** (ResNet's last stages: 2x2 or 4x4 pixels, 256-512 channels) are slow as 2D
   convolutions too, so they run as one matmul over gathered patches (im2col): more than 10x faster.
 * Other platforms keep `lax.conv_general_dilated` (cuDNN's kernels are good), selected per platform at lowering
@@ -32,6 +36,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -40,6 +45,14 @@ from jax import lax
 # stage, 2x2^3 x 512 -> 512; see the benchmark's conv3d_small row). Not for 2D convolutions: a 2D ResNet-18 on
 # 28 px trained about 10% slower with its 4x4 stage as matmuls (batch 16, two interleaved pairs of runs).
 SMALL_PLANE = 16
+
+# On CPU, a 3D convolution with at most this many input channels runs as one 2D convolution over the input's
+# depth taps concatenated along the channels (`_conv3d_folded`), and single-channel inputs fold the height taps
+# too. Forward + backward on batch 4 of 32^3, per-tap form -> folded (`python -m experiments.benchmarks.ops
+# --fold-channels 0` against the default, 2-core EPYC): 1 -> 8 channels 51 -> 16 ms, 8 -> 8 53 -> 38 ms. At 32
+# channels the two were within noise (78 and 66 ms, separate runs), and at 64 the per-tap form was as fast (a
+# one-off comparison) and needs a third of the memory.
+FOLD_CHANNELS = 32
 
 
 def _channels_last(dimension_numbers: Any, ndim: int) -> bool:
@@ -110,12 +123,53 @@ def _conv3d_as_2d(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], pads: 
     return out.reshape((n, d_out) + out.shape[1:])
 
 
+def _conv3d_folded(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], pads: list[tuple[int, int]],
+                   rhs_dilation: Sequence[int], precision: Any, preferred_element_type: Any,
+                   folded_axes: int = 1) -> jax.Array:
+    """NDHWC x DHWIO convolution as ONE 2D convolution (1D for `folded_axes=2`) over few-channel inputs.
+
+    The input slices of the kernel's taps along the first `folded_axes` spatial axes are concatenated along the
+    channels (partial im2col), so the 2D convolution sees taps x channels input channels; with 1-16 input
+    channels that keeps XNNPACK's kernels busy where per-tap convolutions of the `_conv3d_as_2d` form are mostly
+    overhead. Costs taps x the input's memory, hence only for few channels.
+    """
+    nd = lhs.ndim - 2
+    x = _pad_or_crop(lhs, list(pads[:folded_axes]) + [(0, 0)] * (nd - folded_axes))
+    n, cin = x.shape[0], x.shape[-1]
+    k = rhs.shape[:nd]
+    out = [_out_size(x.shape[1 + i], k[i], (0, 0), strides[i], rhs_dilation[i]) for i in range(folded_axes)]
+    slices = []
+    for offset in itertools.product(*(range(ki) for ki in k[:folded_axes])):
+        start = [0] + [o * d for o, d in zip(offset, rhs_dilation)] + [0] * (nd - folded_axes + 1)
+        limit = ([n] + [s + st * (o - 1) + 1 for s, st, o in zip(start[1:], strides, out)]
+                 + list(x.shape[1 + folded_axes:]))
+        slices.append(lax.slice(x, start, limit, [1, *strides[:folded_axes]] + [1] * (nd - folded_axes + 1)))
+    cols = jnp.concatenate(slices, axis=-1)  # (n, *out[:folded], *rest, taps * cin), tap-major channels
+    batch = n * int(np.prod(out))
+    cols = cols.reshape((batch,) + cols.shape[1 + folded_axes:])
+    rest = k[folded_axes:]
+    taps = int(np.prod(k[:folded_axes]))
+    kernel = jnp.moveaxis(rhs.reshape((taps,) + rest + rhs.shape[nd:]), 0, len(rest))
+    kernel = kernel.reshape(rest + (taps * cin, rhs.shape[-1]))
+    if len(rest) == 1:  # a 1D convolution, run as 2D with a unit axis
+        cols, kernel = cols[:, None], kernel[None]
+    rest_strides = tuple(strides[folded_axes:]) if len(rest) == 2 else (1,) + tuple(strides[folded_axes:])
+    rest_pads = list(pads[folded_axes:]) if len(rest) == 2 else [(0, 0)] + list(pads[folded_axes:])
+    rest_dilation = (tuple(rhs_dilation[folded_axes:]) if len(rest) == 2
+                     else (1,) + tuple(rhs_dilation[folded_axes:]))
+    y = lax.conv_general_dilated(cols, kernel, rest_strides, rest_pads, rhs_dilation=rest_dilation,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+                                 preferred_element_type=preferred_element_type)
+    return y.reshape((n, *out) + y.shape[1 + (2 - len(rest)):])
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
     """Drop-in `lax.conv_general_dilated`. On CPU, 3D channels-last convolutions run as one matmul when their
-    output planes are small (<= `SMALL_PLANE` pixels), else as 2D convolutions (module docstring).
+    output planes are small (<= `SMALL_PLANE` pixels), else as one 2D convolution over depth taps folded into the
+    channels (<= `FOLD_CHANNELS` input channels), else as one 2D convolution per depth tap (module docstring).
 
     Anything else (other platforms, 2D convolutions, other layouts, input dilation, grouped convolutions) is
     `lax.conv_general_dilated` unchanged.
@@ -134,8 +188,13 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     out = [_out_size(lhs.shape[1 + i], rhs.shape[i], pads[i], strides[i], rhs_dilation[i]) for i in range(nd)]
     kw = dict(strides=strides, pads=pads, rhs_dilation=rhs_dilation, precision=precision,
               preferred_element_type=preferred_element_type)
-    small = out[-1] * out[-2] <= SMALL_PLANE
-    on_cpu = functools.partial(_conv_as_matmul if small else _conv3d_as_2d, **kw)
+    cin = lhs.shape[-1]
+    if out[-1] * out[-2] <= SMALL_PLANE:
+        on_cpu = functools.partial(_conv_as_matmul, **kw)
+    elif cin <= FOLD_CHANNELS:
+        on_cpu = functools.partial(_conv3d_folded, folded_axes=2 if cin == 1 else 1, **kw)
+    else:
+        on_cpu = functools.partial(_conv3d_as_2d, **kw)
     return lax.platform_dependent(lhs, rhs, cpu=on_cpu, default=reference)
 
 

@@ -6,6 +6,7 @@ devices. Its functions are pure and are traced inside the strategy's jitted (or 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -23,12 +24,16 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_nam
     kwargs["num_classes"] = num_classes
     if axis_name:
         kwargs["bn_axis_name"] = axis_name
+    remat = kwargs.pop("remat", False)
     try:
-        return build_model(cfg.name, **kwargs)
+        model = build_model(cfg.name, **kwargs)
     except TypeError as e:  # a dataclass constructor rejecting a keyword: the config's key is wrong
-        if "'remat'" in str(e):
-            raise MedjaxError(f"config.compute.remat: model {cfg.name!r} has no rematerialisation option") from e
         raise MedjaxError(f"config.model: {e} (model {cfg.name!r})") from e
+    if remat:
+        if "remat" not in {f.name for f in dataclasses.fields(model)}:
+            raise MedjaxError(f"config.compute.remat: model {cfg.name!r} has no rematerialisation option")
+        model = model.clone(remat=True)
+    return model
 
 
 def apply_model(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, train: bool) -> tuple[Any, Any]:

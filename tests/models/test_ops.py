@@ -50,8 +50,14 @@ def _check_against_lax(xshape, kshape, strides, padding, dilation):
     ((1, 8, 9, 8, 2), (3, 3, 3, 2, 5), (1, 2, 1), "SAME", (2, 1, 1)),              # string padding, depth dilation
     ((1, 8, 9, 8, 2), (3, 3, 3, 2, 5), (1, 1, 1), [(2, 0), (0, 1), (1, 1)], (1, 1, 1)),  # asymmetric
     ((1, 8, 9, 8, 2), (3, 2, 3, 2, 5), (1, 1, 1), [(-1, 2), (0, 1), (1, 1)], (1, 1, 1)),  # negative pad crops
+    ((2, 9, 10, 11, 1), (3, 3, 3, 1, 4), (1, 1, 1), [(1, 1)] * 3, (1, 1, 1)),      # single-channel first layer
+    ((1, 9, 10, 8, 1), (3, 2, 3, 1, 4), (2, 2, 1), [(1, 0), (-1, 1), (1, 1)], (2, 2, 1)),  # 1 channel, all options
 ])
-def test_conv3d_matches_lax_values_and_gradients(xshape, kshape, strides, padding, dilation):
+@pytest.mark.parametrize("fold_channels", [0, 32], ids=["per_tap", "folded"])
+def test_conv3d_matches_lax_values_and_gradients(xshape, kshape, strides, padding, dilation, fold_channels,
+                                                 monkeypatch):
+    """Both CPU forms: 2D convolutions per depth tap (FOLD_CHANNELS=0) and taps folded into the channels."""
+    monkeypatch.setattr(ops, "FOLD_CHANNELS", fold_channels)
     _check_against_lax(xshape, kshape, strides, padding, dilation)
 
 
@@ -60,15 +66,30 @@ def _lowered(f, *args, platform):
     return re.findall(r"dim_numbers = \[([^\]]*)\]", text)
 
 
-def test_conv3d_is_2d_convolutions_on_cpu_and_3d_elsewhere():
-    """The CPU lowering holds one 2D convolution per depth tap; CUDA keeps XLA's single 3D convolution."""
-    x, w = jnp.ones((1, 6, 6, 6, 2)), jnp.ones((3, 3, 3, 2, 4))
+@pytest.mark.parametrize("channels,cpu_convs", [
+    (ops.FOLD_CHANNELS + 1, ["b, 0, 1, f"] * 3),  # many channels: one 2D convolution per depth tap
+    (ops.FOLD_CHANNELS, ["b, 0, 1, f"]),          # few: depth taps folded into the channels, one 2D convolution
+    (1, ["b, 0, 1, f"]),                          # one: depth and height taps folded, one (1 x 3) convolution
+])
+def test_conv3d_is_2d_convolutions_on_cpu_and_3d_elsewhere(channels, cpu_convs):
+    """The CPU lowering holds only 2D convolutions, as many as the form needs; CUDA keeps XLA's 3D convolution."""
+    x, w = jnp.ones((1, 6, 6, 6, channels)), jnp.ones((3, 3, 3, channels, 4))
 
     def f(x, w):
         return ops.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=DN3)
 
-    assert _lowered(f, x, w, platform="cpu") == ["b, 0, 1, f"] * 3
+    assert _lowered(f, x, w, platform="cpu") == cpu_convs
     assert _lowered(f, x, w, platform="cuda") == ["b, 0, 1, 2, f"]
+
+
+def test_single_channel_3d_convolution_folds_depth_and_height_taps():
+    """The 1-channel form is one convolution over rows (batch x depth x height = 36 rows of 1 x 6), with the
+    3 x 3 depth and height taps as 9 input channels and a 1 x 3 kernel."""
+    x, w = jnp.ones((1, 6, 6, 6, 1)), jnp.ones((3, 3, 3, 1, 4))
+    text = jax.jit(lambda x, w: ops.conv_general_dilated(x, w, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=DN3)
+                   ).trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+    assert re.findall(r"stablehlo.convolution.*\((tensor<[^>]*>), (tensor<[^>]*>)\)", text) == [
+        ("tensor<36x1x6x9xf32>", "tensor<1x3x9x4xf32>")]
 
 
 @pytest.mark.parametrize("xshape,kshape,strides,padding,dilation", [
