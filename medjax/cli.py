@@ -232,8 +232,11 @@ def run(argv: list[str]) -> int:
 
     distributed.configure_devices(args.num_cpu_devices)
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from medjax.gan import loop as gan_loop
     from medjax.train import loop
 
+    if gan_loop.is_gan(config):  # GAN tasks (gan, pix2pix, super_resolution) have their own step and evaluation
+        loop = gan_loop
     if args.command == "train":
         loop.train(config, args.workdir)
     else:

@@ -199,3 +199,29 @@ def save_curves_png(path: str, records: list[dict], dpi: int = 100, figsize=(9.0
         ax_eval.text(0.5, 0.5, "no evaluation records yet", ha="center", va="center", transform=ax_eval.transAxes)
     ax_eval.grid(alpha=0.3)
     _save_atomic(fig, path, dpi)
+
+
+def save_image_grid_png(path: str, rows: Sequence[np.ndarray], row_titles: Sequence[str] | None = None,
+                        value_range: tuple[float, float] = (-1.0, 1.0), dpi: int = 100) -> None:
+    """A grid of grey images: one row per array (N, *spatial, C), N columns; 3D images show their middle slice.
+
+    All images share `value_range` (GAN outputs in [-1, 1] by default), so rows are comparable: a generated image
+    looks as bright as it is, not stretched to its own range.
+    """
+    rows = [np.asarray(r, np.float32) for r in rows]
+    ncols = max(len(r) for r in rows)
+    fig, axes = _figure((1.4 * ncols, 1.5 * len(rows)), len(rows), ncols)
+    for i, images in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.set_axis_off()
+            if j >= len(images):
+                continue
+            x = images[j]
+            if x.ndim == 4:  # (D, H, W, C): middle slice
+                x = x[x.shape[0] // 2]
+            ax.imshow(x[..., 0], cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+        if row_titles:
+            axes[i, 0].set_title(row_titles[i], fontsize=8, loc="left")
+    fig.tight_layout()
+    _save_atomic(fig, path, dpi)

@@ -1,0 +1,1 @@
+"""Generative adversarial networks: tasks, losses, the step and the trainer (`medjax.gan.loop`)."""

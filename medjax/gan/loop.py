@@ -1,0 +1,337 @@
+"""Training and evaluation of GANs with the supervised trainer's machinery.
+
+The same strategies (`sharding` by default, `pmap`), the same resumable data stream, Orbax checkpoints (latest and,
+with `config.checkpoint.best_metric`, best) with exact resume, the same metrics log and curves. What differs:
+
+* **Intensities.** Images are mapped linearly to [-1, 1] (the generators' tanh range) from
+  `config.task.intensity_range` (lo, hi), or, when it is empty, the 0.5th and 99.5th percentiles of the training
+  images, and clipped. The range used is written to `<workdir>/gan.json` and applies to every split.
+* **pix2pix targets.** `config.task.target="label_onehot"` makes the target the one-hot label map in [-1, 1]
+  (e.g. T1 -> tissue map); `"image"` needs a dataset that has a `target` array.
+* **Evaluation** (every `eval_every` steps, with the EMA generator): PSNR and SSIM against the targets of the
+  first `config.eval.num_examples` validation examples (pix2pix, super-resolution; SR also records bicubic
+  interpolation's), and a PNG grid of samples in `<workdir>/plots/samples_<step>.png`.
+* **Divergence** stops the run with `TrainingDiverged` (CLI exit 3), keeping the last good checkpoint: a
+  non-finite loss or gradient, or a discriminator loss below `config.task.pinned_d_loss` for
+  `config.task.pinned_patience` consecutive log intervals (D wins outright and G gets no signal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from medjax import rng
+from medjax.data.batches import TrainStream
+from medjax.data.loader import materialize
+from medjax.data.sources import load_splits
+from medjax.errors import MedjaxError
+from medjax.gan.step import GANState, create_gan_state, latents, make_gan_step
+from medjax.gan.task import TASKS, GANTask, apply, make_gan_task
+from medjax.image_metrics import bicubic_upsample, downsample, psnr, ssim
+from medjax.train import finetune as finetune_lib
+from medjax.train import init_from
+from medjax.train.checkpoint import Checkpoints
+from medjax.train.logging import MetricLog
+from medjax.train.loop import TrainingDiverged, _progress, _write_json
+from medjax.train.optim import make_optimizer
+from medjax.train.parallel import make_strategy, replicated_to_host
+from medjax.viz import save_image_grid_png
+
+DATA_RANGE = 2.0  # images live in [-1, 1]
+
+
+def is_gan(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` is a GAN run (its `task.name` is one of `TASKS`)."""
+    return config.task.name in TASKS
+
+
+@dataclasses.dataclass
+class GANSetup:
+    config: ml_collections.ConfigDict
+    workdir: str
+    strategy: Any
+    task: GANTask
+    splits: dict
+    intensity_range: tuple[float, float]
+    g_tx: Any
+    d_tx: Any
+    create: Any
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    def checkpoints(self, read_only: bool = False) -> Checkpoints:
+        c = self.config.checkpoint
+        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.get("best_metric") or None,
+                           best_mode=c.get("best_mode", "max"), read_only=read_only)
+
+    def abstract_state(self) -> GANState:
+        return self.strategy.abstract_canonical(jax.eval_shape(self.create))
+
+
+def _check_unsupported(config: ml_collections.ConfigDict) -> None:
+    """Sections the GAN trainer does not implement: refuse rather than silently ignore them."""
+    if init_from.requested(config):
+        raise MedjaxError("config.init.from is not supported for GAN tasks yet")
+    if finetune_lib.is_active(config.get("finetune")):
+        raise MedjaxError("config.finetune is not supported for GAN tasks")
+    compute = config.get("compute")
+    if compute is not None and (compute.get("precision", "float32") != "float32" or compute.get("remat", False)
+                                or compute.get("grad_accum_steps", 1) != 1):
+        raise MedjaxError("config.compute (precision, remat, grad_accum_steps) is not supported for GAN tasks yet")
+
+
+def intensity_range(config: ml_collections.ConfigDict, train_images: np.ndarray) -> tuple[float, float]:
+    """`config.task.intensity_range`, or the training images' 0.5th and 99.5th percentiles."""
+    given = tuple(config.task.get("intensity_range", ()) or ())
+    if given:
+        if len(given) != 2 or not float(given[1]) > float(given[0]):
+            raise MedjaxError(f"config.task.intensity_range must be (lo, hi) with hi > lo, got {given}")
+        return float(given[0]), float(given[1])
+    lo, hi = np.percentile(train_images, [0.5, 99.5])
+    if not hi > lo:
+        raise MedjaxError(f"the training images are constant ({lo}); set config.task.intensity_range")
+    return float(lo), float(hi)
+
+
+def to_unit_range(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] linearly to [-1, 1] and clip (float32)."""
+    return np.clip((np.asarray(images, np.float32) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def prepare_splits(config: ml_collections.ConfigDict, splits: dict, num_classes: int,
+                   value_range: tuple[float, float]) -> dict:
+    """Rescaled images, and pix2pix targets, per split (new arrays; the loaded data is not modified)."""
+    target = config.task.get("target", "label_onehot")
+    out = {}
+    for name, arrays in splits.items():
+        arrays = dict(arrays)
+        arrays["image"] = to_unit_range(arrays["image"], *value_range)
+        if config.task.name == "pix2pix":
+            if target == "label_onehot":
+                if "label" not in arrays or arrays["label"].ndim != arrays["image"].ndim - 1:
+                    raise MedjaxError(f"config.task.target='label_onehot' needs a label map per image; split "
+                                      f"{name!r} has {sorted(arrays)}")
+                arrays["target"] = (np.eye(num_classes, dtype=np.float32)[arrays["label"]] * 2.0 - 1.0)
+            elif target == "image":
+                if "target" not in arrays:
+                    raise MedjaxError(f"config.task.target='image' needs a 'target' array; split {name!r} has "
+                                      f"{sorted(arrays)}")
+                arrays["target"] = to_unit_range(arrays["target"], *value_range)
+            else:
+                raise MedjaxError(f"unknown config.task.target={target!r}; use 'label_onehot' or 'image'")
+        if config.task.name != "gan" or not config.task.get("conditional", False):
+            arrays.pop("label", None)  # unconditional: labels are not part of the batch
+        out[name] = arrays
+    return out
+
+
+def resolve_config(config: ml_collections.ConfigDict, num_train: int) -> ml_collections.ConfigDict:
+    """`num_epochs` -> steps and intervals <= 0 -> once per epoch, on a copy (as the supervised trainer)."""
+    d = config.to_dict()
+    steps_per_epoch = max(1, math.ceil(num_train / d["batch_size"]))
+    if d.get("num_epochs", 0) > 0:
+        d["num_train_steps"] = int(d["num_epochs"] * steps_per_epoch)
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        if d[key] <= 0:
+            d[key] = steps_per_epoch
+    config = ml_collections.ConfigDict(d)
+    config.lock()
+    return config
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> GANSetup:
+    _check_unsupported(config)
+    strategy = make_strategy(config.parallel.strategy, devices)
+    data = load_splits(config.data)
+    splits = {k: (v if isinstance(v, dict) else materialize(v)) for k, v in data.splits.items()}
+    if "train" not in splits:
+        raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
+    num_classes = len(data.class_names)
+    value_range = intensity_range(config, splits["train"]["image"])
+    splits = prepare_splits(config, splits, num_classes, value_range)
+    config = resolve_config(config, len(splits["train"]["image"]))
+    example = {k: v[:1] for k, v in splits["train"].items()}
+    task = make_gan_task(config, example, num_classes, strategy.axis_name)
+    g_tx = make_optimizer(config.g_optimizer, config.num_train_steps)
+    d_tx = make_optimizer(config.d_optimizer, config.num_train_steps)
+    create = functools.partial(create_gan_state, task, g_tx, d_tx, config.seed, example)
+    return GANSetup(config, workdir, strategy, task, splits, value_range, g_tx, d_tx, create)
+
+
+def generate(task: GANTask, ema_params: Any, g_stats: Any, batch: dict, key: jax.Array) -> jax.Array:
+    """The EMA generator's output for `batch` in eval mode (task `gan`: for latents drawn from `key`)."""
+    z = latents(key, batch["image"].shape[0], task.latent_dim, None) if task.name == "gan" else None
+    return apply(task.generator, ema_params, g_stats, *task.generator_inputs(batch, z), train=False)[0]
+
+
+def evaluate_generator(s: GANSetup, state: GANState, split: str = "val", plot_path: str | None = None) -> dict:
+    """PSNR / SSIM of the EMA generator on the first `config.eval.num_examples` of `split` (paired tasks), and a
+    sample grid PNG at `plot_path` (every task). Runs on this process's copy of the (replicated) weights."""
+    if split not in s.splits:
+        raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    n = int(s.config.get("eval", {}).get("num_examples", 16))
+    arrays = {k: v[:n] for k, v in s.splits[split].items() if k in ("image", "label", "target")}
+    ema, g_stats = replicated_to_host((state.ema_params, state.g_stats))
+    key = jax.random.fold_in(rng.key(s.config.seed), 10**6)  # fixed latents: samples comparable across steps
+    fake = np.asarray(jax.jit(functools.partial(generate, s.task))(ema, g_stats, arrays, key))
+    metrics: dict[str, float] = {}
+    task = s.task
+    if task.name != "gan":
+        real = task.real(arrays)
+        metrics["psnr"] = float(np.mean(psnr(fake, real, DATA_RANGE)))
+        if min(real.shape[1:-1]) >= 11:
+            metrics["ssim"] = float(np.mean(ssim(fake, real, DATA_RANGE)))
+        metrics["l1"] = float(np.mean(np.abs(fake - real)))
+    if task.name == "super_resolution":
+        base = np.asarray(bicubic_upsample(downsample(arrays["image"], task.scale), task.scale))
+        metrics["bicubic_psnr"] = float(np.mean(psnr(base, arrays["image"], DATA_RANGE)))
+        if min(base.shape[1:-1]) >= 11:
+            metrics["bicubic_ssim"] = float(np.mean(ssim(base, arrays["image"], DATA_RANGE)))
+    else:
+        metrics["sample_mean"] = float(fake.mean())
+        metrics["sample_std"] = float(fake.std())
+    if plot_path:
+        k = min(8, n)
+        if task.name == "gan":
+            rows, titles = [arrays["image"][:k], fake[:k]], ["real", "generated (EMA)"]
+        elif task.name == "pix2pix":
+            rows = [arrays["image"][:k], fake[:k, ..., -1:], task.real(arrays)[:k, ..., -1:]]
+            titles = ["input", "generated (last channel)", "target (last channel)"]
+        else:
+            lr = np.asarray(bicubic_upsample(downsample(arrays["image"], task.scale), task.scale))
+            rows, titles = [lr[:k], fake[:k], arrays["image"][:k]], ["bicubic", "generated (EMA)", "target"]
+        save_image_grid_png(plot_path, rows, titles)
+    return metrics
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
+    """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints`; returns the last eval metrics."""
+    s = setup(config, workdir, devices)
+    config, strategy, bs = s.config, s.strategy, s.config.batch_size
+    if s.is_main:
+        os.makedirs(workdir, exist_ok=True)
+        _write_json(os.path.join(workdir, "gan.json"), {"task": config.task.name,
+                                                        "intensity_range": list(s.intensity_range)})
+    stream = TrainStream(s.splits["train"], bs, strategy.local_rows(bs), seed=config.seed)
+    ckpts = s.checkpoints()
+    start = ckpts.latest_step()
+    if start is not None:
+        canonical, data_state, start, _ = ckpts.restore(s.abstract_state())
+        state = strategy.from_canonical(canonical)
+        stream.set_state(data_state)
+    else:
+        start, state = 0, strategy.init_state(s.create)
+    log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
+    step_fn = make_gan_step(s.task, s.g_tx, s.d_tx, float(config.task.get("ema_decay", 0.999)),
+                            strategy.axis_name)
+    train_step = strategy.compile_train_step(step_fn)
+    has_val = "val" in s.splits
+    pinned_below = float(config.task.get("pinned_d_loss", 1e-4))
+    patience = int(config.task.get("pinned_patience", 5))
+    pending: list[tuple[int, Any]] = []
+    pinned_since: list[int] = []
+    last_saved, last_flush = start, time.perf_counter()
+    progress = _progress(config, start, s.is_main)
+    eval_metrics: dict[str, float] = {}
+
+    def diverged(why: str) -> TrainingDiverged:
+        ckpts.wait()
+        where = f"step {last_saved}" if last_saved else "none (no checkpoint was written)"
+        return TrainingDiverged(f"{why}; stopped. The last good checkpoint is {where} in "
+                                f"{os.path.join(workdir, 'checkpoints')}")
+
+    def flush(step: int) -> None:
+        nonlocal pending, last_flush
+        host = [(st, strategy.metrics_to_host(m)) for st, m in pending]
+        for st, m in host:
+            if not m["finite"]:
+                raise diverged(f"non-finite loss or gradient at step {st} (d_loss {float(m['d_loss'])}, g_loss "
+                               f"{float(m['g_loss'])})")
+        now = time.perf_counter()
+        record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1] if k != "finite"}
+        record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
+        log.write(step, "train", record)
+        progress.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}")
+        if s.task.trains_discriminator and record["d_loss"] < pinned_below:
+            pinned_since.append(step)
+            if len(pinned_since) >= patience:
+                raise diverged(f"discriminator loss pinned below config.task.pinned_d_loss={pinned_below:g} for "
+                               f"{patience} log intervals (steps {pinned_since[0]}..{step}, last "
+                               f"{record['d_loss']:.3g}): the generator gets no useful gradient")
+        else:
+            pinned_since.clear()
+        pending, last_flush = [], now
+
+    try:
+        for step in range(start + 1, config.num_train_steps + 1):
+            state, metrics = train_step(state, strategy.put_batch(next(stream), bs))
+            pending.append((step, metrics))
+            progress.update(1)
+            last = step == config.num_train_steps
+            do_eval = has_val and (step % config.eval_every == 0 or last)
+            do_ckpt = step % config.checkpoint_every == 0 or last
+            if step % config.log_every == 0 or do_eval or do_ckpt:
+                flush(step)
+            canonical = strategy.to_canonical(state) if (do_eval or do_ckpt) else None
+            if do_eval:
+                plot = os.path.join(workdir, "plots", f"samples_{step:06d}.png") if s.is_main else None
+                eval_metrics = evaluate_generator(s, canonical, "val", plot)
+                log.write(step, "val", eval_metrics)
+                ckpts.save_best(step, canonical, stream.get_state(), eval_metrics)
+            if do_ckpt:
+                ckpts.save(step, canonical, stream.get_state())
+                last_saved = step
+            if do_eval or do_ckpt:
+                last_flush = time.perf_counter()
+    finally:
+        progress.close()
+        ckpts.wait()
+        ckpts.close()
+        log.plot()
+        log.close()
+    return eval_metrics
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
+    """Score the best (else latest) checkpoint's EMA generator on `split` -> `<workdir>/eval.json`."""
+    s = setup(config, workdir)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise MedjaxError(f"no checkpoints in {workdir}: run `medjax train` with this --workdir first")
+    ckpts = s.checkpoints(read_only=True)
+    canonical, _, step, used = ckpts.restore(s.abstract_state(), which=which)
+    ckpts.close()
+    plot = os.path.join(workdir, "plots", f"{split}_samples.png") if s.is_main else None
+    result = {"split": split, "step": int(step), "checkpoint": used,
+              **evaluate_generator(s, canonical, split, plot)}
+    if s.is_main:
+        _write_json(os.path.join(workdir, "eval.json"), result)
+    return result
+
+
+def sample(config: ml_collections.ConfigDict, state: GANState, task: GANTask, num: int, seed: int,
+           labels: np.ndarray | None = None) -> np.ndarray:
+    """`num` images from the EMA generator of a `gan` run (in [-1, 1]); `labels` for a conditional one."""
+    if task.name != "gan":
+        raise MedjaxError("sample() draws from unconditional/conditional `gan` runs; paired tasks use generate()")
+    ema, g_stats = replicated_to_host((state.ema_params, state.g_stats))
+    batch = {"image": np.zeros((num, 1), np.float32)}
+    if task.conditional:
+        if labels is None or len(labels) != num:
+            raise MedjaxError(f"a conditional generator needs {num} labels")
+        batch["label"] = np.asarray(labels, np.int32)
+    return np.asarray(jax.jit(functools.partial(generate, task))(ema, g_stats, batch, rng.key(seed)))
+
+
+__all__ = ["GANSetup", "evaluate", "evaluate_generator", "generate", "intensity_range", "is_gan", "prepare_splits",
+           "sample", "setup", "to_unit_range", "train"]
