@@ -29,6 +29,10 @@ peak of the same process, so read it as a lower bound) and, for JAX, the device'
 `monai.inferers.sliding_window_inference` on the small 3D conv net of `experiments/benchmarks/sliding_window.py`
 (outputs checked to agree within 1e-4 absolute).
 
+`dcgan_64` and `pix2pix_256` time one whole GAN training step (D update, then G update; `medjax.gan.step`) against
+the same networks in torch functional form with the same initial weights, latents and Adam settings; both
+first-step losses (D and G) must agree within 1e-4 relative (`experiments/benchmarks/gan_bench.py`).
+
 `--quick` shrinks batch sizes, spatial sizes and repeats so that all cases finish in minutes on a small CPU;
 `--smoke` is a seconds-long run of one case per kind (for the tests). The shapes actually used are recorded:
 read them from bench.json / bench.md, never from the case names.
@@ -76,7 +80,7 @@ class Shape:
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # "classification" | "segmentation" | "sliding_window"
+    kind: str  # "classification" | "segmentation" | "sliding_window" | "gan"
     arch: str  # medjax model name ("" for sliding_window)
     spatial_dims: int
     in_channels: int
@@ -98,6 +102,12 @@ CASES: dict[str, Case] = {c.name: c for c in (
          Shape(1, 32, (32, 32, 64, 128, 256, 32))),
     Case("sliding_window_256", "sliding_window", "", 3, 1, 2, Shape(1, 256, roi=64), Shape(1, 96, roi=32),
          Shape(1, 24, roi=16)),
+    # GAN rows (experiments/benchmarks/gan_bench.py): features = (width, latent size) for dcgan, U-Net levels for
+    # pix2pix (its PatchGAN starts at the first level's width).
+    Case("dcgan_64", "gan", "dcgan", 2, 1, 0, Shape(64, 64, (64, 128)), Shape(16, 32, (32, 64)),
+         Shape(4, 16, (8, 16))),
+    Case("pix2pix_256", "gan", "pix2pix", 2, 1, 0, Shape(8, 256, (64, 128, 256, 512)),
+         Shape(2, 64, (16, 32, 64, 128))),  # no --smoke shape: one case per kind (tests/gan checks its parity)
 )}
 
 MODES = {  # mode -> (warmup, repeats)
@@ -688,6 +698,11 @@ def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None
         log(f"{case.name}: {mode} shape {shape}")
         if case.kind == "sliding_window":  # float32 inference in both frameworks whatever --precision says
             records += run_sliding_window_case(case, shape, warmup, repeats, log=log, budget=budget)
+        elif case.kind == "gan":
+            from experiments.benchmarks.gan_bench import run_gan_case
+
+            records += run_gan_case(case, shape, warmup, repeats, FRAMEWORKS, log=log, budget=budget,
+                                    precision=precision)
         else:
             records += run_model_case(case, shape, warmup, repeats, log=log, budget=budget, precision=precision)
     add_ratios(records)

@@ -29,6 +29,13 @@ def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     return out, list(meta["class_names"])
 
 
+def _icbm152_patches(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    from medjax.data.icbm152_patches import CLASS_NAMES, load_icbm152_patches
+
+    keys = ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed", "in_plane_mm", "root")
+    return load_icbm152_patches(**{k: cfg[k] for k in keys if k in cfg}), list(CLASS_NAMES)
+
+
 def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     splits = load_npz_splits(cfg.root)
     return splits, [str(c) for c in cfg.get("class_names", ())]
@@ -197,6 +204,7 @@ def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, 
 
 SOURCES: dict[str, Callable] = {
     "icbm152": _icbm152,
+    "icbm152_patches": _icbm152_patches,
     "image_folder": _image_folder,
     "msd": _msd,
     "npz": _npz,

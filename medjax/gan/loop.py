@@ -10,7 +10,8 @@ with `config.checkpoint.best_metric`, best) with exact resume, the same metrics 
   (e.g. T1 -> tissue map); `"image"` needs a dataset that has a `target` array.
 * **Evaluation** (every `eval_every` steps, with the EMA generator): PSNR and SSIM against the targets of the
   first `config.eval.num_examples` validation examples (pix2pix, super-resolution; SR also records bicubic
-  interpolation's), and a PNG grid of samples in `<workdir>/plots/samples_<step>.png`.
+  interpolation's; pix2pix with one-hot targets also the Dice of the generated map's argmax, `dice_mean` over
+  the foreground classes), and a PNG grid of samples in `<workdir>/plots/samples_<step>.png`.
 * **Divergence** stops the run with `TrainingDiverged` (CLI exit 3), keeping the last good checkpoint: a
   non-finite loss or gradient, or a discriminator loss below `config.task.pinned_d_loss` for
   `config.task.pinned_patience` consecutive log intervals (D wins outright and G gets no signal).
@@ -169,6 +170,18 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> GANS
     return GANSetup(config, workdir, strategy, task, splits, value_range, g_tx, d_tx, create)
 
 
+def tissue_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Dice per foreground class (1..) of label maps, pooled over all images, and their mean (`dice_mean`).
+    A class absent from both maps scores 1."""
+    out = {}
+    for c in range(1, num_classes):
+        p, t = pred == c, label == c
+        denominator = p.sum() + t.sum()
+        out[f"dice_{c}"] = float(2 * np.logical_and(p, t).sum() / denominator) if denominator else 1.0
+    out["dice_mean"] = float(np.mean(list(out.values()))) if out else float("nan")
+    return out
+
+
 def generate(task: GANTask, ema_params: Any, g_stats: Any, batch: dict, key: jax.Array) -> jax.Array:
     """The EMA generator's output for `batch` in eval mode (task `gan`: for latents drawn from `key`)."""
     z = latents(key, batch["image"].shape[0], task.latent_dim, None) if task.name == "gan" else None
@@ -193,6 +206,8 @@ def evaluate_generator(s: GANSetup, state: GANState, split: str = "val", plot_pa
         if min(real.shape[1:-1]) >= 11:
             metrics["ssim"] = float(np.mean(ssim(fake, real, DATA_RANGE)))
         metrics["l1"] = float(np.mean(np.abs(fake - real)))
+    if task.name == "pix2pix" and s.config.task.get("target", "label_onehot") == "label_onehot":
+        metrics.update(tissue_dice(fake.argmax(-1), task.real(arrays).argmax(-1), fake.shape[-1]))
     if task.name == "super_resolution":
         base = np.asarray(bicubic_upsample(downsample(arrays["image"], task.scale), task.scale))
         metrics["bicubic_psnr"] = float(np.mean(psnr(base, arrays["image"], DATA_RANGE)))

@@ -34,7 +34,7 @@ def _final_state(workdir, config):
 
 @pytest.mark.parametrize("variant,val_keys", [
     ("gan", {"sample_mean", "sample_std"}),
-    ("pix2pix", {"psnr", "ssim", "l1"}),
+    ("pix2pix", {"psnr", "ssim", "l1", "dice_1", "dice_2", "dice_mean"}),
     ("super_resolution", {"psnr", "ssim", "l1", "bicubic_psnr", "bicubic_ssim"}),
 ])
 def test_every_task_trains_evaluates_and_draws_samples(repo, tmp_path, variant, val_keys):
