@@ -125,9 +125,7 @@ def run(out: pathlib.Path, seeds: list[int], synthetic_per_class: int, tiny: boo
     gan_config = _config("gan", str(out / "real.npz"), tiny)
     gan_loop.train(gan_config, str(out / "gan"))
     s = gan_loop.setup(gan_config, str(out / "gan"))
-    ckpts = s.checkpoints(read_only=True)
-    state, _, _, _ = ckpts.restore(s.abstract_state())
-    ckpts.close()
+    state, _, _ = loop.restore_checkpoint(s, str(out / "gan"), "latest")
     labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int32), synthetic_per_class)
     unit = gan_loop.sample(gan_config, state, s.task, len(labels), seed=1234, labels=labels)
     lo, hi = s.intensity_range

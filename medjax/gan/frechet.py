@@ -39,15 +39,13 @@ def penultimate_features(model: nn.Module, variables: Any, images: jax.Array, he
 def load_encoder(config: ml_collections.ConfigDict, workdir: str, which: str = "best"
                  ) -> Callable[[np.ndarray], np.ndarray]:
     """images (N, *spatial, C) -> (N, F) features, from a medjax classification run's checkpoint."""
-    from medjax.train.loop import setup
+    from medjax.train.loop import restore_checkpoint, setup
     from medjax.train.parallel import replicated_to_host
 
     s = setup(config, workdir)
     if not hasattr(s.task, "model"):
         raise MedjaxError(f"{workdir}: task {config.task.name!r} has no model to take features from")
-    ckpts = s.checkpoints(read_only=True)
-    state, _, _, _ = ckpts.restore(s.abstract_state(), which=which)
-    ckpts.close()
+    state, _, _ = restore_checkpoint(s, workdir, which)
     params, stats = replicated_to_host((state.params, state.batch_stats))
     variables = {"params": params, **({"batch_stats": stats} if stats else {})}
     encode = jax.jit(lambda x: penultimate_features(s.task.model, variables, x))

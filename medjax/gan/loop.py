@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import time
 from typing import Any
@@ -42,7 +41,8 @@ from medjax.train import finetune as finetune_lib
 from medjax.train import init_from
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.logging import MetricLog
-from medjax.train.loop import TrainingDiverged, _progress, _write_json
+from medjax.train.loop import (TrainingDiverged, _progress, _write_json, restore_checkpoint, resolve_schedule,
+                               resume_or_start)
 from medjax.train.optim import make_optimizer
 from medjax.train.parallel import make_strategy, replicated_to_host
 from medjax.viz import save_image_grid_png
@@ -140,12 +140,7 @@ def prepare_splits(config: ml_collections.ConfigDict, splits: dict, num_classes:
 def resolve_config(config: ml_collections.ConfigDict, num_train: int) -> ml_collections.ConfigDict:
     """`num_epochs` -> steps and intervals <= 0 -> once per epoch, on a copy (as the supervised trainer)."""
     d = config.to_dict()
-    steps_per_epoch = max(1, math.ceil(num_train / d["batch_size"]))
-    if d.get("num_epochs", 0) > 0:
-        d["num_train_steps"] = int(d["num_epochs"] * steps_per_epoch)
-    for key in ("eval_every", "checkpoint_every", "log_every"):
-        if d[key] <= 0:
-            d[key] = steps_per_epoch
+    resolve_schedule(d, num_train)
     config = ml_collections.ConfigDict(d)
     config.lock()
     return config
@@ -240,13 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
                                                         "intensity_range": list(s.intensity_range)})
     stream = TrainStream(s.splits["train"], bs, strategy.local_rows(bs), seed=config.seed)
     ckpts = s.checkpoints()
-    start = ckpts.latest_step()
-    if start is not None:
-        canonical, data_state, start, _ = ckpts.restore(s.abstract_state())
-        state = strategy.from_canonical(canonical)
-        stream.set_state(data_state)
-    else:
-        start, state = 0, strategy.init_state(s.create)
+    start, state = resume_or_start(s, ckpts, stream, lambda: strategy.init_state(s.create))
     log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
     step_fn = make_gan_step(s.task, s.g_tx, s.d_tx, float(config.task.get("ema_decay", 0.999)),
                             strategy.axis_name)
@@ -321,11 +310,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
     """Score the best (else latest) checkpoint's EMA generator on `split` -> `<workdir>/eval.json`."""
     s = setup(config, workdir)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise MedjaxError(f"no checkpoints in {workdir}: run `medjax train` with this --workdir first")
-    ckpts = s.checkpoints(read_only=True)
-    canonical, _, step, used = ckpts.restore(s.abstract_state(), which=which)
-    ckpts.close()
+    canonical, step, used = restore_checkpoint(s, workdir, which)
     plot = os.path.join(workdir, "plots", f"{split}_samples.png") if s.is_main else None
     result = {"split": split, "step": int(step), "checkpoint": used,
               **evaluate_generator(s, canonical, split, plot)}

@@ -155,6 +155,12 @@ class PatchGANDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, condition: jax.Array, image: jax.Array, train: bool = True) -> jax.Array:
         nd = layers.spatial_ndim(image)
+        out = min(image.shape[1:-1])
+        for _ in range(self.num_layers):
+            out = (out - 2) // 2 + 1  # 4x4, stride 2, padding 1
+        if out - 2 < 1:  # then two 4x4 stride-1 convolutions with padding 1, each one pixel smaller
+            raise MedjaxError(f"PatchGANDiscriminator with num_layers={self.num_layers}: image "
+                              f"{tuple(image.shape[1:-1])} is too small to leave one patch; use fewer layers")
         x = jnp.asarray(jnp.concatenate([condition, image], axis=-1), self.dtype)
         for i in range(self.num_layers + 1):
             f = self.features * 2 ** min(i, 3)

@@ -128,19 +128,25 @@ def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.Co
     `task.multi_label='auto'` -> the dataset's, `num_epochs>0` -> `num_train_steps`, and `eval_every` /
     `checkpoint_every` <= 0 -> once per epoch."""
     d = config.to_dict()  # a plain dict: resolved values may change a field's type ('auto' -> bool)
-    steps_per_epoch = max(1, math.ceil(data.num_examples("train") / d["batch_size"]))
     if d["task"].get("num_classes", 0) == 0:
         d["task"]["num_classes"] = len(data.class_names)
     if d["task"].get("multi_label") == "auto":
         d["task"]["multi_label"] = data.multi_label
+    resolve_schedule(d, data.num_examples("train"))
+    config = ml_collections.ConfigDict(d)
+    config.lock()
+    return config
+
+
+def resolve_schedule(d: dict, num_train: int) -> None:
+    """In the plain-dict config `d`: `num_epochs>0` -> `num_train_steps`, and `eval_every` / `checkpoint_every`
+    / `log_every` <= 0 -> once per epoch of `num_train` examples."""
+    steps_per_epoch = max(1, math.ceil(num_train / d["batch_size"]))
     if d.get("num_epochs", 0) > 0:
         d["num_train_steps"] = int(d["num_epochs"] * steps_per_epoch)
     for key in ("eval_every", "checkpoint_every", "log_every"):
         if d[key] <= 0:
             d[key] = steps_per_epoch
-    config = ml_collections.ConfigDict(d)
-    config.lock()
-    return config
 
 
 def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -189,6 +195,17 @@ def _first_non_finite(pending: list[tuple[int, dict]]) -> tuple[int, float] | No
     return None
 
 
+def resume_or_start(s: Any, ckpts: Checkpoints, stream: Any, fresh: Any) -> tuple[int, Any]:
+    """(start step, state): the latest checkpoint's (with the data stream put back to its position), or step 0
+    and `fresh()` when there is none. Works for any setup with `strategy` and `abstract_state()`."""
+    start = ckpts.latest_step()
+    if start is None:
+        return 0, fresh()
+    canonical, data_state, start, _ = ckpts.restore(s.abstract_state())
+    stream.set_state(data_state)
+    return start, s.strategy.from_canonical(canonical)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
     """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints` if a checkpoint is there.
     Returns the last validation metrics."""
@@ -197,13 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     strategy, bs = s.strategy, config.batch_size
     stream = make_train_stream(s)
     ckpts = s.checkpoints()
-    start = ckpts.latest_step()
-    if start is not None:
-        canonical, data_state, start, _ = ckpts.restore(s.abstract_state())
-        state = strategy.from_canonical(canonical)
-        stream.set_state(data_state)
-    else:
-        start, state = 0, s.initial_state()
+    start, state = resume_or_start(s, ckpts, stream, s.initial_state)
     log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
     train_step = strategy.compile_train_step(s.train_step_fn())
     eval_step = strategy.compile_eval_step(make_eval_step(s.task))
@@ -273,14 +284,23 @@ def _progress(config: ml_collections.ConfigDict, start: int, enabled: bool):
                 disable=not (enabled and config.get("progress", True)), desc="train")
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
-    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat)."""
-    s = setup(config, workdir)
+def restore_checkpoint(s: Any, workdir: str, which: str = "best") -> tuple[Any, int, str]:
+    """(canonical state, step, "best" | "latest") of a run's checkpoint, read-only, for any setup that has
+    `checkpoints()` and `abstract_state()` (supervised or GAN). `best` falls back to the latest checkpoint."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise MedjaxError(f"no checkpoints in {workdir}: run `medjax train` with this --workdir first")
     ckpts = s.checkpoints(read_only=True)
-    canonical, _, step, used = ckpts.restore(s.abstract_state(), which=which)
-    ckpts.close()
+    try:
+        canonical, _, step, used = ckpts.restore(s.abstract_state(), which=which)
+    finally:
+        ckpts.close()
+    return canonical, step, used
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
+    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat)."""
+    s = setup(config, workdir)
+    canonical, step, used = restore_checkpoint(s, workdir, which)
     result = {"split": split, "step": int(step), "checkpoint": used}
     state = s.strategy.from_canonical(canonical)
     preview = os.path.join(workdir, "plots", f"{split}_predictions.png")

@@ -118,5 +118,7 @@ def test_bad_sizes_and_scales_are_named():
         _init(gan.DCGANGenerator(image_size=(20, 20)), jnp.ones((1, 4)))
     with pytest.raises(MedjaxError, match="scale must be 2, 4, 8"):
         _init(gan.SRGenerator(scale=1), jnp.ones((1, 4, 4, 1)))
+    with pytest.raises(MedjaxError, match="num_layers=2: image \\(8, 8\\) is too small"):
+        _init(gan.PatchGANDiscriminator(num_layers=2), jnp.ones((1, 8, 8, 1)), jnp.ones((1, 8, 8, 1)))
     with pytest.raises(MedjaxError, match="unknown output_activation"):
         gan.Pix2PixGenerator(output_activation="sigmoid")
