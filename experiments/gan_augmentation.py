@@ -6,9 +6,9 @@ Data: 16 x 16 tissue patches of real MRI (`icbm152_patches`: CSF / grey / white 
 ICBM152 T1 at 1 mm), 20 labelled training patches per class, 100 per class for validation, 200 for test, each
 split from its own slab of slices.
 
-1. A class-conditional DCGAN (projection discriminator, hinge loss, spectral norm, EMA generator) is trained once
-   on the 60 training patches; `--synthetic_per_class` patches per class are drawn from its EMA generator and
-   mapped back to the data's intensity units.
+1. A class-conditional DCGAN (projection discriminator, hinge loss, spectral norm, Adam b1=0.5 with D at 4x G's
+   learning rate, EMA generator) is trained once on the 60 training patches; `--synthetic_per_class` patches
+   per class are drawn from its EMA generator and mapped back to the data's intensity units.
 2. For every seed, the same small ResNet is trained for the same number of steps and batch size on (a) the real
    patches and (b) the real plus synthetic patches, and scored on the test patches (best validation AUC checkpoint).
 3. Reported: test accuracy and macro AUC per arm as mean and 95% t-interval over seeds, the paired difference
@@ -34,9 +34,9 @@ from medjax.config import optional_sections
 CLASS_NAMES = ("csf", "grey_matter", "white_matter")
 
 
-def _adam(learning_rate: float) -> ml_collections.ConfigDict:
+def _adam(learning_rate: float, b1: float = 0.9) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(name="adam", learning_rate=learning_rate, schedule="constant",
-                                          warmup_steps=0))
+                                          warmup_steps=0, b1=b1))
 
 
 def get_config(arg: str = "classifier") -> ml_collections.ConfigDict:
@@ -48,18 +48,20 @@ def get_config(arg: str = "classifier") -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict(dict(strategy="sharding"))
     if arg == "gan":
         c.batch_size = 32
-        c.num_train_steps = 1500
+        c.num_train_steps = 3000
         c.log_every = 50
-        c.eval_every = 500
-        c.checkpoint_every = 500
+        c.eval_every = 1000
+        c.checkpoint_every = 1000
         c.task = ml_collections.ConfigDict(dict(
             name="gan", loss="hinge", latent_dim=32, conditional=True, scale=1, l1_weight=0.0,
-            adversarial_weight=1.0, r1_gamma=0.0, ema_decay=0.995, target="label_onehot", intensity_range=(),
-            pinned_d_loss=1e-4, pinned_patience=10))
+            adversarial_weight=1.0, feature_weight=0.0, r1_gamma=0.0, ema_decay=0.999, target="label_onehot",
+            intensity_range=(), pinned_d_loss=1e-4, pinned_patience=10))
         c.generator = ml_collections.ConfigDict(dict(name="dcgan", features=32, base=4))
         c.discriminator = ml_collections.ConfigDict(dict(name="dcgan", features=32, base=4, spectral_norm=True))
-        c.g_optimizer = _adam(2e-4)
-        c.d_optimizer = _adam(2e-4)
+        # DCGAN's b1=0.5 and a faster discriminator (TTUR): with b1=0.9 and equal rates (2e-4) the generator
+        # collapsed to one checkerboard pattern within 1500 steps on these 60 patches.
+        c.g_optimizer = _adam(1e-4, b1=0.5)
+        c.d_optimizer = _adam(4e-4, b1=0.5)
         c.eval = ml_collections.ConfigDict(dict(num_examples=16))
         c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=1, best_metric="", best_mode="max"))
     elif arg == "classifier":
@@ -157,7 +159,8 @@ def run(out: pathlib.Path, seeds: list[int], synthetic_per_class: int, tiny: boo
     diff = {m: t_interval([b[m] - a[m] for a, b in zip(per_seed["real"], per_seed["real+synthetic"])])
             for m in ("acc", "auc")}
     return {"seeds": seeds, "synthetic_per_class": synthetic_per_class, "real_per_class": counts,
-            "gan_steps": gan_config.num_train_steps, "classifier_steps": _config("classifier", "", tiny).num_train_steps,
+            "gan_steps": gan_config.num_train_steps,
+            "classifier_steps": _config("classifier", "", tiny).num_train_steps,
             "gan_train_s": gan_s, "per_seed": per_seed, "summary": summary, "paired_difference": diff,
             "frechet_distance": fd}
 

@@ -51,6 +51,7 @@ def get_config(arg: str = "sr2") -> ml_collections.ConfigDict:
     c.task.scale = int(variant[2]) if sr else 1
     c.task.l1_weight = 1.0 if sr else 100.0
     c.task.adversarial_weight = 0.0 if l1_only else (0.01 if sr else 1.0)
+    c.task.feature_weight = 0.0  # > 0: pix2pixHD feature matching on D's convolutions
     c.task.r1_gamma = 0.0
     c.task.ema_decay = 0.99
     c.task.target = "label_onehot"

@@ -41,6 +41,7 @@ def get_config(arg: str = "gan") -> ml_collections.ConfigDict:
     c.task.scale = 2
     c.task.l1_weight = {"gan": 0.0, "pix2pix": 100.0, "super_resolution": 1.0}[arg]
     c.task.adversarial_weight = {"gan": 1.0, "pix2pix": 1.0, "super_resolution": 0.01}[arg]
+    c.task.feature_weight = 0.0  # > 0: pix2pixHD feature matching on D's convolutions
     c.task.r1_gamma = 0.0
     c.task.ema_decay = 0.9
     c.task.target = "label_onehot"

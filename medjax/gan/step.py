@@ -19,7 +19,7 @@ import optax
 
 from medjax import rng
 from medjax.gan import losses
-from medjax.gan.task import GANTask, apply
+from medjax.gan.task import GANTask, apply, feature_matching
 
 
 @flax.struct.dataclass
@@ -110,11 +110,15 @@ def make_gan_step(task: GANTask, g_tx: optax.GradientTransformation, d_tx: optax
         # Generator: fool the updated discriminator (its statistics frozen here) and match the target.
         def g_objective(g_params):
             fake, g_stats = apply(task.generator, g_params, state.g_stats, *g_inputs, train=True)
-            fake_logits = jnp.zeros(())
+            fake_logits, features = jnp.zeros(()), None
             if task.trains_discriminator:
                 fake_logits, _ = apply(task.discriminator, d_params, d_stats,
                                        *task.discriminator_inputs(batch, fake), train=False)
-            loss, aux = task.generator_objective(fake_logits, fake, batch)
+            if task.feature_weight and task.trains_discriminator:
+                features = feature_matching(task.discriminator, d_params, d_stats,
+                                            task.discriminator_inputs(batch, real),
+                                            task.discriminator_inputs(batch, fake))
+            loss, aux = task.generator_objective(fake_logits, fake, batch, features)
             return loss, (g_stats, aux)
 
         (g_loss, (g_stats, g_aux)), g_grads = jax.value_and_grad(g_objective, has_aux=True)(state.g_params)

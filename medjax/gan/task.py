@@ -7,6 +7,8 @@ Three tasks (`config.task.name`):
 * `super_resolution`: G(downsample(image, scale)) -> image; D(bicubic(low-res), image or G(low-res));
   G's loss is `l1_weight` x L1 + `adversarial_weight` x adversarial. `adversarial_weight=0` trains the same
   generator with L1 only (D is then not updated), the baseline the GAN is measured against.
+* Any task: `feature_weight` > 0 adds pix2pixHD's feature matching, the L1 distance between D's convolution
+  outputs on real and on generated images (a perceptual loss that needs no pretrained network).
 
 Images are in [-1, 1] (the loop rescales the data, see `medjax.gan.loop`).
 """
@@ -43,6 +45,23 @@ def _build(registry: dict, cfg: ml_collections.ConfigDict, what: str, **fixed: A
         raise MedjaxError(f"config.{what}: {e} ({cfg.name!r})") from e
 
 
+def conv_features(module: nn.Module, params: Any, stats: Any, *args: Any) -> list[jax.Array]:
+    """The outputs of every convolution of `module` (eval mode), in call order: a discriminator's features."""
+    variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+    _, captured = module.apply(variables, *args, train=False, mutable=["intermediates"],
+                               capture_intermediates=lambda mdl, method: isinstance(mdl, nn.Conv))
+    return jax.tree.leaves(captured["intermediates"])
+
+
+def feature_matching(d: nn.Module, d_params: Any, d_stats: Any, real_inputs: tuple, fake_inputs: tuple
+                     ) -> jax.Array:
+    """pix2pixHD's feature-matching loss: the mean over D's convolutions of mean |f(real) - f(fake)| (real
+    features carry no gradient)."""
+    real = [jax.lax.stop_gradient(f) for f in conv_features(d, d_params, d_stats, *real_inputs)]
+    fake = conv_features(d, d_params, d_stats, *fake_inputs)
+    return jnp.mean(jnp.stack([jnp.mean(jnp.abs(a - b)) for a, b in zip(real, fake)]))
+
+
 def apply(module: nn.Module, params: Any, stats: Any, *args: Any, train: bool) -> tuple[Any, Any]:
     """module(*args) -> (output, new stats); statistics (BatchNorm, spectral norm) update only in training."""
     variables = {"params": params, **({"batch_stats": stats} if stats else {})}
@@ -65,6 +84,7 @@ class GANTask:
     scale: int = 1
     l1_weight: float = 0.0
     adversarial_weight: float = 1.0
+    feature_weight: float = 0.0
     r1_gamma: float = 0.0
 
     @property
@@ -97,10 +117,17 @@ class GANTask:
             return jnp.zeros((), jnp.float32)
         return jnp.mean(jnp.abs(jnp.asarray(fake, jnp.float32) - self.real(batch)))
 
-    def generator_objective(self, fake_logits: jax.Array, fake: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+    def generator_objective(self, fake_logits: jax.Array, fake: jax.Array, batch: dict,
+                            features: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """G's total loss and its parts; `features` is the feature-matching term (None: not used)."""
         adv = losses.generator_loss(fake_logits, self.loss) if self.trains_discriminator else jnp.zeros(())
         l1 = self.reconstruction(fake, batch)
-        return self.adversarial_weight * adv + self.l1_weight * l1, {"g_adversarial": adv, "g_l1": l1}
+        total = self.adversarial_weight * adv + self.l1_weight * l1
+        parts = {"g_adversarial": adv, "g_l1": l1}
+        if features is not None:
+            total = total + self.feature_weight * features
+            parts["g_features"] = features
+        return total, parts
 
 
 def make_gan_task(config: ml_collections.ConfigDict, example: dict, num_classes: int,
@@ -141,5 +168,6 @@ def make_gan_task(config: ml_collections.ConfigDict, example: dict, num_classes:
         scale=int(t.get("scale", 1)),
         l1_weight=float(t.get("l1_weight", 0.0)),
         adversarial_weight=float(t.get("adversarial_weight", 1.0)),
+        feature_weight=float(t.get("feature_weight", 0.0)),
         r1_gamma=float(t.get("r1_gamma", 0.0)),
     )

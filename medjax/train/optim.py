@@ -33,10 +33,11 @@ def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax
 def make_base_optimizer(cfg: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule
                         ) -> optax.GradientTransformation:
     """The optimizer named by `cfg.name` at `learning_rate` (a number or a schedule), without clipping."""
+    betas = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))  # GANs usually want b1=0.5 (DCGAN) or 0
     if cfg.name == "adam":
-        return optax.adam(learning_rate)
+        return optax.adam(learning_rate, **betas)
     if cfg.name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=cfg.weight_decay)
+        return optax.adamw(learning_rate, weight_decay=cfg.weight_decay, **betas)
     if cfg.name == "sgd":
         return optax.sgd(learning_rate, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
     raise MedjaxError(f"unknown config.optimizer.name={cfg.name!r}; known: {list(OPTIMIZERS)}")

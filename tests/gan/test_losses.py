@@ -45,3 +45,20 @@ def test_r1_penalty_of_a_linear_discriminator_is_gamma_half_weight_norm():
 def test_unknown_loss_is_named():
     with pytest.raises(MedjaxError, match="unknown GAN loss 'wasserstein'"):
         losses.generator_loss(FAKE, "wasserstein")
+
+
+def test_feature_matching_is_zero_for_real_and_grows_with_the_difference():
+    import jax
+
+    from medjax.gan.task import conv_features, feature_matching
+    from medjax.models.gan import PatchGANDiscriminator
+
+    d = PatchGANDiscriminator(features=4, num_layers=2)
+    cond = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
+    real = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    v = d.init(jax.random.key(2), cond, real, train=False)
+    assert len(conv_features(d, v["params"], {}, cond, real)) == 4  # conv0..conv2 and the logits convolution
+    assert float(feature_matching(d, v["params"], {}, (cond, real), (cond, real))) == 0.0
+    near = float(feature_matching(d, v["params"], {}, (cond, real), (cond, real + 0.1)))
+    far = float(feature_matching(d, v["params"], {}, (cond, real), (cond, real + 1.0)))
+    assert 0 < near < far

@@ -41,3 +41,17 @@ def test_sgd_step_by_hand():
     params = {"w": jnp.array([1.0, 2.0])}
     updates, _ = tx.update({"w": jnp.array([0.5, -1.0])}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], [-0.05, 0.1], rtol=1e-6)
+
+
+def test_adam_betas_are_configurable():
+    """Two Adam steps by hand with b1=0.5, b2=0.9: the second update is -lr * m_hat / (sqrt(v_hat) + eps)."""
+    import jax.numpy as jnp
+
+    tx = make_optimizer(_cfg(learning_rate=0.1, b1=0.5, b2=0.9), 10)
+    params = {"w": jnp.array([0.0])}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    updates, _ = tx.update({"w": jnp.array([3.0])}, state, params)
+    m = (0.5 * 0.5 * 1.0 + 0.5 * 3.0) / (1 - 0.5**2)
+    v = (0.9 * 0.1 * 1.0 + 0.1 * 9.0) / (1 - 0.9**2)
+    np.testing.assert_allclose(updates["w"], [-0.1 * m / (np.sqrt(v) + 1e-8)], rtol=1e-6)
