@@ -36,6 +36,22 @@ def _icbm152_patches(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]
     return load_icbm152_patches(**{k: cfg[k] for k in keys if k in cfg}), list(CLASS_NAMES)
 
 
+def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    """Beating-heart sequences (`medjax.data.cine`); each split draws its own patients (seed ranges never
+    overlap): {"image" (N, T, *s, 1), "label" (N, T, *s), "target" (N, 1) ejection fraction}."""
+    from medjax.data.cine import CLASS_NAMES, cine_dataset
+
+    kwargs = dict(num_frames=cfg.get("num_frames", 16), size=cfg.get("size", 64),
+                  spatial_dims=cfg.get("spatial_dims", 2))
+    base = 1_000_000 * int(cfg.seed)
+    counts = {"train": cfg.num_train, "val": cfg.num_eval, "test": cfg.num_eval}
+    splits = {}
+    for k, (name, n) in enumerate(counts.items()):
+        d = cine_dataset(range(base + 100_000 * k, base + 100_000 * k + n), **kwargs)
+        splits[name] = {"image": d["image"], "label": d["label"], "target": d["ef"][:, None]}
+    return splits, list(CLASS_NAMES)
+
+
 def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     splits = load_npz_splits(cfg.root)
     return splits, [str(c) for c in cfg.get("class_names", ())]
@@ -205,6 +221,7 @@ def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, 
 SOURCES: dict[str, Callable] = {
     "icbm152": _icbm152,
     "icbm152_patches": _icbm152_patches,
+    "synthetic_cine": _synthetic_cine,
     "image_folder": _image_folder,
     "msd": _msd,
     "npz": _npz,

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 
 from medjax.errors import MedjaxError
+from medjax.models.convlstm import ConvLSTMRegressor, ConvLSTMUNet
 from medjax.models.densenet import DenseNet, densenet121
 from medjax.models.monai_unet import MonaiUNet, monai_unet
 from medjax.models.resnet import ResNet, resnet18, resnet34, resnet50
@@ -23,6 +24,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "monai_unet": monai_unet,  # monai.networks.nets.UNet (residual units, PReLU)
     "densenet": DenseNet,  # any growth_rate/block_config/num_init_features/bn_size
     "densenet121": densenet121,
+    "convlstm_unet": ConvLSTMUNet,  # (N, T, *spatial, C) sequences -> per-frame segmentation logits
+    "convlstm_regressor": ConvLSTMRegressor,  # sequences -> num_classes outputs (e.g. ejection fraction)
 }
 
 
@@ -35,5 +38,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["MODELS", "BasicUNet", "DenseNet", "ResNet", "UNet", "basic_unet", "build_model", "densenet121", "resnet18",
+__all__ = ["MODELS", "BasicUNet", "ConvLSTMRegressor", "ConvLSTMUNet", "DenseNet", "ResNet", "UNet", "basic_unet", "build_model", "densenet121", "resnet18",
            "resnet34", "resnet50", "MonaiUNet", "monai_unet"]

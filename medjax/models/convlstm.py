@@ -15,7 +15,7 @@ Sequences are (N, T, *spatial, C), channels-last, time second.
 * `ConvLSTMUNet`: per-frame segmentation. Frame-wise U-Net encoder, ConvLSTM at the bottleneck (and, with
   `skip_lstm`, at every skip), frame-wise decoder: (N, T, *s, C) -> (N, T, *s, num_classes) logits.
 * `ConvLSTMRegressor`: sequence regression / classification (e.g. ejection fraction). A frame-wise CNN encoder,
-  a ConvLSTM, mean pooling over space and time, a dense head: (N, T, *s, C) -> (N, num_outputs).
+  a ConvLSTM, mean pooling over space and time, a dense head: (N, T, *s, C) -> (N, num_classes).
 """
 
 from __future__ import annotations
@@ -176,9 +176,10 @@ class ConvLSTMUNet(nn.Module):
 
 
 class ConvLSTMRegressor(nn.Module):
-    """Sequence -> (N, num_outputs): frame-wise CNN encoder, ConvLSTM, mean over space and time, dense head."""
+    """Sequence -> (N, num_classes) outputs (regression targets or class logits; the name is medjax models'
+    common output-width field): frame-wise CNN encoder, ConvLSTM, mean over space and time, dense head."""
 
-    num_outputs: int = 1
+    num_classes: int = 1
     features: Sequence[int] = (16, 32, 64)
     lstm_features: int = 64
     norm: str = "batch"
@@ -199,4 +200,4 @@ class ConvLSTMRegressor(nn.Module):
         h = ConvLSTM(self.lstm_features, bidirectional=self.bidirectional, unroll=self.unroll, dtype=self.dtype,
                      name="lstm")(unfold_time(x, n))
         pooled = jnp.mean(h, axis=tuple(range(1, nd + 2)))  # over time and space
-        return jnp.asarray(nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(pooled), jnp.float32)
+        return jnp.asarray(nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled), jnp.float32)

@@ -9,9 +9,10 @@ import ml_collections
 from medjax.errors import MedjaxError
 from medjax.train import compute
 from medjax.tasks.classification import ClassificationTask
+from medjax.tasks.regression import RegressionTask
 from medjax.tasks.segmentation import SegmentationTask
 
-TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask}
+TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask, "regression": RegressionTask}
 
 
 def make_task(config: ml_collections.ConfigDict, class_names: Sequence[str], axis_name: str | None = None):

@@ -87,6 +87,8 @@ class Setup:
 def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
     """Labels outside 0..num_classes-1 would silently corrupt one-hot losses: name the split instead.
     (Cached sources are checked by their readers while the cache is built.)"""
+    if config.task.name not in ("classification", "segmentation"):
+        return  # regression targets are continuous
     n = config.task.num_classes
     for name, arrays in splits.items():
         if not isinstance(arrays, dict):
