@@ -27,7 +27,7 @@ run: $(VENV)/.runtime
 	$(VENV)/bin/medjax evaluate --config experiments/quickstart.py --workdir $(RUN_DIR)
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=20
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -82,7 +82,6 @@ def _summary(values: list[float]) -> dict:
 def main(argv=None) -> dict:
     from medjax.config import build_config
     from medjax.train import loop
-    from medjax.train.checkpoint import Checkpoints
 
     p = argparse.ArgumentParser(description="pretrained vs from-scratch on few coronal ICBM152 slices")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -433,7 +433,7 @@ def _plan_noise(shape, *, p, std):
 
 
 def _plan_blur(shape, *, p, sigma, truncate):
-    nd = _rank(shape, "blur")
+    _rank(shape, "blur")  # validates the rank
     p = _check_p(p, "blur")
     sig = np.asarray(_range(sigma, "blur.sigma"), np.float32)
     _check_nonneg(sig, sigma, "blur.sigma")
