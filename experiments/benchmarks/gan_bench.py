@@ -11,7 +11,6 @@ float32 only (a `--precision bfloat16` run still measures these rows in float32 
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ def _medjax_networks(arch: str, shape) -> tuple[Any, Any, str, float]:
             "least_squares", L1_WEIGHT)
 
 
-def _data(arch: str, shape, latent: int, seed: int = 0) -> dict[str, np.ndarray]:
+def _data(arch: str, shape, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = np.tanh(rng.standard_normal((shape.batch, shape.size, shape.size, 1))).astype(np.float32)
     if arch == "dcgan":
@@ -262,8 +261,7 @@ def run_gan_case(case, shape, warmup: int, repeats: int, frameworks, log=print, 
 
     budget = budget or helpers.CompileBudget()
     g, d, kind, l1 = _medjax_networks(case.arch, shape)
-    latent = shape.features[-1] if case.arch == "dcgan" else 0
-    batch = _data(case.arch, shape, latent)
+    batch = _data(case.arch, shape)
     common = {"case": case.name, "kind": case.kind, "arch": case.arch, "batch": shape.batch,
               "input_shape_nc": [shape.batch, 1, shape.size, shape.size],
               "input_shape_medjax": [shape.batch, shape.size, shape.size, 1], "num_classes": None,
@@ -288,7 +286,7 @@ def run_gan_case(case, shape, warmup: int, repeats: int, frameworks, log=print, 
                 out, weights, z = _run_medjax(case.arch, shape, batch, g, d, kind, l1, warmup, repeats, helpers)
                 rec.update(out)
             else:
-                rec.update(_run_torch(case.arch, shape, batch, copy.deepcopy(weights), z, kind, l1,
+                rec.update(_run_torch(case.arch, shape, batch, weights, z, kind, l1,
                                       budget.backend if fw == "torch_compile" else None, warmup, repeats, helpers))
         except Exception as e:  # noqa: BLE001
             if fw != "torch_compile":
