@@ -9,7 +9,7 @@ stores it, which is what makes resume exact.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -48,10 +48,14 @@ def global_indices(seed: int, position: int, count: int, n: int) -> np.ndarray:
 
 
 class TrainStream:
-    """Endless shuffled training batches (this process's rows of each global batch), resumable by position."""
+    """Endless shuffled training batches (this process's rows of each global batch), resumable by position.
+    `transform(example, rng)` runs per example on the host (e.g. clip sampling) with
+    `np.random.default_rng([seed, g])`, `g` the example's position in the stream."""
 
-    def __init__(self, arrays: Arrays, global_batch_size: int, rows: slice, seed: int):
+    def __init__(self, arrays: Arrays, global_batch_size: int, rows: slice, seed: int,
+                 transform: Callable[[dict, np.random.Generator], dict] | None = None):
         self.arrays = dict(arrays)
+        self.transform = transform
         self.n = _check_arrays(self.arrays, "train split")
         self.global_batch_size = global_batch_size
         self.rows = rows
@@ -65,9 +69,14 @@ class TrainStream:
         idx = global_indices(self.seed, self.position, self.global_batch_size, self.n)
         self.position += self.global_batch_size
         local = idx[self.rows]
-        batch = {k: v[local] for k, v in self.arrays.items()}
-        batch["index"] = (np.arange(self.global_batch_size) + self.position - self.global_batch_size)[self.rows]
-        batch["index"] = batch["index"].astype(np.int32)
+        positions = (np.arange(self.global_batch_size) + self.position - self.global_batch_size)[self.rows]
+        if self.transform is None:
+            batch = {k: v[local] for k, v in self.arrays.items()}
+        else:  # per example, seeded by its stream position (as GrainStream): a resumed run draws the same
+            examples = [self.transform({k: v[i] for k, v in self.arrays.items()},
+                                       np.random.default_rng([self.seed, int(g)])) for i, g in zip(local, positions)]
+            batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch["index"] = positions.astype(np.int32)
         batch["weight"] = np.ones(len(local), np.float32)
         return batch
 

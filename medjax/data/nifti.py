@@ -79,6 +79,15 @@ def load_nifti_label(path: str, num_classes: int | None = None, *, canonical: bo
         if data.shape[3] != 1:
             raise MedjaxError(f"{path}: a label must be 3D (X, Y, Z), got shape {data.shape}")
         data = data[..., 0]
+    check_label_values(data, path, num_classes)
+    if canonical:
+        data, affine = as_ras(data, affine)
+    array = np.ascontiguousarray(data, dtype=np.int32)
+    return Volume(array, affine, voxel_sizes(affine), os.fspath(path))
+
+
+def check_label_values(data: np.ndarray, path: str, num_classes: int | None) -> None:
+    """Raise unless a label array holds whole numbers in 0..num_classes-1 (non-negative when None)."""
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
         finite = np.isfinite(data)
         if not finite.all():
@@ -96,10 +105,6 @@ def load_nifti_label(path: str, num_classes: int | None = None, *, canonical: bo
         shown = [int(v) for v in bad[:10]]
         raise MedjaxError(f"{path}: label values must be {allowed}, found {shown}"
                           f"{' ...' if bad.size > 10 else ''} ({int(outside.sum())} voxels)")
-    if canonical:
-        data, affine = as_ras(data, affine)
-    array = np.ascontiguousarray(data, dtype=np.int32)
-    return Volume(array, affine, voxel_sizes(affine), os.fspath(path))
 
 
 def _corners(shape: tuple[int, ...]) -> np.ndarray:

@@ -52,6 +52,28 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     return splits, list(CLASS_NAMES)
 
 
+def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    """Cine cases from `data.root` (`medjax.data.cine_io.load_cine_folder`: 4D NIfTI or cine DICOM images,
+    4D NIfTI labels, targets.csv), split by `case_split` (`val_fraction`, `test_fraction`, `split_seed`).
+    Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`, `num_classes`, `class_names`."""
+    from medjax.data.cine_io import load_cine_folder
+
+    if not cfg.get("root"):
+        raise MedjaxError("config.data.root must name a folder with images/ (and labels/ or targets.csv) for "
+                          "data.name='cine_folder'")
+    keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
+    num_classes = int(cfg.get("num_classes") or 0) or None
+    data = load_cine_folder(cfg.root, num_classes=num_classes, **{k: cfg[k] for k in keys if k in cfg})
+    data.pop("cases")
+    split = case_split(len(data["image"]), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
+                       cfg.get("split_seed", 0))
+    splits = {name: {k: v[np.asarray(idx, np.int64)] for k, v in data.items()} for name, idx in split.items()}
+    class_names = [str(c) for c in (cfg.get("class_names") or ())]
+    if not class_names and "label" in data:
+        class_names = [f"class{i}" for i in range(num_classes or max(2, int(data["label"].max()) + 1))]
+    return splits, class_names
+
+
 def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     splits = load_npz_splits(cfg.root)
     return splits, [str(c) for c in cfg.get("class_names", ())]
@@ -222,6 +244,7 @@ SOURCES: dict[str, Callable] = {
     "icbm152": _icbm152,
     "icbm152_patches": _icbm152_patches,
     "synthetic_cine": _synthetic_cine,
+    "cine_folder": _cine_folder,
     "image_folder": _image_folder,
     "msd": _msd,
     "npz": _npz,
@@ -241,7 +264,7 @@ class Dataset:
 
     def num_examples(self, split: str) -> int:
         data = self.splits[split]
-        return len(data["label"]) if isinstance(data, dict) else len(data)
+        return len(data["image"]) if isinstance(data, dict) else len(data)
 
 
 def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
@@ -265,13 +288,33 @@ def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
 
 
 def train_transform(cfg: ml_collections.ConfigDict):
-    """The host-side per-example transform of the training stream, or None: random patches of
-    `cfg.patch_size` with foreground ratio `cfg.fg_ratio` for large volumes."""
-    if not cfg.get("patch_size"):
-        return None
-    from medjax.data.patches import sample_patches
+    """The host-side per-example transform of the training stream, or None: clips of `cfg.clip_length` frames
+    every `cfg.clip_stride` (image sequences, `medjax.data.clips`), then random patches of `cfg.patch_size` with
+    foreground ratio `cfg.fg_ratio` (large volumes). Evaluation always sees whole examples."""
+    steps = []
+    if cfg.get("clip_length"):
+        from medjax.data.clips import clip_transform
 
-    patch_size, fg_ratio = tuple(cfg.patch_size), cfg.get("fg_ratio", 0.33)
+        steps.append(clip_transform(int(cfg.clip_length), int(cfg.get("clip_stride", 1))))
+    elif cfg.get("clip_stride", 1) != 1:
+        raise MedjaxError("config.data.clip_stride is set but config.data.clip_length is not: set both")
+    if cfg.get("patch_size"):
+        steps.append(_patch_transform(tuple(cfg.patch_size), cfg.get("fg_ratio", 0.33)))
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def transform(example: dict, rng: np.random.Generator) -> dict:
+        for step in steps:
+            example = step(example, rng)
+        return example
+
+    return transform
+
+
+def _patch_transform(patch_size: tuple[int, ...], fg_ratio: float):
+    from medjax.data.patches import sample_patches
 
     def transform(example: dict, rng: np.random.Generator) -> dict:
         if set(example) - {"image", "label"}:

@@ -93,6 +93,9 @@ def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
     for name, arrays in splits.items():
         if not isinstance(arrays, dict):
             continue
+        if "label" not in arrays:
+            raise MedjaxError(f"split {name!r} of dataset {config.data.name!r} has no labels, which "
+                              f"config.task.name={config.task.name!r} needs (it holds {sorted(arrays)})")
         labels = arrays["label"]
         if labels.size and (labels.min() < 0 or labels.max() >= n):
             raise MedjaxError(f"split {name!r} has labels in [{labels.min()}, {labels.max()}] but "
@@ -153,10 +156,8 @@ def resolve_schedule(d: dict, num_train: int) -> None:
 
 def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
     """One training input as the model will see it (after the host transform, e.g. patch sampling)."""
-    if isinstance(train, dict):
-        return train["image"][:1]
     transform = train_transform(config.data)
-    example = train[0]
+    example = {k: v[0] for k, v in train.items()} if isinstance(train, dict) else train[0]
     return np.asarray((transform(example, np.random.default_rng(0)) if transform else example)["image"])[None]
 
 
@@ -165,7 +166,7 @@ def make_train_stream(s: "Setup") -> Any:
     config, train = s.config, s.splits["train"]
     rows = s.strategy.local_rows(config.batch_size)
     if isinstance(train, dict):
-        return TrainStream(train, config.batch_size, rows, seed=config.seed)
+        return TrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data))
     return GrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data),
                        num_threads=config.data.get("num_threads", 2), prefetch=config.data.get("prefetch", 4))
 

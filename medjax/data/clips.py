@@ -1,0 +1,70 @@
+"""Clips of image sequences: `length` frames taken every `stride` frames, for training on long cine / echo loops.
+
+A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`);
+every other key (e.g. an ejection-fraction `target`) is per sequence and passes through unchanged. A clip of
+frames start, start + stride, ..., start + (length - 1) * stride needs (length - 1) * stride + 1 frames.
+
+Training draws the start uniformly per example from the host transform's generator (`clip_transform`, wired by
+`config.data.clip_length` / `clip_stride`, see `medjax.data.sources.train_transform`), so a resumed run draws the
+same clips. Evaluation sees whole sequences (the ConvLSTM models take any number of frames); `clip_starts` and
+`take_clip` tile a sequence deterministically where a model needs fixed-length inputs.
+
+A per-sequence target must still hold for the clip: an ejection fraction needs a clip that spans a cardiac
+cycle, so clip EF regression only with clips at least one cycle long.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medjax.errors import MedjaxError
+
+FRAME_KEYS = ("image", "label", "mask")  # keys with a time axis first; the rest are per-sequence
+
+
+def check_clip(length: int, stride: int, num_frames: int | None = None, what: str = "config.data") -> int:
+    """Frames one clip spans, (length - 1) * stride + 1; raise if it does not fit `num_frames`."""
+    if int(length) < 1 or int(stride) < 1:
+        raise MedjaxError(f"{what}.clip_length and clip_stride must be >= 1, got {length} and {stride}")
+    span = (int(length) - 1) * int(stride) + 1
+    if num_frames is not None and span > num_frames:
+        raise MedjaxError(f"{what}: a clip of {length} frames every {stride} spans {span} frames, but the sequence "
+                          f"has {num_frames}")
+    return span
+
+
+def clip_starts(num_frames: int, length: int, stride: int, step: int | None = None) -> list[int]:
+    """Start frames of consecutive clips every `step` frames (default: one span, no overlap) that fit; the last
+    clip is moved back to end at the last usable frame so every frame in range is covered."""
+    span = check_clip(length, stride, num_frames)
+    step = span if step is None else int(step)
+    if step < 1:
+        raise MedjaxError(f"clip step must be >= 1, got {step}")
+    last = num_frames - span
+    starts = list(range(0, last + 1, step))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def take_clip(example: dict, start: int, length: int, stride: int) -> dict:
+    """The clip of `example` starting at frame `start`: frame keys sliced, per-sequence keys unchanged."""
+    frames = slice(int(start), int(start) + (int(length) - 1) * int(stride) + 1, int(stride))
+    return {k: (np.asarray(v)[frames] if k in FRAME_KEYS else v) for k, v in example.items()}
+
+
+def sample_clip(example: dict, length: int, stride: int, rng: np.random.Generator) -> dict:
+    """A clip with a uniformly drawn start (every start that fits is equally likely)."""
+    num_frames = len(example["image"])
+    span = check_clip(length, stride, num_frames)
+    return take_clip(example, int(rng.integers(0, num_frames - span + 1)), length, stride)
+
+
+def clip_transform(length: int, stride: int = 1):
+    """The host transform `(example, rng) -> clip` of a training stream."""
+    check_clip(length, stride)
+
+    def transform(example: dict, rng: np.random.Generator) -> dict:
+        return sample_clip(example, length, stride, rng)
+
+    return transform

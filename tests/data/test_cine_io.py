@@ -1,0 +1,205 @@
+"""Cine readers: 4D NIfTI written here with chosen affines and frame intervals, multi-frame DICOM (pydicom's real
+RGB two-frame file, and an ultrasound-like loop written here), cine MR folders of single-frame phases, and a
+folder of cases through the `cine_folder` source."""
+
+import os
+
+import ml_collections
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from medjax.data.cine import beating_heart
+from medjax.data.cine_io import load_cine, load_cine_folder, load_dicom_cine, load_nifti_cine, load_nifti_cine_label
+from medjax.data.dicom import load_dicom_series
+from medjax.data.sources import load_splits
+from medjax.data.volume import as_ras
+from medjax.errors import MedjaxError
+
+LPS = np.diag([-1.5, -1.5, 8.0, 1.0])  # a 2D short-axis cine stored L-P-S: x and y must flip
+
+
+def _save_nifti(path, data, affine=LPS, dt=None, unit="msec"):
+    img = nib.Nifti1Image(data, affine)
+    if dt is not None:
+        img.header.set_xyzt_units("mm", unit)
+        zooms = list(img.header.get_zooms())
+        zooms[3] = dt
+        img.header.set_zooms(zooms)
+    nib.save(img, str(path))
+    return str(path)
+
+
+def test_4d_nifti_is_time_first_ras_with_frame_times(tmp_path):
+    data = np.random.default_rng(0).normal(size=(6, 5, 1, 4)).astype(np.float32)
+    cine = load_nifti_cine(_save_nifti(tmp_path / "c.nii.gz", data, dt=0.04, unit="sec"))
+    assert cine.array.shape == (4, 6, 5, 1, 1) and cine.array.dtype == np.float32
+    for t in range(4):
+        np.testing.assert_array_equal(cine.array[t, ..., 0], as_ras(data[..., t], LPS)[0])
+    np.testing.assert_allclose(cine.frame_times_ms, [0, 40, 80, 120])
+    assert cine.spacing == pytest.approx((1.5, 1.5, 8.0)) and cine.num_frames == 4
+    assert load_nifti_cine(_save_nifti(tmp_path / "n.nii", data)).frame_times_ms is None  # no interval stored
+    with pytest.raises(MedjaxError, match=r"3d.nii: a cine image needs a 4th \(time\) axis"):
+        load_nifti_cine(_save_nifti(tmp_path / "3d.nii", data[..., 0]))
+
+
+def test_4d_nifti_labels_are_checked(tmp_path):
+    label = np.zeros((6, 5, 1, 4), np.int16)
+    label[1:3, 1:3, 0, :] = 1
+    out = load_nifti_cine_label(_save_nifti(tmp_path / "l.nii.gz", label), num_classes=2)
+    assert out.array.shape == (4, 6, 5, 1) and out.array.dtype == np.int32
+    np.testing.assert_array_equal(out.array[2], as_ras(label[..., 2], LPS)[0])
+    with pytest.raises(MedjaxError, match=r"bad.nii: label values must be in 0..1, found \[3\]"):
+        load_nifti_cine_label(_save_nifti(tmp_path / "bad.nii", label * 3), num_classes=2)
+
+
+def test_real_rgb_multiframe_dicom_becomes_a_luminance_cine():
+    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    cine = load_dicom_cine(path)
+    rgb = pydicom.dcmread(path).pixel_array.astype(np.float32)  # (2, 100, 100, 3)
+    assert cine.array.shape == (2, 100, 100, 1, 1)
+    grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(cine.array[:, :, :, 0, 0], np.transpose(grey, (0, 2, 1)), rtol=1e-6)
+    assert any("no patient geometry" in n for n in cine.notes) and cine.frame_times_ms is None
+
+
+def _ultrasound(path, frames=5, rows=6, cols=8):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope",
+                    "RescaleIntercept"):
+        delattr(ds, keyword)
+    ds.Modality, ds.Rows, ds.Columns, ds.NumberOfFrames = "US", rows, cols, frames
+    t, r, c = np.meshgrid(np.arange(frames), np.arange(rows), np.arange(cols), indexing="ij")
+    ds.PixelData = (100 * t + 10 * r + c).astype(np.int16).tobytes()
+    ds.FrameTime = "33.3"
+    region = Dataset()
+    region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = 3, 3  # cm
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.02, 0.03
+    ds.SequenceOfUltrasoundRegions = [region]
+    ds.save_as(str(path))
+    return str(path)
+
+
+def test_ultrasound_loop_keeps_image_axes_region_spacing_and_frame_time(tmp_path):
+    cine = load_cine(_ultrasound(tmp_path / "echo.dcm"))
+    assert cine.array.shape == (5, 8, 6, 1, 1)  # (T, columns, rows, 1, 1)
+    assert cine.array[3, 7, 2, 0, 0] == 100 * 3 + 10 * 2 + 7
+    assert cine.spacing == pytest.approx((0.2, 0.3, 1.0))  # PhysicalDeltaX/Y in cm
+    np.testing.assert_allclose(cine.frame_times_ms, np.arange(5) * 33.3)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.rename(tmp_path / "echo.dcm", folder / "echo.dcm")
+    np.testing.assert_array_equal(load_cine(str(folder)).array, cine.array)  # a folder holding the one file
+
+
+def test_rt_dose_grid_is_not_a_cine():
+    with pytest.raises(MedjaxError, match="slices of one volume, not time points"):
+        load_dicom_cine(get_testdata_file("rtdose.dcm"))
+
+
+def _cine_mr(folder, positions=2, phases=3, drop=None, same_trigger=False):
+    """Single-frame files: `positions` axial slices 2.5 mm apart x `phases` trigger times, shuffled names.
+    Stored value 100 * phase + 10 * position + column."""
+    os.makedirs(folder, exist_ok=True)
+    names = np.random.default_rng(1).permutation(positions * phases)
+    k = 0
+    for p in range(positions):
+        for t in range(phases):
+            if (p, t) == drop:
+                continue
+            ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            ds.Rows, ds.Columns = 4, 5
+            ds.PixelData = (100 * t + 10 * p + np.arange(5)[None].repeat(4, 0)).astype(np.int16).tobytes()
+            ds.ImagePositionPatient = ["0", "0", f"{2.5 * p}"]
+            ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+            ds.PixelSpacing = ["1.25", "1.25"]
+            ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+            ds.TriggerTime = "0" if same_trigger else f"{40.0 * t + 0.5 * p:.1f}"
+            ds.InstanceNumber = (5 * k) % 7
+            ds.SOPInstanceUID = f"1.2.3.{p}.{t}"
+            ds.save_as(os.path.join(folder, f"IM{names[k]:03d}"))
+            k += 1
+    return str(folder)
+
+
+def test_cine_mr_folder_orders_phases_by_trigger_time(tmp_path):
+    cine = load_dicom_cine(_cine_mr(tmp_path / "mr"))
+    assert cine.array.shape == (3, 5, 4, 2, 1)  # (T, X, Y, Z, 1)
+    # Columns run towards the patient's left (LPS +x), so RAS x reverses them: compare each row as a set.
+    for t in range(3):
+        for p in range(2):
+            np.testing.assert_array_equal(sorted(cine.array[t, :, 0, p, 0]), 100 * t + 10 * p + np.arange(5))
+    np.testing.assert_allclose(cine.frame_times_ms, [0, 40, 80])
+    one_phase = tmp_path / "phase0"
+    one_phase.mkdir()
+    # The geometry of every phase is the series reader's.
+    for name in os.listdir(tmp_path / "mr"):
+        ds = pydicom.dcmread(tmp_path / "mr" / name)
+        if float(ds.TriggerTime) < 1:
+            ds.save_as(one_phase / name)
+    vol = load_dicom_series(str(one_phase))
+    np.testing.assert_allclose(cine.affine, vol.affine)
+    np.testing.assert_array_equal(cine.array[0], vol.array)
+    with pytest.raises(MedjaxError, match=r"different numbers of cardiac phases \[2, 3\]"):
+        load_dicom_cine(_cine_mr(tmp_path / "missing", drop=(1, 2)))
+    with pytest.raises(MedjaxError, match="share a TriggerTime"):
+        load_dicom_cine(_cine_mr(tmp_path / "same", same_trigger=True))
+    with pytest.raises(MedjaxError, match="this is a volume, not a cine"):
+        load_dicom_cine(_cine_mr(tmp_path / "vol", phases=1))
+
+
+def _cases(root, n=5, frames=6, size=32, targets=True):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = ["case,ef"]
+    for i in range(n):
+        q = beating_heart(i, num_frames=frames, size=size)
+        # 2D cine as NIfTI: (X, Y, 1, T), RAS already.
+        _save_nifti(root / "images" / f"p{i}.nii.gz", np.moveaxis(q["image"][..., 0], 0, -1)[:, :, None],
+                    np.eye(4), dt=30.0)
+        _save_nifti(root / "labels" / f"p{i}.nii.gz", np.moveaxis(q["label"], 0, -1)[:, :, None].astype(np.uint8),
+                    np.eye(4))
+        rows.append(f"p{i},{q['ef']:.6f}")
+    if targets:
+        (root / "targets.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_cine_folder_reads_cases_labels_and_targets(tmp_path):
+    root = _cases(tmp_path / "cines")
+    out = load_cine_folder(str(root), num_classes=3)
+    assert out["cases"] == [f"p{i}" for i in range(5)]
+    assert out["image"].shape == (5, 6, 32, 32, 1) and out["label"].shape == (5, 6, 32, 32)
+    q = beating_heart(2, num_frames=6, size=32)
+    np.testing.assert_array_equal(out["label"][2], q["label"])
+    z = (q["image"] - q["image"].mean()) / q["image"].std()
+    np.testing.assert_allclose(out["image"][2], z, atol=1e-5)  # z-scored over all frames
+    np.testing.assert_allclose(out["target"][:, 0], [beating_heart(i, num_frames=6, size=32)["ef"] for i in range(5)],
+                               atol=1e-6)
+    cfg = ml_collections.ConfigDict(dict(name="cine_folder", root=str(root), num_classes=3, val_fraction=0.2,
+                                         test_fraction=0.2, class_names=("bg", "lv", "myo")))
+    data = load_splits(cfg)
+    assert {k: len(v["image"]) for k, v in data.splits.items()} == {"train": 3, "val": 1, "test": 1}
+    assert data.class_names == ["bg", "lv", "myo"]
+
+
+def test_cine_folder_errors_name_the_case(tmp_path):
+    root = _cases(tmp_path / "a", n=2)
+    os.remove(root / "labels" / "p1.nii.gz")
+    with pytest.raises(MedjaxError, match="no label for case 'p1'"):
+        load_cine_folder(str(root))
+    root = _cases(tmp_path / "b", n=2)
+    _save_nifti(root / "images" / "p1.nii.gz", np.zeros((32, 32, 1, 5), np.float32), np.eye(4))
+    with pytest.raises(MedjaxError, match=r"cases differ in \(T, X, Y, Z, C\)"):
+        load_cine_folder(str(root))
+    root = _cases(tmp_path / "c", n=2)
+    (root / "targets.csv").write_text("case,ef\np0,0.5\n")
+    with pytest.raises(MedjaxError, match=r"targets.csv: no targets for cases \['p1'\]"):
+        load_cine_folder(str(root))
+    with pytest.raises(MedjaxError, match="normalize='robust' is not one of"):
+        load_cine_folder(str(root), normalize="robust")
+    with pytest.raises(MedjaxError, match="cine image folder not found"):
+        load_cine_folder(str(tmp_path / "nowhere"))
