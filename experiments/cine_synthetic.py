@@ -1,23 +1,48 @@
-"""ConvLSTM on synthetic cine MRI (`medjax.data.cine`): ejection-fraction regression or per-frame LV segmentation.
+"""Temporal models on synthetic cine MRI (`medjax.data.cine`): ejection-fraction regression and per-frame LV
+segmentation, each with a ConvLSTM and with baselines at matched parameter counts and steps.
 
     medjax train --config experiments/cine_synthetic.py:ef --workdir runs/cine_ef
     medjax train --config experiments/cine_synthetic.py:segmentation --workdir runs/cine_seg
     medjax evaluate --config experiments/cine_synthetic.py:ef --workdir runs/cine_ef    # mae, rmse, r2 on test
+    python -m experiments.cine_report --out runs/cine                                   # every variant + table
 
-Each split is its own set of simulated patients (seeds). `ef`: a frame-wise CNN encoder, a ConvLSTM and a
-pooled head regress EF (in %, `task.target_scale=100`; metrics in EF units, 0-1). `segmentation`: a U-Net with a
-ConvLSTM at the bottleneck labels every frame (background, LV cavity, myocardium); its Dice pools all frames.
-Append `,tiny` (e.g. `ef,tiny`) for a seconds-long run (tests). No results are claimed here yet: the comparison
-against a frame-by-frame 2D U-Net and a (2D + time) 3D CNN is the next step of the ConvLSTM issue.
+Variants (each split is its own set of simulated patients, i.e. held-out seeds):
+
+    ef              CNN encoder per frame + ConvLSTM + pooled head (367,249 parameters)
+    ef_3d           3D ResNet on (time, H, W), width 20 (351,061 parameters)
+    segmentation    U-Net with a ConvLSTM at the bottleneck, features (16, 32, 64) (412,275 parameters)
+    segmentation_2d the 2D U-Net frame by frame (`model.time_distributed`), features (30, 60, 120) (410,253)
+    segmentation_3d a 3D U-Net on (time, H, W), features (18, 36, 72) (429,645 parameters)
+
+EF targets are in % for training (`task.target_scale=100`), metrics in EF units (0-1). Segmentation reports Dice
+pooled over frames, per-frame Dice, the temporal Dice change and the EF measured from the predicted cavity
+(`task.ef_exponent=1.5`: the slice's area^(3/2), the generator's isotropic contraction). Append `,tiny` (e.g.
+`ef,tiny`) for a seconds-long run (tests). Results: the README's "Temporal imaging" section.
 """
 
 import ml_collections
 
+VARIANTS = ("ef", "ef_3d", "segmentation", "segmentation_2d", "segmentation_3d")
+
+
+def _model(variant: str, tiny: bool) -> ml_collections.ConfigDict:
+    small = (4, 8)
+    models = {
+        "ef": dict(name="convlstm_regressor", features=small if tiny else (16, 32, 64),
+                   lstm_features=8 if tiny else 64),
+        "ef_3d": dict(name="resnet", stage_sizes=(1, 1) if tiny else (1, 1, 1), block="basic", stem="small",
+                      width=4 if tiny else 20),
+        "segmentation": dict(name="convlstm_unet", features=small if tiny else (16, 32, 64)),
+        "segmentation_2d": dict(name="unet", features=small if tiny else (30, 60, 120), time_distributed=True),
+        "segmentation_3d": dict(name="unet", features=small if tiny else (18, 36, 72)),
+    }
+    return ml_collections.ConfigDict(dict(models[variant], norm="batch"))
+
 
 def get_config(arg: str = "ef") -> ml_collections.ConfigDict:
     variant, _, flag = arg.partition(",")
-    if variant not in ("ef", "segmentation") or flag not in ("", "tiny"):
-        raise ValueError(f"unknown variant {arg!r}; use 'ef' or 'segmentation', optionally ',tiny'")
+    if variant not in VARIANTS or flag not in ("", "tiny"):
+        raise ValueError(f"unknown variant {arg!r}; use one of {VARIANTS}, optionally with ',tiny'")
     tiny = flag == "tiny"
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -34,21 +59,22 @@ def get_config(arg: str = "ef") -> ml_collections.ConfigDict:
                                             num_eval=4 if tiny else 50, num_frames=4 if tiny else 16,
                                             size=32 if tiny else 64, spatial_dims=2))
     c.task = ml_collections.ConfigDict()
-    c.task.name = "regression" if variant == "ef" else "segmentation"
-    if variant == "ef":
+    if variant.startswith("ef"):
+        c.task.name = "regression"
         c.task.num_outputs = 1
         c.task.loss = "mse"
         c.task.target_scale = 100.0
-        c.model = ml_collections.ConfigDict(dict(name="convlstm_regressor", features=(4, 8) if tiny else (16, 32, 64),
-                                                 lstm_features=8 if tiny else 64, norm="batch"))
         best = ("mae", "min")
     else:
+        c.task.name = "segmentation"
         c.task.num_classes = 3
         c.task.loss = "dice_ce"
         c.task.include_background = True
-        c.model = ml_collections.ConfigDict(dict(name="convlstm_unet", features=(4, 8) if tiny else (16, 32, 64),
-                                                 norm="batch"))
+        c.task.per_frame = True  # per-frame Dice, temporal Dice change, EF from the segmented cavity
+        c.task.ef_class = 1  # the LV cavity
+        c.task.ef_exponent = 1.5  # a mid-ventricular slice's area^(3/2) ~ volume (the generator's isotropic model)
         best = ("dice_mean", "max")
+    c.model = _model(variant, tiny)
     c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, schedule="constant",
                                                  warmup_steps=0))
     c.parallel = ml_collections.ConfigDict(dict(strategy="sharding"))

@@ -31,7 +31,7 @@ def test_bench_smoke(repo, tmp_path):
     assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
     records = result["records"]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"classification", "segmentation", "sliding_window", "gan"}
+    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "convlstm"}
     for case in result["cases"]:
         by_fw = {r["framework"]: r for r in records if r["case"] == case}
         assert set(by_fw) == FRAMEWORKS, case
@@ -39,7 +39,8 @@ def test_bench_smoke(repo, tmp_path):
         for fw, r in by_fw.items():
             assert r["status"] == "ok", (case, fw, r["reason"])
             assert r["infer_examples_per_s"] > 0 and r["compile_s"] > 0
-            assert len(r["input_shape_nc"]) == 2 + (3 if "_3d" in case or r["kind"] == "sliding_window" else 2)
+            assert len(r["input_shape_nc"]) == 2 + (3 if "_3d" in case or r["kind"] in ("sliding_window", "convlstm")
+                                                    else 2)  # a ConvLSTM's is (N, T, C, H, W)
             if r["kind"] != "sliding_window":
                 assert r["train_examples_per_s"] > 0
             if fw != "medjax":
@@ -86,3 +87,15 @@ def test_bench_smoke_bfloat16_compares_mixed_precision_policies(repo, tmp_path):
     assert {r["precision"] for r in records.values()} == {"bfloat16"}
     check = records["torch_eager"]["loss_check"]
     assert check["passed"] and check["rtol"] == 3e-2 and check["rel_diff"] > 0
+
+
+def test_convlstm_row_matches_torch_with_two_layers_and_records_frames():
+    from experiments.benchmarks import bench
+    from experiments.benchmarks.convlstm_bench import run_convlstm_case
+
+    case = bench.CASES["convlstm_64"]
+    records = run_convlstm_case(case, bench.Shape(2, 8, (4, 2), frames=3), 0, 1, ("medjax", "torch_eager"),
+                                log=lambda _: None)
+    mj, eager = records
+    assert eager["loss_check"]["passed"] and eager["loss_check"]["rel_diff"] < 1e-5
+    assert mj["input_shape_medjax"] == [2, 3, 8, 8, 1] and mj["frames"] == 3 and mj["features"] == [4, 2]

@@ -33,6 +33,9 @@ peak of the same process, so read it as a lower bound) and, for JAX, the device'
 the same networks in torch functional form with the same initial weights, latents and Adam settings; both
 first-step losses (D and G) must agree within 1e-4 relative (`experiments/benchmarks/gan_bench.py`).
 
+`convlstm_64` times a per-frame segmentation step of a 2-layer ConvLSTM over 16 frames against the common PyTorch
+ConvLSTM with the same weights (`experiments/benchmarks/convlstm_bench.py`; first-step losses within 1e-4).
+
 `--quick` shrinks batch sizes, spatial sizes and repeats so that all cases finish in minutes on a small CPU;
 `--smoke` is a seconds-long run of one case per kind (for the tests). The shapes actually used are recorded:
 read them from bench.json / bench.md, never from the case names.
@@ -75,12 +78,13 @@ class Shape:
     size: int  # spatial edge (square / cube)
     features: tuple[int, ...] | None = None  # basic_unet only
     roi: int | None = None  # sliding window only
+    frames: int | None = None  # convlstm only
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # "classification" | "segmentation" | "sliding_window" | "gan"
+    kind: str  # "classification" | "segmentation" | "sliding_window" | "gan" | "convlstm"
     arch: str  # medjax model name ("" for sliding_window)
     spatial_dims: int
     in_channels: int
@@ -108,6 +112,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
          Shape(4, 16, (8, 16))),
     Case("pix2pix_256", "gan", "pix2pix", 2, 1, 0, Shape(8, 256, (64, 128, 256, 512)),
          Shape(2, 64, (16, 32, 64, 128))),  # no --smoke shape: one case per kind (tests/gan checks its parity)
+    # ConvLSTM row (experiments/benchmarks/convlstm_bench.py): features = (hidden channels, layers), T frames.
+    Case("convlstm_64", "convlstm", "convlstm", 2, 1, 3, Shape(8, 64, (32, 2), frames=16),
+         Shape(2, 32, (16, 2), frames=8), Shape(1, 8, (4, 1), frames=3)),
 )}
 
 MODES = {  # mode -> (warmup, repeats)
@@ -216,13 +223,7 @@ def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np
                 repeats: int, precision: str = "float32") -> dict:
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from medjax import losses
-    from medjax import rng as mrng
-    from medjax.tasks.base import apply_model
-    from medjax.train.state import TrainState
-    from medjax.train.steps import make_train_step
     from medjax.transfer import get_layout, import_weights
 
     model = _medjax_model(case, shape)
@@ -233,6 +234,24 @@ def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np
     target = {k: v for k, v in target.items() if k in ("params", "batch_stats")}
     variables, report = import_weights(state_dict, get_layout(case.arch, "monai"), target, strict=True,
                                        source=f"torch {case.name}")
+    out = time_medjax_train(model, variables, xj, y, warmup, repeats)
+    out["import_report"] = {"loaded": len(report.loaded), "folded": len(report.folded), "dropped": len(report.dropped)}
+    return out
+
+
+def time_medjax_train(model, variables: dict, xj: np.ndarray, y: np.ndarray, warmup: int, repeats: int) -> dict:
+    """The trainer's jitted step (state donated) with Adam and softmax cross-entropy on `model(xj)` against the
+    integer labels `y`, then the jitted eval-mode forward: first loss, compile and step times, memory."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from medjax import losses
+    from medjax import rng as mrng
+    from medjax.tasks.base import apply_model
+    from medjax.train.state import TrainState
+    from medjax.train.steps import make_train_step
+
     variables = jax.tree.map(jnp.asarray, variables)
 
     class _Task:  # the loss of medjax's classification/segmentation tasks, without their config plumbing
@@ -271,9 +290,7 @@ def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np
     peak, why = _jax_peak_bytes()
     return {"first_loss": first_loss, "compile_s": compile_s, "train_step_s": train_s,
             "infer_first_s": infer_first_s, "infer_step_s": infer_s, "rss_increase_mb": _maxrss_mb() - rss0,
-            "device_peak_bytes": peak, "device_peak_note": why,
-            "import_report": {"loaded": len(report.loaded), "folded": len(report.folded),
-                              "dropped": len(report.dropped)}}
+            "device_peak_bytes": peak, "device_peak_note": why}
 
 
 def torch_device() -> str:
@@ -355,23 +372,11 @@ def _compile_fields(rec: dict, budget: CompileBudget) -> None:
         rec["compile_note"] = f"torch.compile backend={budget.backend!r}: plumbing check, not Inductor's speed"
 
 
-def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, frameworks=FRAMEWORKS,
-                   log=print, budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
-    budget = budget or CompileBudget()
-    import torch
-
-    torch.manual_seed(0)
-    net = _torch_model(case, shape)
-    net_for_compile = copy.deepcopy(net)  # eager training moves the weights; compile starts from the same ones
-    state_dict = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-    x, y = _data(case, shape)
-    spatial = [shape.size] * case.spatial_dims
-    common = {"case": case.name, "kind": case.kind, "arch": case.arch, "batch": shape.batch,
-              "input_shape_nc": [shape.batch, case.in_channels, *spatial],
-              "input_shape_medjax": [shape.batch, *spatial, case.in_channels], "num_classes": case.num_classes,
-              "features": list(shape.features) if shape.features else None, "stem": case.stem,
-              "warmup": warmup, "repeats": repeats, "optimizer": f"adam lr {LR}", "loss": "softmax cross-entropy",
-              "precision": precision}
+def run_frameworks(name: str, batch_size: int, common: dict, frameworks, run: Callable[[str, str | None], dict],
+                   budget: CompileBudget, log=print) -> dict[str, dict]:
+    """The per-framework loop every trained case shares: one record per framework, `run(framework,
+    compile_backend)` measuring it; torch.compile is skipped with its reason once the budget is spent, and a
+    failed compile becomes a skipped record (other failures raise). Adds wall time and throughputs."""
     results: dict[str, dict] = {}
     for fw in frameworks:
         rec = dict(common, framework=fw, status="ok", reason=None)
@@ -381,13 +386,8 @@ def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, framewor
             if budget.skip_reason():
                 rec.update(status="skipped", reason=budget.skip_reason())
         try:
-            if rec["status"] != "ok":
-                pass
-            elif fw == "medjax":
-                rec.update(_run_medjax(case, shape, state_dict, x, y, warmup, repeats, precision))
-            else:
-                rec.update(_run_torch(net if fw == "torch_eager" else net_for_compile,
-                                      budget.backend if fw == "torch_compile" else None, x, y, warmup, repeats))
+            if rec["status"] == "ok":
+                rec.update(run(fw, budget.backend if fw == "torch_compile" else None))
         except Exception as e:  # noqa: BLE001
             if fw != "torch_compile":
                 raise
@@ -398,10 +398,37 @@ def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, framewor
         elif fw == "torch_compile" and rec["reason"].startswith("torch.compile failed"):
             budget.spend(rec["wall_s"])  # a failed compile costs its time too
         if rec["status"] == "ok":
-            rec["train_examples_per_s"] = shape.batch / rec["train_step_s"]
-            rec["infer_examples_per_s"] = shape.batch / rec["infer_step_s"]
+            rec["train_examples_per_s"] = batch_size / rec["train_step_s"]
+            rec["infer_examples_per_s"] = batch_size / rec["infer_step_s"]
         results[fw] = rec
-        log(f"  {case.name} {fw}: {_describe(rec)}")
+        log(f"  {name} {fw}: {_describe(rec)}")
+    return results
+
+
+def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, frameworks=FRAMEWORKS,
+                   log=print, budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
+    budget = budget or CompileBudget()
+    import torch
+
+    torch.manual_seed(0)
+    net = _torch_model(case, shape)
+    nets = {"torch_eager": net, "torch_compile": copy.deepcopy(net)}  # compile starts from the same weights
+    state_dict = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+    x, y = _data(case, shape)
+    spatial = [shape.size] * case.spatial_dims
+    common = {"case": case.name, "kind": case.kind, "arch": case.arch, "batch": shape.batch,
+              "input_shape_nc": [shape.batch, case.in_channels, *spatial],
+              "input_shape_medjax": [shape.batch, *spatial, case.in_channels], "num_classes": case.num_classes,
+              "features": list(shape.features) if shape.features else None, "stem": case.stem,
+              "warmup": warmup, "repeats": repeats, "optimizer": f"adam lr {LR}", "loss": "softmax cross-entropy",
+              "precision": precision}
+
+    def run(fw: str, backend: str | None) -> dict:
+        if fw == "medjax":
+            return _run_medjax(case, shape, state_dict, x, y, warmup, repeats, precision)
+        return _run_torch(nets[fw], backend, x, y, warmup, repeats)
+
+    results = run_frameworks(case.name, shape.batch, common, frameworks, run, budget, log)
     _check_losses(results, LOSS_RTOL_BF16 if precision == "bfloat16" else LOSS_RTOL)
     return [results[fw] for fw in frameworks]
 
@@ -698,6 +725,11 @@ def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None
         log(f"{case.name}: {mode} shape {shape}")
         if case.kind == "sliding_window":  # float32 inference in both frameworks whatever --precision says
             records += run_sliding_window_case(case, shape, warmup, repeats, log=log, budget=budget)
+        elif case.kind == "convlstm":
+            from experiments.benchmarks.convlstm_bench import run_convlstm_case
+
+            records += run_convlstm_case(case, shape, warmup, repeats, FRAMEWORKS, log=log, budget=budget,
+                                         precision=precision)
         elif case.kind == "gan":
             from experiments.benchmarks.gan_bench import run_gan_case
 

@@ -270,37 +270,18 @@ def run_gan_case(case, shape, warmup: int, repeats: int, frameworks, log=print, 
               "precision": "float32"}
     if precision != "float32":
         common["precision_note"] = f"GAN rows run in float32 (asked: {precision})"
-    results: dict[str, dict] = {}
-    weights = z = None
-    for fw in frameworks:
-        rec = dict(common, framework=fw, status="ok", reason=None)
-        t0 = time.perf_counter()
-        if fw == "torch_compile":
-            helpers._compile_fields(rec, budget)
-            if budget.skip_reason():
-                rec.update(status="skipped", reason=budget.skip_reason())
-        try:
-            if rec["status"] != "ok":
-                pass
-            elif fw == "medjax":
-                out, weights, z = _run_medjax(case.arch, shape, batch, g, d, kind, l1, warmup, repeats, helpers)
-                rec.update(out)
-            else:
-                rec.update(_run_torch(case.arch, shape, batch, weights, z, kind, l1,
-                                      budget.backend if fw == "torch_compile" else None, warmup, repeats, helpers))
-        except Exception as e:  # noqa: BLE001
-            if fw != "torch_compile":
-                raise
-            rec.update(status="skipped", reason=f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
-        rec["wall_s"] = time.perf_counter() - t0
-        if fw == "torch_compile" and rec["status"] == "ok":
-            budget.spend(rec["compile_s"] + rec["infer_first_s"])
-        if rec["status"] == "ok":
-            rec["first_loss"] = rec["first_d_loss"] + rec["first_g_loss"]
-            rec["train_examples_per_s"] = shape.batch / rec["train_step_s"]
-            rec["infer_examples_per_s"] = shape.batch / rec["infer_step_s"]
-        results[fw] = rec
-        log(f"  {case.name} {fw}: {helpers._describe(rec)}")
+    shared: dict = {}  # the medjax run's initial weights and latents, which the torch runs start from
+
+    def run(fw: str, backend: str | None) -> dict:
+        if fw == "medjax":
+            out, shared["weights"], shared["z"] = _run_medjax(case.arch, shape, batch, g, d, kind, l1, warmup,
+                                                              repeats, helpers)
+        else:
+            out = _run_torch(case.arch, shape, batch, shared["weights"], shared["z"], kind, l1, backend, warmup,
+                             repeats, helpers)
+        return dict(out, first_loss=out["first_d_loss"] + out["first_g_loss"])
+
+    results = helpers.run_frameworks(case.name, shape.batch, common, frameworks, run, budget, log)
     for fw, rec in results.items():  # both losses of the first step, not only their sum
         if fw != "medjax" and rec["status"] == "ok" and "medjax" in results:
             for part in ("first_d_loss", "first_g_loss"):

@@ -19,12 +19,15 @@ from medjax.models import build_model
 
 
 def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_name: str | None) -> nn.Module:
-    """`config.model.name` plus its other keys as constructor arguments; an unknown argument is named."""
+    """`config.model.name` plus its other keys as constructor arguments; an unknown argument is named.
+    `remat=True` turns on the model's rematerialisation; `time_distributed=True` runs the model frame by frame
+    on sequences (N, T, *spatial, C)."""
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
     kwargs["num_classes"] = num_classes
     if axis_name:
         kwargs["bn_axis_name"] = axis_name
     remat = kwargs.pop("remat", False)
+    time_distributed = kwargs.pop("time_distributed", False)
     try:
         model = build_model(cfg.name, **kwargs)
     except TypeError as e:  # a dataclass constructor rejecting a keyword: the config's key is wrong
@@ -33,6 +36,10 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_nam
         if "remat" not in {f.name for f in dataclasses.fields(model)}:
             raise MedjaxError(f"config.compute.remat: model {cfg.name!r} has no rematerialisation option")
         model = model.clone(remat=True)
+    if time_distributed:  # a per-frame baseline for sequences (N, T, ...): time folded into the batch
+        from medjax.models.convlstm import TimeDistributed
+
+        model = TimeDistributed(model)
     return model
 
 

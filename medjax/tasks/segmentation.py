@@ -1,5 +1,9 @@
 """Semantic segmentation: Dice+CE (or CE, or Dice) loss, optional deep supervision, per-class Dice.
 
+Sequences (N, T, *spatial) with `task.per_frame=True` also get per-frame Dice, temporal consistency and, with
+`task.ef_class` (and `task.ef_exponent`), the ejection fraction measured from the segmentation
+(`medjax.temporal_metrics`).
+
 A batch may carry a per-voxel "mask" (N, *spatial) next to its "label" (e.g. a field-of-view mask from the
 `image_folder` source): voxels where it is 0 count in neither the loss nor the Dice counts."""
 
@@ -47,6 +51,11 @@ class SegmentationTask:
         self.dice_average = cfg.get("dice_average", "voxels")
         if self.dice_average not in DICE_AVERAGES:
             raise MedjaxError(f"unknown config.task.dice_average={self.dice_average!r}; known: {list(DICE_AVERAGES)}")
+        self.per_frame = bool(cfg.get("per_frame", False))
+        self.ef_class = cfg.get("ef_class", None)
+        self.ef_exponent = float(cfg.get("ef_exponent", 1.0))
+        if self.ef_class is not None and not self.per_frame:
+            raise MedjaxError("config.task.ef_class measures EF over frames: set config.task.per_frame=True")
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
@@ -79,17 +88,18 @@ class SegmentationTask:
 
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
         """Per-example Dice counts (intersection, predicted, reference voxels per class), inside the batch
-        "mask" if it has one."""
+        "mask" if it has one; with `task.per_frame`, per example and frame (N, T, 3, C) of sequences."""
         logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
         pred = jnp.argmax(logits, axis=-1)
         if "mask" in batch:
-            per_example = jax.vmap(lambda p, l, m: jnp.stack(
-                metrics.dice_counts(p[None], l[None], self.num_classes, mask=m[None])))
-            counts = per_example(pred, batch["label"], batch["mask"])
+            count = lambda p, l, m: jnp.stack(  # noqa: E731
+                metrics.dice_counts(p[None], l[None], self.num_classes, mask=m[None]))
+            args = (pred, batch["label"], batch["mask"])
         else:
-            per_example = jax.vmap(lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes)))
-            counts = per_example(pred, batch["label"])
-        return {"dice_counts": counts, "weight": batch["weight"]}
+            count = lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes))  # noqa: E731
+            args = (pred, batch["label"])
+        per_example = jax.vmap(jax.vmap(count) if self.per_frame else count)
+        return {"dice_counts": per_example(*args), "weight": batch["weight"]}
 
     def probabilities(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
         """Softmax class probabilities (N, *spatial, C), float32: what sliding windows blend (as nnU-Net)."""
@@ -104,7 +114,7 @@ class SegmentationTask:
         """Overlay PNG: image, reference and prediction side by side (2D; the middle slice of 3D volumes)."""
         from medjax.viz import save_overlay_png
 
-        if images.ndim == 5:
+        while images.ndim >= 5:  # 3D: the middle slice; sequences: the middle frame (then its middle slice)
             mid = images.shape[1] // 2
             images, labels, preds = images[:, mid], labels[:, mid], preds[:, mid]
         save_overlay_png(path, images, labels, preds, self.class_names)
@@ -116,6 +126,9 @@ class SegmentationTask:
         `"cases"` averages each example's Dice over the examples whose reference has the class (the Decathlon
         convention for 3D cases: a small structure counts as much as a large one)."""
         per_example = keep_valid(outputs)["dice_counts"]
+        per_frame = per_example if self.per_frame else None
+        if self.per_frame:  # (N, T, 3, C): a sequence is one case
+            per_example = per_example.sum(axis=1)
         if self.dice_average == "cases":
             dice = np.stack([metrics.dice_from_counts(*c) for c in per_example])
             present = ~np.isnan(dice)
@@ -125,4 +138,8 @@ class SegmentationTask:
             dice = metrics.dice_from_counts(counts[0], counts[1], counts[2])
         result = {f"dice/{name}": float(d) for name, d in zip(self.class_names, dice)}
         result["dice_mean"] = metrics.mean_foreground_dice(dice)
+        if per_frame is not None:
+            from medjax.temporal_metrics import sequence_summary
+
+            result.update(sequence_summary(per_frame, self.class_names, self.ef_class, self.ef_exponent))
         return result

@@ -2,6 +2,7 @@
 with a PyTorch ConvLSTM through medjax.transfer.convlstm."""
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from medjax.errors import MedjaxError
 from medjax.models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMRegressor, ConvLSTMUNet, TimeDistributed
 from medjax.models.unet import UNet
+from experiments.benchmarks.convlstm_bench import torch_convlstm_class
 from medjax.transfer.convlstm import import_torch_convlstm
 
 
@@ -74,6 +76,13 @@ def test_time_distributed_applies_a_model_frame_by_frame():
     frame = unet.apply({"params": v["params"]["module"], "batch_stats": v["batch_stats"]["module"]}, x[:, 1],
                        train=False)
     np.testing.assert_allclose(out[:, 1], frame, rtol=1e-5, atol=1e-6)
+    # `model.time_distributed=True` in a config wraps any registered model the same way.
+    from medjax.tasks.base import model_from_config
+
+    cfg = ml_collections.ConfigDict(dict(name="unet", features=(4, 8), time_distributed=True))
+    wrapped = model_from_config(cfg, 2, None)
+    assert isinstance(wrapped, TimeDistributed) and wrapped.module == unet
+    np.testing.assert_allclose(wrapped.apply(v, x, train=False), out)
 
 
 def test_sequence_models_shapes_and_errors():
@@ -88,30 +97,7 @@ def test_sequence_models_shapes_and_errors():
         ConvLSTM(2).init(jax.random.key(0), x[:, 0])
 
 
-class TorchConvLSTM(torch.nn.Module):
-    """The common PyTorch ConvLSTM (ndrplz/ConvLSTM_pytorch): gates (i, f, o, g), no forget bias."""
-
-    def __init__(self, input_dim, hidden, kernel, num_layers, conv=torch.nn.Conv2d):
-        super().__init__()
-        self.hidden = hidden
-        self.cell_list = torch.nn.ModuleList()
-        for i in range(num_layers):
-            cell = torch.nn.Module()
-            cell.conv = conv((input_dim if i == 0 else hidden) + hidden, 4 * hidden, kernel, padding=kernel // 2)
-            self.cell_list.append(cell)
-
-    def forward(self, x):  # (N, T, C, *spatial)
-        for cell in self.cell_list:
-            h = torch.zeros((x.shape[0], self.hidden) + x.shape[3:])
-            c = torch.zeros_like(h)
-            outs = []
-            for t in range(x.shape[1]):
-                i, f, o, g = torch.split(cell.conv(torch.cat([x[:, t], h], 1)), self.hidden, 1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                outs.append(h)
-            x = torch.stack(outs, 1)
-        return x
+TorchConvLSTM = torch_convlstm_class()  # the common PyTorch ConvLSTM (ndrplz), as the bench row times it
 
 
 @pytest.mark.parametrize("nd", [2, 3])

@@ -48,3 +48,32 @@ def test_convlstm_trains_on_synthetic_cine(repo, tmp_path, variant, keys):
     result = loop.evaluate(config, str(tmp_path), split="test")
     assert keys <= set(result) and result["split"] == "test"
     assert jax.device_count() == 4  # the sequences were sharded over 4 devices
+
+
+def test_cine_folder_trains_on_clips_with_per_frame_metrics_and_targets_alone(repo, tmp_path):
+    """4D NIfTI cases on disk -> training on 3-frame clips (stride 2), evaluation on whole 6-frame sequences
+    with per-frame Dice, temporal change and EF from the masks; the same cases without labels regress EF."""
+    import shutil
+
+    from tests.data.test_cine_io import _cases
+
+    root = _cases(tmp_path / "cines", n=6)
+    config = build_config(f"{repo}/experiments/cine_synthetic.py:segmentation,tiny", [])
+    config.data = ml_collections.ConfigDict(dict(name="cine_folder", root=str(root), num_classes=3, clip_length=3,
+                                                 clip_stride=2, val_fraction=0.2, test_fraction=0.2,
+                                                 class_names=("background", "lv_cavity", "myocardium")))
+    s = loop.setup(config, str(tmp_path / "setup"))
+    assert loop._first_train_image(s.splits["train"], config).shape == (1, 3, 32, 32, 1)
+    assert next(loop.make_train_stream(s))["label"].shape[1:] == (3, 32, 32)
+    metrics = loop.train(config, str(tmp_path / "seg"))
+    keys = {"dice_mean", "frame_dice_mean", "temporal_dice_change", "ef_mae", "ef_rmse"}
+    assert keys <= set(metrics) and all(np.isfinite(metrics[k]) for k in keys)
+
+    shutil.rmtree(root / "labels")
+    with pytest.raises(MedjaxError, match="split 'train' of dataset 'cine_folder' has no labels"):
+        loop.setup(config, str(tmp_path / "unlabelled"))
+    config = build_config(f"{repo}/experiments/cine_synthetic.py:ef,tiny", [])
+    config.data = ml_collections.ConfigDict(dict(name="cine_folder", root=str(root), val_fraction=0.2,
+                                                 test_fraction=0.2))
+    metrics = loop.train(config, str(tmp_path / "ef"))
+    assert {"mae", "rmse", "r2"} <= set(metrics) and np.isfinite(metrics["mae"])
