@@ -2,8 +2,10 @@
 
 The dataset's split arrays hold the targets under `config.task.target_key` (default "target"), shape (N,) or
 (N, K); the model's K outputs are its `num_classes` (medjax models name their output width so). Loss: "mse"
-(default) or "l1"; `task.target_scale` multiplies targets before the loss and divides predictions after it, so a
-target in [0, 1] can be learnt as a percentage. Summary over the split: `mae`, `rmse`, `r2` (1 - SS_res / SS_tot,
+(default) or "l1". The model learns (target - `task.target_offset`) * `task.target_scale` and predictions are mapped
+back: set them to about the targets' mean and 1 / std, so the network's outputs start near the right place (a
+zero-initialised head then predicts the mean; Adam moves a bias by about the learning rate per step, so a raw
+target far from 0 takes thousands of steps just to be reached). Summary over the split: `mae`, `rmse`, `r2` (1 - SS_res / SS_tot,
 scikit-learn's `r2_score`, averaged over outputs) and `loss`.
 """
 
@@ -32,6 +34,10 @@ class RegressionTask:
         self.target_key = cfg.get("target_key", "target")
         self.loss_name = cfg.get("loss", "mse")
         self.scale = float(cfg.get("target_scale", 1.0))
+        self.offset = float(cfg.get("target_offset", 0.0))
+        if not (np.isfinite(self.scale) and self.scale != 0 and np.isfinite(self.offset)):
+            raise MedjaxError(f"config.task.target_scale must be finite and non-zero and target_offset finite, got "
+                              f"{self.scale} and {self.offset}")
         if self.loss_name not in LOSSES:
             raise MedjaxError(f"unknown config.task.loss={self.loss_name!r} for regression; known: {list(LOSSES)}")
         self.model = model_from_config(model_cfg, self.num_outputs, axis_name)
@@ -46,7 +52,7 @@ class RegressionTask:
         return jnp.asarray(batch[self.target_key], jnp.float32).reshape(-1, self.num_outputs)
 
     def _per_example(self, pred: jax.Array, target: jax.Array) -> jax.Array:
-        diff = pred.astype(jnp.float32) - target * self.scale
+        diff = pred.astype(jnp.float32) - (target - self.offset) * self.scale
         return jnp.mean(diff**2 if self.loss_name == "mse" else jnp.abs(diff), axis=-1)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
@@ -57,12 +63,12 @@ class RegressionTask:
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
         pred, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
         target = self._targets(batch)
-        return {"pred": pred.astype(jnp.float32) / self.scale, "target": target,
+        return {"pred": pred.astype(jnp.float32) / self.scale + self.offset, "target": target,
                 "loss": self._per_example(pred, target), "weight": batch["weight"]}
 
     def predict(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
         pred, _ = apply_model(self.model, params, batch_stats, image, train=False)
-        return pred.astype(jnp.float32) / self.scale
+        return pred.astype(jnp.float32) / self.scale + self.offset
 
     def summarize(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         out = keep_valid(outputs)

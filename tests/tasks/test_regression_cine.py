@@ -34,6 +34,11 @@ def test_summary_matches_scikit_learn_and_skips_padding():
 def test_loss_uses_the_target_scale_and_errors_are_named():
     task = _task(target_scale=100.0, loss="l1")
     assert float(task._per_example(np.array([[50.0, 20.0]]), np.array([[0.5, 0.1]]))[0]) == pytest.approx(5.0)
+    centred = _task(target_offset=0.5, target_scale=10.0, loss="l1")  # learns (target - 0.5) * 10
+    assert float(centred._per_example(np.array([[2.0, -1.0]]), np.array([[0.7, 0.4]]))[0]) == pytest.approx(0.0)
+    assert float(centred._per_example(np.array([[0.0, 0.0]]), np.array([[0.7, 0.4]]))[0]) == pytest.approx(1.5)
+    with pytest.raises(MedjaxError, match="target_scale must be finite and non-zero"):
+        _task(target_scale=0.0)
     with pytest.raises(MedjaxError, match="unknown config.task.loss='huber'"):
         _task(loss="huber")
     with pytest.raises(MedjaxError, match="needs a 'target' array"):
