@@ -129,7 +129,7 @@ def run(out: pathlib.Path, seeds: list[int], synthetic_per_class: int, tiny: boo
     s = gan_loop.setup(gan_config, str(out / "gan"))
     state, _, _ = loop.restore_checkpoint(s, str(out / "gan"), "latest")
     labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int32), synthetic_per_class)
-    unit = gan_loop.sample(gan_config, state, s.task, len(labels), seed=1234, labels=labels)
+    unit = gan_loop.sample(state, s.task, len(labels), seed=1234, labels=labels)
     lo, hi = s.intensity_range
     synthetic = ((unit + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)  # back to the data's units
     gan_s = time.perf_counter() - t0

@@ -319,8 +319,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best
     return result
 
 
-def sample(config: ml_collections.ConfigDict, state: GANState, task: GANTask, num: int, seed: int,
-           labels: np.ndarray | None = None) -> np.ndarray:
+def sample(state: GANState, task: GANTask, num: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
     """`num` images from the EMA generator of a `gan` run (in [-1, 1]); `labels` for a conditional one."""
     if task.name != "gan":
         raise MedjaxError("sample() draws from unconditional/conditional `gan` runs; paired tasks use generate()")

@@ -62,14 +62,18 @@ def test_spectral_norm_keeps_power_iteration_state_and_bounds_the_layer():
     d = gan.DCGANDiscriminator(features=4, spectral_norm=True)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     v = _init(d, x)
-    assert "batch_stats" in v and any("SpectralNorm" in k or "down0" in k for k in v["batch_stats"])
+    # One power-iteration state per wrapped layer, named by the layer (Flax keeps it in batch_stats).
+    assert set(v["batch_stats"]["SpectralNorm_0"]) == {"down0/kernel/sigma", "down0/kernel/u"}
+    assert set(v["batch_stats"]["SpectralNorm_1"]) == {"logit/kernel/sigma", "logit/kernel/u"}
     stats = v["batch_stats"]
     for _ in range(30):  # power iteration converges
         _, updates = d.apply({"params": v["params"], "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
         stats = updates["batch_stats"]
     kernel = np.asarray(v["params"]["down0"]["kernel"]).reshape(-1, 4)
-    sigmas = [np.asarray(s) for p, s in jax.tree_util.tree_leaves_with_path(stats) if "sigma" in str(p)]
-    assert any(np.isclose(s, np.linalg.svd(kernel, compute_uv=False)[0], rtol=1e-3) for s in sigmas)
+    sigma = float(stats["SpectralNorm_0"]["down0/kernel/sigma"])
+    assert sigma == pytest.approx(np.linalg.svd(kernel, compute_uv=False)[0], rel=1e-3)
+    logit = np.asarray(v["params"]["logit"]["kernel"])  # a (64, 1) kernel: sigma is its norm
+    assert float(stats["SpectralNorm_1"]["logit/kernel/sigma"]) == pytest.approx(np.linalg.norm(logit), rel=1e-3)
 
 
 def test_patchgan_gives_a_map_of_logits_over_the_pair():
