@@ -63,7 +63,8 @@ def get_config(arg: str = "ef") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name="synthetic_cine", seed=0,
                                             num_train=8 if tiny else (1000 if ef else 200),
                                             num_eval=4 if tiny else 50, num_frames=4 if tiny else 12,
-                                            size=32 if tiny else 48, spatial_dims=2))
+                                            size=32 if tiny else 48, spatial_dims=2,
+                                            noise=0.05, speckle=0.15))  # the generator's defaults: clean frames
     c.task = ml_collections.ConfigDict()
     if ef:
         c.task.name = "regression"

@@ -241,3 +241,19 @@ def test_transfer_icbm152_tiny(tmp_path):
     first = [json.loads(line) for line in (tmp_path / "out" / "finetune_s0" / "metrics.jsonl").read_text().splitlines()]
     scratch = [json.loads(line) for line in (tmp_path / "out" / "scratch_s0" / "metrics.jsonl").read_text().splitlines()]
     assert first[0]["loss"] != scratch[0]["loss"]  # same data and seed: only the initialisation differs
+
+
+def test_cine_report_tiny_pairs_baselines_with_their_convlstm(tmp_path):
+    from experiments import cine_report
+
+    out = tmp_path / "cine"
+    assert cine_report.main(["--out", str(out), "--tiny", "--variants", "segmentation", "segmentation_2d",
+                             "--set", "data.noise=0.4"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in rows] == ["segmentation", "segmentation_2d"]
+    assert rows[1]["settings"] == ["data.noise=0.4"] and rows[1]["patients"] == 4
+    for key in ("dice_mean", "frame_dice_mean", "temporal_dice_change", "ef_abs_error"):
+        mean, lo, hi = rows[1][key]
+        assert lo <= mean <= hi
+        assert rows[1]["vs"][key][0] == pytest.approx(mean - rows[0][key][0])  # paired difference of the means
+    assert "| − its ConvLSTM (paired) |" in (out / "results.md").read_text()

@@ -38,11 +38,15 @@ def _icbm152_patches(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]
 
 def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     """Beating-heart sequences (`medjax.data.cine`); each split draws its own patients (seed ranges never
-    overlap): {"image" (N, T, *s, 1), "label" (N, T, *s), "target" (N, 1) ejection fraction}."""
+    overlap): {"image" (N, T, *s, 1), "label" (N, T, *s), "target" (N, 1) ejection fraction}. Optional
+    `noise`, `speckle` and `ef_range` go to `beating_heart`."""
     from medjax.data.cine import CLASS_NAMES, cine_dataset
 
     kwargs = dict(num_frames=cfg.get("num_frames", 16), size=cfg.get("size", 64),
                   spatial_dims=cfg.get("spatial_dims", 2))
+    kwargs.update({k: cfg[k] for k in ("noise", "speckle") if k in cfg})  # image quality; defaults in beating_heart
+    if "ef_range" in cfg:
+        kwargs["ef_range"] = tuple(cfg.ef_range)
     base = 1_000_000 * int(cfg.seed)
     counts = {"train": cfg.num_train, "val": cfg.num_eval, "test": cfg.num_eval}
     splits = {}

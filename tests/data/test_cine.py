@@ -42,3 +42,19 @@ def test_dataset_stacks_sequences_and_errors_are_named():
         beating_heart(0, ef_range=(0.5, 1.2))
     with pytest.raises(MedjaxError, match="spatial_dims must be 2 or 3"):
         beating_heart(0, spatial_dims=4)
+
+
+def test_source_passes_image_quality_and_keeps_patients_apart():
+    import ml_collections
+
+    from medjax.data.sources import load_splits
+
+    cfg = ml_collections.ConfigDict(dict(name="synthetic_cine", seed=2, num_train=3, num_eval=2, num_frames=4,
+                                         size=16, noise=0.0, speckle=0.0, ef_range=(0.5, 0.5)))
+    splits = load_splits(cfg).splits
+    clean = beating_heart(2_000_000 + 100_000 + 1, num_frames=4, size=16, noise=0.0, speckle=0.0,
+                          ef_range=(0.5, 0.5))  # the 2nd validation patient of seed 2
+    np.testing.assert_array_equal(splits["val"]["image"][1], clean["image"])
+    assert splits["val"]["target"][1, 0] == pytest.approx(clean["ef"])
+    assert np.all(splits["val"]["target"] <= 0.5 + 1e-6)  # the cycle's EF 0.5, as far as 4 frames show it
+    assert splits["train"]["image"].shape == (3, 4, 16, 16, 1)
