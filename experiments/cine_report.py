@@ -100,7 +100,7 @@ def run(out: pathlib.Path, variants: list[str], steps: int | None, tiny: bool,
 
 
 def _cell(v) -> str:
-    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if v else "—"
+    return f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]" if v else "—"
 
 
 def table(rows: list[dict]) -> str:
