@@ -63,6 +63,13 @@ def _nifti_frame_times(img, num_frames: int) -> np.ndarray | None:
     return np.arange(num_frames) * float(zooms[3]) * TIME_UNIT_MS[unit]
 
 
+def _interval_notes(times: np.ndarray | None) -> tuple[str, ...]:
+    """Headers are taken literally; a frame interval over 100 s is named (often milliseconds stored as seconds)."""
+    if times is not None and len(times) > 1 and times[1] > 100_000:
+        return (f"frame interval {times[1] / 1000:g} s as the header states it: check its time unit",)
+    return ()
+
+
 def _open_4d(path: str, what: str, dtype) -> tuple[np.ndarray, np.ndarray, object]:
     import nibabel as nib
 
@@ -85,7 +92,8 @@ def load_nifti_cine(path: str, *, canonical: bool = True, dtype=np.float32) -> C
     if canonical:
         data, affine = as_ras(data, affine)
     array = np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=dtype)
-    return Cine(array, affine, voxel_sizes(affine), _nifti_frame_times(img, array.shape[0]), path)
+    times = _nifti_frame_times(img, array.shape[0])
+    return Cine(array, affine, voxel_sizes(affine), times, path, _interval_notes(times))
 
 
 def load_nifti_cine_label(path: str, num_classes: int | None = None, *, canonical: bool = True) -> Cine:

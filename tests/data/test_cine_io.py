@@ -46,6 +46,23 @@ def test_4d_nifti_is_time_first_ras_with_frame_times(tmp_path):
         load_nifti_cine(_save_nifti(tmp_path / "3d.nii", data[..., 0]))
 
 
+def test_real_4d_fmri_frames_equal_the_volume_reader_channels():
+    """nibabel's example4d.nii.gz (128x96x24, 2 time points, oblique LAS): frame t is load_nifti's channel t."""
+    from nibabel.testing import data_path
+
+    from medjax.data.nifti import load_nifti
+
+    path = os.path.join(data_path, "example4d.nii.gz")
+    cine, volume = load_cine(path), load_nifti(path)
+    assert cine.array.shape == (2, *volume.array.shape[:3], 1)
+    for t in range(2):
+        np.testing.assert_array_equal(cine.array[t, ..., 0], volume.array[..., t])
+    np.testing.assert_allclose(cine.affine, volume.affine)
+    # Its header says 2000 *seconds* per frame (a TR of 2000 ms stored with the wrong unit): kept, and named.
+    np.testing.assert_allclose(cine.frame_times_ms, [0.0, 2e6])
+    assert cine.notes and "2000 s as the header states it" in cine.notes[0]
+
+
 def test_4d_nifti_labels_are_checked(tmp_path):
     label = np.zeros((6, 5, 1, 4), np.int16)
     label[1:3, 1:3, 0, :] = 1
