@@ -36,7 +36,8 @@ def _model(variant: str, tiny: bool) -> ml_collections.ConfigDict:
                    lstm_features=8 if tiny else 64),
         "ef_3d": dict(name="resnet", stage_sizes=(1, 1) if tiny else (1, 1, 1), block="basic", stem="small",
                       width=4 if tiny else 20),
-        "segmentation": dict(name="convlstm_unet", features=small if tiny else (16, 32, 64)),
+        "segmentation": dict(name="convlstm_unet", features=small if tiny else (16, 32, 64),
+                             skip_lstm=False),  # True: a ConvLSTM on every skip too (504,627 parameters)
         "segmentation_2d": dict(name="unet", features=small if tiny else (30, 60, 120), time_distributed=True),
         "segmentation_3d": dict(name="unet", features=small if tiny else (18, 36, 72)),
     }
