@@ -53,12 +53,14 @@ def per_patient(variant: str, pred: np.ndarray, test: dict, ef_exponent: float) 
     true_ef = test["target"][:, 0]
     if variant.startswith("ef"):
         return {"ef_abs_error": np.abs(pred[:, 0] - true_ef)}
-    label = test["label"]
-    classes = (1, 2)
-    counts = np.stack([np.stack([(pred == c) & (label == c), pred == c, label == c], 2).reshape(
-        *label.shape[:2], 3, -1).sum(-1) for c in (0, *classes)], -1)  # (N, T, 3, C)
-    pooled = counts.sum(1)
-    dice = 2 * pooled[:, 0] / np.maximum(pooled[:, 1] + pooled[:, 2], 1)
+    import jax
+    import jax.numpy as jnp
+
+    from medjax import metrics
+
+    count = jax.jit(jax.vmap(jax.vmap(lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], 3)))))
+    counts = np.asarray(count(pred, test["label"]))  # (N, T, 3, C): medjax's Dice counts per frame
+    dice = np.stack([metrics.dice_from_counts(*c) for c in counts.sum(1)])  # each patient's frames pooled
     per_frame = frame_dice(counts)  # the cavity and the muscle are in every frame: no NaN in classes 1, 2
     change = np.stack([temporal_dice_change(d[None])[1:].mean() for d in per_frame])
     measured = np.nan_to_num(ejection_fraction(counts[:, :, 1, 1], ef_exponent), nan=0.0)

@@ -166,8 +166,8 @@ def _multi_frame_cine(path: str) -> Cine:
                           f"points: read it with medjax.data.dicom.load_dicom_series")
     if n < 2:
         raise MedjaxError(f"{path}: a cine needs several frames, NumberOfFrames is {n}")
-    pixels = _luminance(pixels.reshape(n, *pixels.shape[-3 if int(ds.get("SamplesPerPixel", 1)) > 1 else -2:]), ds,
-                        path)
+    frame_shape = pixels.shape[-3:] if int(ds.get("SamplesPerPixel", 1)) > 1 else pixels.shape[-2:]
+    pixels = _luminance(pixels.reshape(n, *frame_shape), ds, path)
     slope, intercept = _scale(ds)
     frames = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)  # (T, rows, cols)
     notes: list[str] = []

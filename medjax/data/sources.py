@@ -69,9 +69,7 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     num_classes = int(cfg.get("num_classes") or 0) or None
     data = load_cine_folder(cfg.root, num_classes=num_classes, **{k: cfg[k] for k in keys if k in cfg})
     data.pop("cases")
-    split = case_split(len(data["image"]), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
-                       cfg.get("split_seed", 0))
-    splits = {name: {k: v[np.asarray(idx, np.int64)] for k, v in data.items()} for name, idx in split.items()}
+    splits = split_by_case(data, cfg)
     class_names = [str(c) for c in (cfg.get("class_names") or ())]
     if not class_names and "label" in data:
         class_names = [f"class{i}" for i in range(num_classes or max(2, int(data["label"].max()) + 1))]
@@ -212,13 +210,19 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     arrays = {"image": data["image"], "label": data["label"]}
     if "fov" in data:
         arrays["mask"] = fov_weights(data["fov"])
-    split = case_split(len(data["image"]), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
-                       cfg.get("split_seed", 0))
-    splits = {name: {k: v[np.asarray(idx, np.int64)] for k, v in arrays.items()} for name, idx in split.items()}
+    splits = split_by_case(arrays, cfg)
     if not class_names:
         count = num_classes or max(2, int(data["label"].max()) + 1)
         class_names = [f"class{i}" for i in range(count)]
     return splits, class_names
+
+
+def split_by_case(arrays: dict[str, np.ndarray], cfg: ml_collections.ConfigDict) -> Splits:
+    """In-memory arrays (one row per case) divided by `case_split` with `data.val_fraction`, `test_fraction` and
+    `split_seed`."""
+    split = case_split(len(arrays["image"]), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
+                       cfg.get("split_seed", 0))
+    return {name: {k: v[np.asarray(idx, np.int64)] for k, v in arrays.items()} for name, idx in split.items()}
 
 
 def case_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:

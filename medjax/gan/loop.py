@@ -90,6 +90,9 @@ def _check_unsupported(config: ml_collections.ConfigDict) -> None:
     if compute is not None and (compute.get("precision", "float32") != "float32" or compute.get("remat", False)
                                 or compute.get("grad_accum_steps", 1) != 1):
         raise MedjaxError("config.compute (precision, remat, grad_accum_steps) is not supported for GAN tasks yet")
+    sampled = [k for k in ("clip_length", "patch_size") if config.data.get(k)]
+    if sampled:  # the GAN stream has no host transform: the whole example would silently be used instead
+        raise MedjaxError(f"config.data.{sampled[0]} (host-side sampling) is not supported for GAN tasks yet")
 
 
 def intensity_range(config: ml_collections.ConfigDict, train_images: np.ndarray) -> tuple[float, float]:

@@ -2,11 +2,11 @@
 
 The dataset's split arrays hold the targets under `config.task.target_key` (default "target"), shape (N,) or
 (N, K); the model's K outputs are its `num_classes` (medjax models name their output width so). Loss: "mse"
-(default) or "l1". The model learns (target - `task.target_offset`) * `task.target_scale` and predictions are mapped
-back: set them to about the targets' mean and 1 / std, so the network's outputs start near the right place (a
-zero-initialised head then predicts the mean; Adam moves a bias by about the learning rate per step, so a raw
-target far from 0 takes thousands of steps just to be reached). Summary over the split: `mae`, `rmse`, `r2` (1 - SS_res / SS_tot,
-scikit-learn's `r2_score`, averaged over outputs) and `loss`.
+(default) or "l1". The model learns (target - `task.target_offset`) * `task.target_scale` and predictions are
+mapped back: set them to about the targets' mean and 1 / std, so the network's outputs start near the right place
+(Adam moves each parameter by about the learning rate per step, so an output bias needs about |target| / lr
+steps to reach a raw target far from 0). Summary over the split: `mae`, `rmse`, `r2`
+(1 - SS_res / SS_tot, scikit-learn's `r2_score`, averaged over outputs) and `loss`.
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ class SegmentationTask:
         self.ef_exponent = float(cfg.get("ef_exponent", 1.0))
         if self.ef_class is not None and not self.per_frame:
             raise MedjaxError("config.task.ef_class measures EF over frames: set config.task.per_frame=True")
+        if self.ef_class is not None and not 0 < self.ef_class < self.num_classes:  # before training, not after
+            raise MedjaxError(f"config.task.ef_class={self.ef_class} must name a foreground class "
+                              f"(1..{self.num_classes - 1})")
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:

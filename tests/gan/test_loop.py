@@ -142,6 +142,11 @@ def test_a_pinned_discriminator_stops_the_run(repo, tmp_path):
 def test_config_errors_are_named(repo, tmp_path):
     with pytest.raises(MedjaxError, match="config.compute .* not supported for GAN"):
         loop.setup(gan_config(repo, "gan", "--config.compute.remat=True"), str(tmp_path))
+    config = gan_config(repo, "gan")
+    with config.unlocked():
+        config.data.clip_length = 4
+    with pytest.raises(MedjaxError, match=r"config.data.clip_length \(host-side sampling\) is not supported for GAN"):
+        loop.setup(config, str(tmp_path))
     with pytest.raises(MedjaxError, match="unknown GAN loss 'wgan'"):
         loop.setup(gan_config(repo, "gan", "--config.task.loss=wgan"), str(tmp_path))
     with pytest.raises(MedjaxError, match="discriminator.name must be 'patchgan'"):

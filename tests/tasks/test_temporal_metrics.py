@@ -77,3 +77,5 @@ def test_segmentation_task_reports_per_frame_metrics_and_pools_frames_for_dice()
     assert {"frame_dice_mean", "temporal_dice_change", "ef_mae", "ef_rmse"} <= set(out)
     with pytest.raises(MedjaxError, match="set config.task.per_frame=True"):
         _seg_task(ef_class=1)
+    with pytest.raises(MedjaxError, match=r"ef_class=3 must name a foreground class \(1..2\)"):
+        _seg_task(per_frame=True, ef_class=3)  # named when the task is built, not after training
