@@ -27,6 +27,7 @@ from medjax.errors import MedjaxError
 from medjax.gan import losses
 from medjax.image_metrics import bicubic_upsample, downsample
 from medjax.models import gan as gan_models
+from medjax.models import ops
 
 TASKS = ("gan", "pix2pix", "super_resolution")
 GENERATORS = {"dcgan": gan_models.DCGANGenerator, "pix2pix": gan_models.Pix2PixGenerator,
@@ -49,7 +50,7 @@ def conv_features(module: nn.Module, params: Any, stats: Any, *args: Any) -> lis
     """The outputs of every convolution of `module` (eval mode), in call order: a discriminator's features."""
     variables = {"params": params, **({"batch_stats": stats} if stats else {})}
     _, captured = module.apply(variables, *args, train=False, mutable=["intermediates"],
-                               capture_intermediates=lambda mdl, method: isinstance(mdl, nn.Conv))
+                               capture_intermediates=lambda mdl, method: isinstance(mdl, (nn.Conv, ops.Conv)))
     return jax.tree.leaves(captured["intermediates"])
 
 

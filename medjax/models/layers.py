@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax.errors import MedjaxError
+from medjax.models import norm as norm_layers
 from medjax.models import ops
 
 NORM_KINDS = ("batch", "instance", "group")
@@ -85,7 +86,7 @@ def norm(
     Flax's BatchNorm stores the *biased* batch variance in `var`; torch's running_var uses the unbiased one.
     """
     if kind == "batch":
-        return nn.BatchNorm(
+        return norm_layers.BatchNorm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
             epsilon=NORM_EPSILON,
@@ -94,9 +95,9 @@ def norm(
             name=name,
         )
     if kind == "instance":
-        return nn.InstanceNorm(epsilon=NORM_EPSILON, dtype=dtype, name=name)
+        return norm_layers.InstanceNorm(epsilon=NORM_EPSILON, dtype=dtype, name=name)
     if kind == "group":
-        return nn.GroupNorm(num_groups=num_groups, epsilon=NORM_EPSILON, dtype=dtype, name=name)
+        return norm_layers.GroupNorm(num_groups=num_groups, epsilon=NORM_EPSILON, dtype=dtype, name=name)
     raise MedjaxError(f"unknown norm {kind!r}; expected one of {', '.join(NORM_KINDS)}")
 
 

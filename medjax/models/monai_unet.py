@@ -42,6 +42,7 @@ import numpy as np
 
 from medjax.errors import MedjaxError
 from medjax.models import layers, ops
+from medjax.models import norm as norm_layers
 
 NORMS = ("instance", "batch")
 PRELU_INIT = 0.25  # torch.nn.PReLU default
@@ -77,7 +78,7 @@ def _convolution(x: jax.Array, features: int, kernel_size: int | Sequence[int], 
     for op in cfg.adn_ordering.upper():
         if op == "N":
             if cfg.norm == "instance":  # MONAI's Norm.INSTANCE: affine=False, no running statistics
-                x = nn.InstanceNorm(epsilon=layers.NORM_EPSILON, use_scale=False, use_bias=False,
+                x = norm_layers.InstanceNorm(epsilon=layers.NORM_EPSILON, use_scale=False, use_bias=False,
                                     use_fast_variance=False, dtype=cfg.dtype, name="norm")(x)
             else:
                 x = layers.norm("batch", train=cfg.train, name="norm", axis_name=cfg.bn_axis_name, dtype=cfg.dtype)(x)

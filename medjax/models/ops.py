@@ -198,8 +198,83 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     return lax.platform_dependent(lhs, rhs, cpu=on_cpu, default=reference)
 
 
-# A flax `nn.Conv` that uses the formulation above; same fields, parameters and auto-names ("Conv_0") as nn.Conv.
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+def _sums_by_dot(x3: jax.Array) -> jax.Array:
+    """(N, S, C) -> (N, C) float32 as a batched matrix-vector product with ones."""
+    ones = jnp.ones((x3.shape[0], 1, x3.shape[1]), x3.dtype)
+    return lax.dot_general(ones, x3, (((2,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST,
+                           preferred_element_type=jnp.float32)[:, 0]
+
+
+def example_sums(x: jax.Array) -> jax.Array:
+    """Per-example channel sums of a channels-last batch in float32: (N, *spatial, C) -> (N, C).
+
+    On CPU a batched dot with ones: XLA:CPU splits a reduction over several spatial axes into 32-wide
+    `reduce-window` tiles that it emits as scalar loops striding over the channels, several times slower than its
+    dot kernels (`medjax.models.norm` has the measurements). Elsewhere `jnp.sum`."""
+    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+    return lax.platform_dependent(x3, cpu=_sums_by_dot, default=lambda v: jnp.sum(v, axis=1, dtype=jnp.float32))
+
+
+def channel_sums(x: jax.Array) -> jax.Array:
+    """Sum over every axis but the last, in float32: (..., C) -> (C,); a dot with ones on CPU (`example_sums`)."""
+    return example_sums(x.reshape(1, -1, x.shape[-1]))[0]
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """`y + bias` over the last axis. Its bias gradient is `channel_sums`, where autodiff of a broadcast add
+    gives XLA a reduction over every leading axis (slow on CPU, see `example_sums`)."""
+    return y + bias
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias, bias
+
+
+def _add_bias_bwd(bias, g):
+    return g, channel_sums(g).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Conv(nn.Module):
+    """`flax.linen.Conv` for channels-last input (N, *spatial, C) computed by `conv_general_dilated` (fast 3D on
+    CPU) with its bias added by `add_bias`. Same fields (the subset medjax uses), parameters ("kernel" (k..., in,
+    out), "bias") and initialisation as nn.Conv, so checkpoints and weight-import tables are unaffected."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Any = "SAME"
+    kernel_dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Any = nn.linear.default_kernel_init
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+        nd = len(k)
+        if x.ndim != nd + 2:
+            raise ValueError(f"Conv with a {nd}D kernel {k} wants input (N, *{nd} spatial, C), got shape {x.shape}")
+
+        def per_axis(v: int | Sequence[int]) -> tuple[int, ...]:
+            return (v,) * nd if isinstance(v, int) else tuple(v)
+
+        kernel = self.param("kernel", self.kernel_init, k + (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        spatial = tuple(range(1, nd + 1))
+        dn = lax.ConvDimensionNumbers((0, nd + 1) + spatial, (nd + 1, nd) + tuple(range(nd)), (0, nd + 1) + spatial)
+        y = conv_general_dilated(x, kernel, per_axis(self.strides),
+                                 nn.linear.canonicalize_padding(self.padding, nd),
+                                 rhs_dilation=per_axis(self.kernel_dilation), dimension_numbers=dn,
+                                 precision=self.precision)
+        return y if bias is None else add_bias(y, bias)
 
 
 def upconv_blocks(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -236,7 +311,7 @@ class UpConv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = upconv_blocks(x, kernel)
-        return y if bias is None else y + bias
+        return y if bias is None else add_bias(y, bias)
 
 
 def pool_blocks(x: jax.Array, window: Sequence[int], kind: str = "max") -> jax.Array:
