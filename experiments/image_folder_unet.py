@@ -15,6 +15,12 @@ border does not inflate the scores; the FOV follows the geometric augmentations 
 
 Every image is resized to `data.size` (U-Net levels halve it, so keep it divisible by 2**(levels - 1)).
 `:tiny` is the test-suite variant.
+
+`:basic_unet` is the retinal-vessel protocol of the PyTorch/MONAI baselines: MONAI's BasicUNet (features
+32-32-64-128-256-32, instance norm) trained on random 128x128 patches of the images at their stored size, batch 8,
+Dice+CE, Adam 1e-3 (cosine), and evaluated on whole images by Gaussian-blended 128x128 sliding windows. Patch
+sampling carries image and label only, so this variant needs a folder without `fov/` masks.
+`medjax bench --cases fundus_basic_unet` times its training step against MONAI.
 """
 
 import ml_collections
@@ -92,6 +98,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.augment.transforms = ("flip", "affine")
         c.optimizer.warmup_steps = 0
         c.progress = False
+    elif arg == "basic_unet":
+        c.batch_size = 8
+        c.eval_batch_size = 8  # windows per device step
+        c.data.size = ()
+        c.data.patch_size = (128, 128)
+        c.data.fg_ratio = 0.33
+        c.model = ml_collections.ConfigDict(dict(name="basic_unet", features=(32, 32, 64, 128, 256, 32)))
+        c.inference = ml_collections.ConfigDict(dict(roi_size=(128, 128), overlap=0.5, mode="gaussian",
+                                                     sigma_scale=0.125))
     elif arg is not None:
-        raise ValueError(f"unknown image_folder_unet variant {arg!r}; use 'tiny'")
+        raise ValueError(f"unknown image_folder_unet variant {arg!r}; use 'tiny' or 'basic_unet'")
     return c

@@ -6,6 +6,7 @@
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
         [--model.key=value ...] [--overwrite]
     medjax bench [--quick | --smoke] [--cases NAME ...] [--precision float32|bfloat16] --out DIR
+    medjax bench --protocol quickstart|medmnist_resnet18 [--quick] [--target X] [--set key=value] --out DIR
 
 `import-weights` converts a PyTorch weight file into a medjax pretrained-weights directory (strict: every tensor
 used, every leaf filled), which `--config.init.from=DIR --config.init.layout=medjax` then starts a run from.
@@ -13,8 +14,10 @@ used, every leaf filled), which `--config.init.from=DIR --config.init.layout=med
 `--in_channels 1` with RGB weights sums it over the colour channels), and `--spatial_dims 3` with 2D weights
 inflates every convolution kernel to 3D (`medjax.transfer.adapt.inflate_kernel`, mode `--inflate_mode`).
 
-`bench` times medjax against PyTorch (eager and torch.compile) on the same models and weights
-(`experiments/benchmarks/bench.py`; needs the dev extras torch and monai) -> DIR/bench.json, bench.md, bench.png.
+`bench` times medjax against PyTorch (eager and torch.compile) on the same models and weights at the shapes the
+experiment configs train on (`experiments/benchmarks/bench.py`; needs the dev extras torch and monai) ->
+DIR/bench.json, bench.md, bench.png; with `--protocol`, a whole experiment in both frameworks, wall time and time to
+a target validation metric (`experiments/benchmarks/protocol.py`) -> DIR/protocol.json, protocol.md.
 
 Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3.
 """
@@ -58,14 +61,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="2D -> 3D: repeat along depth and divide (average, I3D) or the middle slice (center)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p = sub.add_parser("bench", help="benchmark medjax against PyTorch baselines -> DIR/bench.{json,md,png}")
-    p.add_argument("--quick", action="store_true", help="smaller batches/sizes/repeats: minutes on a CPU")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes, one case per kind: seconds (tests)")
+    p.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps (or protocol steps), same shapes")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes: seconds (tests; the numbers mean nothing)")
     p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="a subset of the cases")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default per mode)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default per mode)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16: medjax's mixed-precision policy against torch.autocast(bfloat16)")
-    p.add_argument("--out", required=True, help="directory for bench.json, bench.md, bench.png")
+    p.add_argument("--protocol", default=None, metavar="NAME",
+                   help="run a whole experiment in both frameworks instead: quickstart | medmnist_resnet18")
+    p.add_argument("--target", type=float, default=None, help="--protocol: the validation metric to reach")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="--protocol: a config override for both frameworks (repeatable)")
+    p.add_argument("--out", required=True, help="directory for bench outputs")
     return parser
 
 

@@ -141,7 +141,7 @@ def _numeric(value) -> float | None:
 
 EVAL_SPLITS = ("val", "eval")
 HEADLINE_METRICS = ("dice_mean", "acc", "accuracy", "auc")
-_SKIP = {"step", "split", "img_per_s", "examples_per_s", "time", "wall_s", "lr", "learning_rate"}
+_SKIP = {"step", "split", "img_per_s", "examples_per_s", "time", "wall_s", "eval_s", "lr", "learning_rate"}
 
 
 def save_curves_png(path: str, records: list[dict], dpi: int = 100, figsize=(9.0, 3.5)) -> None:

@@ -1,7 +1,8 @@
-"""`medjax bench`: the smoke mode end to end through the CLI (one case per kind, tiny shapes), and its user errors.
+"""`medjax bench`: the smoke mode end to end through the CLI (every row with a smoke variant, tiny shapes), the
+rows' protocol shapes, `--protocol` at a tiny size, and the user errors.
 
 No timing assertions: only that every framework produced a record, the loss/output agreement checks ran and
-passed, the ratios are there, and the three output files are well formed.
+passed, the ratios are there, and the output files are well formed.
 """
 
 import json
@@ -31,16 +32,20 @@ def test_bench_smoke(repo, tmp_path):
     assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
     records = result["records"]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "convlstm"}
+    assert kinds == {"classification", "segmentation", "sliding_window", "gan"}
+    from experiments.benchmarks import bench
+
+    assert result["cases"] == [c.name for c in bench.CASES.values() if c.smoke is not None]
     for case in result["cases"]:
         by_fw = {r["framework"]: r for r in records if r["case"] == case}
         assert set(by_fw) == FRAMEWORKS, case
         mj = by_fw["medjax"]
+        spec = bench.CASES[case]
         for fw, r in by_fw.items():
             assert r["status"] == "ok", (case, fw, r["reason"])
             assert r["infer_examples_per_s"] > 0 and r["compile_s"] > 0
-            assert len(r["input_shape_nc"]) == 2 + (3 if "_3d" in case or r["kind"] in ("sliding_window", "convlstm")
-                                                    else 2)  # a ConvLSTM's is (N, T, C, H, W)
+            assert r["config"] == spec.config and r["mode"] == "smoke"
+            assert len(r["input_shape_nc"]) == 2 + len(spec.spatial) + (1 if spec.frames else 0)
             if r["kind"] != "sliding_window":
                 assert r["train_examples_per_s"] > 0
             if fw != "medjax":
@@ -76,7 +81,7 @@ def test_bench_smoke_bfloat16_compares_mixed_precision_policies(repo, tmp_path):
     out = tmp_path / "bench"
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-m", "medjax.cli", "bench", "--smoke", "--cases", "resnet18_2d_28",
+    proc = subprocess.run([sys.executable, "-m", "medjax.cli", "bench", "--smoke", "--cases", "medmnist_r18_2d_1ch",
                            "--precision", "bfloat16", "--out", str(out)], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,13 +94,49 @@ def test_bench_smoke_bfloat16_compares_mixed_precision_policies(repo, tmp_path):
     assert check["passed"] and check["rtol"] == 3e-2 and check["rel_diff"] > 0
 
 
-def test_convlstm_row_matches_torch_with_two_layers_and_records_frames():
+def test_rows_run_the_configs_shapes():
+    """A row's batch, model and optimizer are its experiment config's; quick mode keeps them (only steps change)."""
     from experiments.benchmarks import bench
-    from experiments.benchmarks.convlstm_bench import run_convlstm_case
 
-    case = bench.CASES["convlstm_64"]
-    records = run_convlstm_case(case, bench.Shape(2, 8, (4, 2), frames=3), 0, 1, ("medjax", "torch_eager"),
-                                log=lambda _: None)
-    mj, eager = records
-    assert eager["loss_check"]["passed"] and eager["loss_check"]["rel_diff"] < 1e-5
-    assert mj["input_shape_medjax"] == [2, 3, 8, 8, 1] and mj["frames"] == 3 and mj["features"] == [4, 2]
+    row = bench.CASES["medmnist_r18_2d_1ch"]
+    for mode in ("full", "quick"):
+        config = bench.case_config(row, mode, "float32")
+        assert (config.batch_size, config.model.name, config.model.stem) == (128, "resnet18", "small")
+        batch = bench.case_data(row, config, mode)
+        assert batch["image"].shape == (128, 28, 28, 1) and batch["label"].shape == (128,)
+    config3d = bench.case_config(bench.CASES["medmnist_r18_3d"], "quick", "float32")
+    assert config3d.batch_size == 32  # MedMNIST3D's train_and_eval_pytorch.py default
+    msd = bench.case_config(bench.CASES["msd_unet3d"], "quick", "bfloat16")
+    assert (msd.batch_size, tuple(msd.data.patch_size), msd.compute.precision) == (2, (64, 64, 64), "bfloat16")
+    assert bench.case_data(bench.CASES["cine_convlstm_unet"], bench.case_config(
+        bench.CASES["cine_convlstm_unet"], "full", "float32"), "full")["image"].shape == (4, 12, 48, 48, 1)
+    smoke = bench.case_config(row, "smoke", "float32")
+    assert smoke.batch_size == 2 and bench.case_data(row, smoke, "smoke")["image"].shape == (2, 16, 16, 1)
+
+
+def test_protocol_quickstart_tiny_runs_both_frameworks_to_the_target(tmp_path):
+    """`--protocol` end to end at a tiny size: both loops train, validate at the same steps, save the best weights
+    and score the test split; a target of 0 is reached at the first validation."""
+    from experiments.benchmarks import protocol
+
+    result = protocol.run("quickstart", tmp_path / "p", target=0.0, log=lambda _: None,
+                          overrides=["num_train_steps=4", "eval_every=2", "checkpoint_every=4", "batch_size=4",
+                                     "eval_batch_size=8", "model.features=(4,8)", "progress=False"])
+    medjax_r, torch_r = result["results"]
+    assert [r["framework"] for r in result["results"]] == ["medjax", "torch_eager"]
+    for r in (medjax_r, torch_r):
+        assert r["steps"] == 4 and [c[0] for c in r["val_curve"]] == [2, 4]
+        assert r["time_to_target"]["step"] == 2 and r["time_to_target"]["wall_s"] > 0
+        assert 0.0 <= r["test"] <= 1.0 and r["total_wall_s"] >= r["train_wall_s"] > 0
+    timing = medjax_r["timing"]
+    assert timing["steps"] == 4 and timing["total_s"] >= timing["first_step_s"] + timing["eval_s"] > 0
+    assert (tmp_path / "p" / "torch" / "best.pt").exists() and (tmp_path / "p" / "medjax" / "eval.json").exists()
+    md = (tmp_path / "p" / "protocol.md").read_text()
+    assert "time to val dice_mean >= 0.0" in md and "| medjax |" in md and "| torch_eager |" in md
+
+
+def test_protocol_errors(tmp_path, capsys):
+    assert cli.main(["bench", "--protocol", "nosuch", "--out", str(tmp_path / "b")]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert cli.main(["bench", "--target", "0.5", "--out", str(tmp_path / "c")]) == 2
+    assert "--protocol" in capsys.readouterr().err

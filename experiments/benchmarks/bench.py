@@ -1,47 +1,48 @@
-"""Side-by-side benchmark: medjax against PyTorch (eager and torch.compile) on the same models and weights.
+"""Side-by-side benchmark: medjax against PyTorch (eager and torch.compile) on the protocols medjax ships.
 
-    medjax bench [--quick | --smoke] [--cases NAME ...] [--warmup N] [--repeats N] --out DIR
+    medjax bench [--quick | --smoke] [--cases NAME ...] [--precision float32|bfloat16] [--warmup N] [--repeats N]
+                 --out DIR
+    medjax bench --protocol NAME --out DIR [--quick]     # a whole experiment in both frameworks (protocol.py)
 
-Each case is (model, input shape, batch size, Adam lr 1e-3, cross-entropy) run by three frameworks:
+Every row is an experiment config's training step at the shape that config trains on (`CASES`: the config file,
+the data it is run on, the batch size, the model, the optimizer and the loss all come from the config). The medjax
+side is what `medjax train` runs: the config's task (`medjax.tasks.make_task`, so its loss and deep supervision),
+its optimizer (`medjax.train.optim.make_optimizer`) and `medjax.train.steps.make_train_step`, jitted with the state
+donated; "infer" is the jitted eval-mode forward. The torch side is the same model with the same weights:
 
-* `medjax`: the trainer's step (`medjax.train.steps.make_train_step` on a TrainState), jitted with the state
-  donated; inference is the jitted eval-mode apply.
-* `torch_eager`: the MONAI model (`monai.networks.nets.resnet18` / `BasicUNet`), `torch.optim.Adam`,
-  `torch.nn.functional.cross_entropy`, eval-mode forward under `torch.no_grad()` for inference.
-* `torch_compile`: the same with `torch.compile(model)` (the optimizer step stays eager; eval mode recompiles).
-  Inductor's on-disk caches are turned off in the process, so its first step is a cold compile on every run.
-  Skipped, with the reason recorded, when compiling fails, and in `--quick` once `COMPILE_BUDGET_S` seconds of
-  torch.compile first steps are spent (Inductor takes 40-100+ s per ResNet-18 graph on a 2-core CPU).
+* MONAI's own network where medjax has an equivalent (ResNet-18 2D/3D with the small stem, BasicUNet); its state
+  dict is imported into medjax through the MONAI layout (`medjax.transfer.import_weights`, strict);
+* otherwise a functional twin of the medjax network (`experiments/benchmarks/twins.py`: U-Net, ConvLSTM U-Net,
+  ConvLSTM regressor) over the medjax initial weights;
+* the config's loss (cross-entropy, MONAI's DiceCELoss with medjax's deep-supervision weights, MSE on the
+  standardised target) and optimizer (`torch.optim.Adam` / `AdamW` with the same learning rate, betas and weight
+  decay; gradient-norm clipping where the config clips). Learning-rate schedules are left out on both sides: they
+  do not change a step's cost.
 
-The torch model is built first; its state dict is imported into the medjax variables through the MONAI layout
-(`medjax.transfer.import_weights`, strict), so both sides compute the same function. Before anything is timed
-the first-step loss of medjax and of each torch variant (same weights, same batch, float32, BatchNorm in train
-mode) must agree within 1e-4 relative; the check is recorded (and a disagreement fails the run).
+`torch_eager` runs that model eagerly, `torch_compile` through `torch.compile` (the optimizer step stays eager;
+eval mode recompiles). Inductor's on-disk caches are turned off in the process, so its first step is a cold
+compile; in `--quick` torch.compile is skipped (reason recorded) once `COMPILE_BUDGET_S` seconds of its first
+steps are spent. Before anything is timed, the first training step's loss of each torch variant must agree with
+medjax's within 1e-4 relative (3e-2 in bfloat16): the record keeps the check, a disagreement fails the run.
 
-Measured per framework: training throughput (examples/s from the median of `repeats` timed steps after
-`warmup` untimed ones), inference throughput (likewise, eval-mode forward), warm-up time (wall time of the first
-train step, which includes jit / torch.compile compilation; `infer_first_s` likewise for the forward), and memory:
-the process max-RSS increase during that framework's run (`resource.getrusage`; 0 when it stayed below an earlier
-peak of the same process, so read it as a lower bound) and, for JAX, the device's `peak_bytes_in_use` where
-`memory_stats()` reports it (None on CPU).
+Not timed on either side: data loading and on-device augmentation (`msd_unet3d` and `image_folder_unet` augment
+in training; `python -m experiments.benchmarks.input_pipeline` measures that part), evaluation and checkpoints
+(`--protocol` measures whole runs).
 
-`sliding_window_256` is inference only: medjax `sliding_window_inference` (one jitted program) against
-`monai.inferers.sliding_window_inference` on the small 3D conv net of `experiments/benchmarks/sliding_window.py`
-(outputs checked to agree within 1e-4 absolute).
+`msd_sliding_window` is inference only: the evaluation `medjax evaluate` runs for a patch-trained 3D U-Net
+(`medjax.inference.sliding_window_volume` with the config's roi, overlap, Gaussian blending and window batch,
+class probabilities per window on the device) against `monai.inferers.sliding_window_inference` with the torch
+twin (outputs checked within 1e-4). The GAN rows time one whole GAN training step (D, then G;
+`experiments/benchmarks/gan_bench.py`).
 
-`dcgan_64` and `pix2pix_256` time one whole GAN training step (D update, then G update; `medjax.gan.step`) against
-the same networks in torch functional form with the same initial weights, latents and Adam settings; both
-first-step losses (D and G) must agree within 1e-4 relative (`experiments/benchmarks/gan_bench.py`).
+Modes: the default (`full`) times 10 steps after 3 warm-up steps; `--quick` 3 after 1, at the SAME shapes (a
+quick run cuts steps, never shapes); `--smoke` shrinks batch, size and width to seconds (the tests only check
+the plumbing: its numbers mean nothing). Measured per framework: training and inference throughput (examples/s
+from the median timed step), the first step's wall time (`compile_s`: jit or torch.compile included), and memory
+(the process max-RSS increase; JAX's device `peak_bytes_in_use` where the backend reports it).
 
-`convlstm_64` times a per-frame segmentation step of a 2-layer ConvLSTM over 16 frames against the common PyTorch
-ConvLSTM with the same weights (`experiments/benchmarks/convlstm_bench.py`; first-step losses within 1e-4).
-
-`--quick` shrinks batch sizes, spatial sizes and repeats so that all cases finish in minutes on a small CPU;
-`--smoke` is a seconds-long run of one case per kind (for the tests). The shapes actually used are recorded:
-read them from bench.json / bench.md, never from the case names.
-
-Outputs in DIR: `bench.json` (machine, settings, one record per case and framework), `bench.md` (a table with
-the medjax/torch ratios; > 1 means medjax is faster) and `bench.png` (training-throughput ratios).
+Outputs in DIR: `bench.json` (machine, XLA flags, settings, one record per case and framework), `bench.md` (table
+with medjax/torch ratios; > 1 means medjax is faster) and `bench.png` (training-throughput ratios).
 torch and monai are dev extras: this module is not on medjax's runtime path.
 """
 
@@ -68,53 +69,70 @@ LOSS_RTOL = 1e-4
 LOSS_RTOL_BF16 = 3e-2  # bfloat16 keeps 8 mantissa bits: the two frameworks round differently
 PRECISIONS = ("float32", "bfloat16")
 SW_ATOL = 1e-4
-LR = 1e-3
-SMALL_UNET = (8, 8, 16, 32, 64, 8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    batch: int
-    size: int  # spatial edge (square / cube)
-    features: tuple[int, ...] | None = None  # basic_unet only
-    roi: int | None = None  # sliding window only
-    frames: int | None = None  # convlstm only
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
+    """One protocol row: an experiment config, the data it runs on, and the torch model to compare with."""
+
     name: str
-    kind: str  # "classification" | "segmentation" | "sliding_window" | "gan" | "convlstm"
-    arch: str  # medjax model name ("" for sliding_window)
-    spatial_dims: int
+    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan"
+    config: str  # experiments/<file>[:variant]
+    data: str  # the data the protocol trains on (only its shape is used: random values of that shape)
     in_channels: int
     num_classes: int
-    full: Shape
-    quick: Shape
-    smoke: Shape | None = None  # None: not part of --smoke
-    stem: str = "standard"  # resnet: "standard" (7x7/2 + max-pool) or "small" (3x3/1, no pool)
+    spatial: tuple[int, ...]  # one example's spatial shape (an image, a training patch, a frame)
+    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan"
+    overrides: tuple[str, ...] = ()  # key=value config overrides that name the data set
+    frames: int = 0  # > 0: sequences (N, T, *spatial, C)
+    volume: tuple[int, ...] = ()  # sliding window: the evaluated volume's shape
+    smoke: tuple[str, ...] | None = None  # extra overrides for --smoke (tests only); None: not a smoke case
+    smoke_spatial: tuple[int, ...] = ()
 
+    def overrides_for(self, mode: str, precision: str) -> list[str]:
+        extra = list(self.overrides) + [f"compute.precision={precision}"]
+        if mode == "smoke":
+            extra += list(self.smoke or ())
+        return [f"--config.{o}" for o in extra]
+
+    def shape(self, mode: str) -> tuple[int, ...]:
+        return self.smoke_spatial if mode == "smoke" and self.smoke_spatial else self.spatial
+
+
+_TINY_RESNET = ("batch_size=2",)
+_TINY_UNET = ("batch_size=2", "model.features=(4,8)")
 
 CASES: dict[str, Case] = {c.name: c for c in (
-    Case("resnet18_2d_28", "classification", "resnet18", 2, 3, 10, Shape(64, 28), Shape(16, 28), Shape(4, 16),
-         stem="small"),
-    Case("resnet18_2d_224", "classification", "resnet18", 2, 3, 10, Shape(32, 224), Shape(4, 128)),
-    Case("resnet18_3d_28", "classification", "resnet18", 3, 1, 10, Shape(16, 28), Shape(2, 16), stem="small"),
-    Case("basic_unet_2d_256", "segmentation", "basic_unet", 2, 1, 3, Shape(8, 256, (32, 32, 64, 128, 256, 32)),
-         Shape(2, 128, (32, 32, 64, 128, 256, 32)), Shape(2, 32, SMALL_UNET)),
-    Case("basic_unet_3d_96", "segmentation", "basic_unet", 3, 1, 3, Shape(2, 96, (32, 32, 64, 128, 256, 32)),
-         Shape(1, 32, (32, 32, 64, 128, 256, 32))),
-    Case("sliding_window_256", "sliding_window", "", 3, 1, 2, Shape(1, 256, roi=64), Shape(1, 96, roi=32),
-         Shape(1, 24, roi=16)),
-    # GAN rows (experiments/benchmarks/gan_bench.py): features = (width, latent size) for dcgan, U-Net levels for
-    # pix2pix (its PatchGAN starts at the first level's width).
-    Case("dcgan_64", "gan", "dcgan", 2, 1, 0, Shape(64, 64, (64, 128)), Shape(16, 32, (32, 64)),
-         Shape(4, 16, (8, 16))),
-    Case("pix2pix_256", "gan", "pix2pix", 2, 1, 0, Shape(8, 256, (64, 128, 256, 512)),
-         Shape(2, 64, (16, 32, 64, 128))),  # no --smoke shape: one case per kind (tests/gan checks its parity)
-    # ConvLSTM row (experiments/benchmarks/convlstm_bench.py): features = (hidden channels, layers), T frames.
-    Case("convlstm_64", "convlstm", "convlstm", 2, 1, 3, Shape(8, 64, (32, 2), frames=16),
-         Shape(2, 32, (16, 2), frames=8), Shape(1, 8, (4, 1), frames=3)),
+    Case("medmnist_r18_2d_1ch", "classification", "medmnist_resnet18.py", "BreastMNIST: 28x28, 1 channel, 2 classes",
+         1, 2, (28, 28), "monai_resnet", ("data.name=breastmnist", "task.num_classes=2"),
+         smoke=_TINY_RESNET, smoke_spatial=(16, 16)),
+    Case("medmnist_r18_2d_3ch", "classification", "medmnist_resnet18.py", "BloodMNIST: 28x28, 3 channels, 8 classes",
+         3, 8, (28, 28), "monai_resnet", ("data.name=bloodmnist", "task.num_classes=8")),
+    Case("medmnist_r18_3d", "classification", "medmnist_resnet18.py:3d",
+         "OrganMNIST3D: 28x28x28, 1 channel, 11 classes", 1, 11, (28, 28, 28), "monai_resnet",
+         ("data.name=organmnist3d", "task.num_classes=11")),
+    Case("quickstart_unet", "segmentation", "quickstart.py", "ICBM152 axial slices at 2 mm: 96x80, 4 classes",
+         1, 4, (96, 80), "twin", ("task.num_classes=4",), smoke=_TINY_UNET, smoke_spatial=(16, 16)),
+    Case("fundus_basic_unet", "segmentation", "image_folder_unet.py:basic_unet",
+         "DRIVE-like fundus: 128x128 RGB training patches, 2 classes", 3, 2, (128, 128), "monai_basic_unet",
+         ("task.num_classes=2",), smoke=("batch_size=2", "model.features=(4,4,8,8,16,4)"), smoke_spatial=(32, 32)),
+    Case("msd_unet3d", "segmentation", "msd_unet3d.py", "Decathlon Hippocampus: 64^3 training patches, 3 classes",
+         1, 3, (64, 64, 64), "twin", ("task.num_classes=3",)),
+    Case("msd_sliding_window", "sliding_window", "msd_unet3d.py",
+         "a 128x128x96 volume, 64^3 Gaussian-blended windows, overlap 0.5, 4 windows per device call", 1, 3,
+         (64, 64, 64), "twin", ("task.num_classes=3",), volume=(128, 128, 96),
+         smoke=("model.features=(4,8)", "inference.roi_size=(16,16,16)"), smoke_spatial=(16, 16, 16)),
+    Case("cine_convlstm_unet", "segmentation", "cine_synthetic.py:segmentation",
+         "simulated cine: 12 frames of 48x48, 3 classes", 1, 3, (48, 48), "twin", frames=12,
+         smoke=("batch_size=1", "model.features=(4,8)"), smoke_spatial=(16, 16)),
+    Case("cine_convlstm_ef", "regression", "cine_synthetic.py:ef", "simulated cine: 12 frames of 48x48, EF target",
+         1, 1, (48, 48), "twin", frames=12),
+    Case("gan_pix2pix", "gan", "gan_icbm152.py:pix2pix",
+         "ICBM152 1 mm axial slices 192x160 -> 4-class tissue maps", 1, 4, (192, 160), "gan",
+         smoke=("batch_size=2", "generator.features=(4,8)", "discriminator.features=4"), smoke_spatial=(32, 32)),
+    Case("gan_dcgan", "gan", "gan_augmentation.py:gan", "16x16 ICBM152 tissue patches, 3 classes", 1, 3, (16, 16),
+         "gan", smoke=("batch_size=4", "generator.features=8", "discriminator.features=8")),
 )}
 
 MODES = {  # mode -> (warmup, repeats)
@@ -126,8 +144,11 @@ MODES = {  # mode -> (warmup, repeats)
 # which takes about a minute per graph on a 2-core CPU); its torch_compile numbers are not Inductor's.
 COMPILE_BACKEND = {"full": "inductor", "quick": "inductor", "smoke": "eager"}
 # --quick: once torch.compile has spent this many seconds in first steps, later cases skip it (reason recorded).
-# The sliding-window case's 3-layer net compiles in seconds and is not counted.
 COMPILE_BUDGET_S = {"full": None, "quick": 330.0, "smoke": None}
+
+
+class BenchError(Exception):
+    """A user error (unknown case, missing dev extras): the CLI prints it and exits 2."""
 
 
 def cold_torch_compile() -> dict:
@@ -143,10 +164,6 @@ def cold_torch_compile() -> dict:
         except Exception:  # noqa: BLE001  (private config; absent in some torch versions)
             pass
     return done
-
-
-class BenchError(Exception):
-    """A user error (unknown case, missing dev extras): the CLI prints it and exits 2."""
 
 
 # ----------------------------------------------------------------------------------------------------------- utils
@@ -184,106 +201,212 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-# ------------------------------------------------------------------------------------------------ models and data
+def torch_device() -> str:
+    import torch
 
-def _torch_model(case: Case, shape: Shape):
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync(t):
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return t
+
+
+# ------------------------------------------------------------------------------------------------ config and data
+
+def case_config(case: Case, mode: str, precision: str):
+    from medjax.config import build_config
+
+    config = build_config(str(EXPERIMENTS / case.config), case.overrides_for(mode, precision))
+    if config.get("task", {}).get("multi_label") == "auto":  # the trainer asks the data: these rows are single-label
+        task = config.task.to_dict()
+        task["multi_label"] = False
+        with config.unlocked():
+            config.task = task
+    return config
+
+
+def case_data(case: Case, config, mode: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random batch of the protocol's shape, medjax layout: image (N, [T,] *spatial, C), label / target, weight."""
+    rng = np.random.default_rng(seed)
+    n = config.batch_size
+    lead = (n, case.frames) if case.frames else (n,)
+    spatial = case.shape(mode)
+    batch = {"image": rng.standard_normal(lead + spatial + (case.in_channels,)).astype(np.float32),
+             "weight": np.ones(n, np.float32)}
+    if case.kind == "classification":
+        batch["label"] = rng.integers(0, case.num_classes, n).astype(np.int32)
+    elif case.kind == "regression":
+        batch["target"] = rng.uniform(0.3, 0.8, n).astype(np.float32)  # an ejection fraction
+    else:
+        batch["label"] = rng.integers(0, case.num_classes, lead + spatial).astype(np.int32)
+    return batch
+
+
+def to_torch_layout(batch: dict[str, np.ndarray], frames: bool) -> dict:
+    """Channels moved next to the batch (or frame) axis; int64 labels, as torch's losses want."""
+    import torch
+
+    axis = 2 if frames else 1
+    out = {"image": torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch["image"], -1, axis)))}
+    if "label" in batch:
+        out["label"] = torch.from_numpy(batch["label"].astype(np.int64))
+    if "target" in batch:
+        out["target"] = torch.from_numpy(batch["target"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- the models
+
+def _monai_model(case: Case, config):
     from monai.networks import nets
 
-    if case.arch == "resnet18":
-        kw = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if case.stem == "small" else \
-            dict(conv1_t_stride=2)
-        return nets.resnet18(spatial_dims=case.spatial_dims, n_input_channels=case.in_channels,
-                             num_classes=case.num_classes, **kw)
-    return nets.BasicUNet(spatial_dims=case.spatial_dims, in_channels=case.in_channels,
-                          out_channels=case.num_classes, features=shape.features)
+    m, nd = config.model, len(case.spatial)
+    if case.torch_model == "monai_resnet":
+        small = m.get("stem", "standard") == "small"
+        kw = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small else dict(conv1_t_stride=2)
+        return getattr(nets, m.name)(spatial_dims=nd, n_input_channels=case.in_channels, num_classes=case.num_classes,
+                                     **kw)
+    return nets.BasicUNet(spatial_dims=nd, in_channels=case.in_channels, out_channels=case.num_classes,
+                          features=tuple(m.features))
 
 
-def _medjax_model(case: Case, shape: Shape):
-    from medjax.models import build_model
+def _twin_forward(case: Case, config, p: dict, s: dict) -> Callable:
+    """`forward(x, train) -> outputs` of the torch twin of the config's medjax model."""
+    from experiments.benchmarks import twins
 
-    if case.arch == "resnet18":
-        kw = dict(stem_kernel=3, stem_stride=1, stem_pool=False) if case.stem == "small" else {}
-        return build_model("resnet18", num_classes=case.num_classes, **kw)
-    return build_model("basic_unet", num_classes=case.num_classes, features=tuple(shape.features))
+    m = config.model
+    if m.name == "unet":
+        depth = len(m.features)
+        kind, ds = m.get("norm", "batch"), bool(m.get("deep_supervision", False))
+        return lambda x, train: twins.unet(p, s, x, depth, kind, train, ds, m.get("activation", "relu"))
+    if m.name == "convlstm_unet":
+        return lambda x, train: twins.convlstm_unet(p, s, x, len(m.features), m.get("norm", "batch"), train)
+    if m.name == "convlstm_regressor":
+        return lambda x, train: twins.convlstm_regressor(p, s, x, len(m.features), m.get("norm", "batch"), train)
+    raise BenchError(f"{case.name}: no torch twin for model {m.name!r}")
 
 
-def _data(case: Case, shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(images NC..., int labels) in torch layout, float32 / int64."""
-    rng = np.random.default_rng(seed)
-    spatial = (shape.size,) * case.spatial_dims
-    x = rng.standard_normal((shape.batch, case.in_channels, *spatial)).astype(np.float32)
-    label_shape = (shape.batch,) if case.kind == "classification" else (shape.batch, *spatial)
-    y = rng.integers(0, case.num_classes, label_shape).astype(np.int64)
-    return x, y
+def _torch_loss(case: Case, config) -> Callable:
+    """`loss(outputs, batch)` of the config's task, in torch."""
+    import torch.nn.functional as F
+
+    from experiments.benchmarks import twins
+
+    if case.kind == "classification":
+        return lambda out, b: F.cross_entropy(out.float(), b["label"])
+    if case.kind == "regression":
+        t = config.task
+        offset, scale = float(t.get("target_offset", 0.0)), float(t.get("target_scale", 1.0))
+        return lambda out, b: ((out.float()[:, 0] - (b["target"] - offset) * scale) ** 2).mean()
+    loss_name = config.task.get("loss", "dice_ce")
+    if loss_name == "ce":
+        base = lambda logits, labels: F.cross_entropy(logits, labels)  # noqa: E731
+    elif loss_name == "dice_ce" and config.task.get("include_background", True):
+        base = twins.dice_ce_loss(case.num_classes)
+    else:
+        from monai.losses import DiceCELoss, DiceLoss
+
+        kw = dict(softmax=True, to_onehot_y=True, include_background=config.task.get("include_background", True))
+        fn = DiceCELoss(**kw) if loss_name == "dice_ce" else DiceLoss(**kw)
+        base = lambda logits, labels: fn(logits, labels[:, None])  # noqa: E731
+
+    def loss(out, b):
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        if case.frames:  # (N, T, K, ...) -> (N, K, T, ...): time is one more spatial axis of the Dice
+            outputs = tuple(o.transpose(1, 2) for o in outputs)
+        return twins.deep_supervision(base, outputs, b["label"])
+
+    return loss
+
+
+@dataclasses.dataclass
+class Models:
+    """The medjax task + variables and, for torch, `forward(x, train)`, its parameters and a fresh copy maker."""
+
+    task: Any
+    tx: Any
+    variables: dict
+    make_torch: Callable[[], tuple[Callable, list, Any]]  # () -> (forward, parameters, module or None)
+
+
+def build_models(case: Case, config, batch: dict) -> Models:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from medjax.tasks import make_task
+    from medjax.train.optim import make_optimizer
+
+    task = make_task(config, [f"class{i}" for i in range(case.num_classes)])
+    tx = make_optimizer(config.optimizer, max(1, int(config.get("num_train_steps", 0) or 1000)))
+    example = jnp.asarray(batch["image"][:1])
+    if case.torch_model.startswith("monai"):
+        from medjax.transfer import get_layout, import_weights
+
+        torch.manual_seed(config.seed)
+        net = _monai_model(case, config)
+        state_dict = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        target = jax.eval_shape(lambda: task.init_variables(jax.random.key(0), example))
+        target = {k: v for k, v in target.items() if k in ("params", "batch_stats")}
+        variables, _ = import_weights(state_dict, get_layout(config.model.name, "monai"), target, strict=True,
+                                      source=f"torch {case.name}")
+
+        def make_torch():
+            copy_ = copy.deepcopy(net).to(torch_device())
+            return (lambda x, train: copy_.train(train)(x)), list(copy_.parameters()), copy_
+    else:
+        from experiments.benchmarks.twins import torch_weights
+
+        variables = jax.jit(lambda: task.init_variables(jax.random.key(config.seed), example))()
+        variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+        host = jax.device_get(variables)
+
+        def make_torch():
+            device = torch_device()
+            p = {k: v.to(device).requires_grad_() for k, v in torch_weights(host["params"]).items()}
+            s = {k: v.to(device) for k, v in torch_weights(host.get("batch_stats", {})).items()}
+            return _twin_forward(case, config, p, s), list(p.values()), None
+    return Models(task, tx, jax.tree.map(jnp.asarray, variables), make_torch)
 
 
 # ---------------------------------------------------------------------------------------------------- frameworks
 
-def _run_medjax(case: Case, shape: Shape, state_dict: dict, x: np.ndarray, y: np.ndarray, warmup: int,
-                repeats: int, precision: str = "float32") -> dict:
+def time_medjax(task, tx, variables: dict, batch: dict, warmup: int, repeats: int) -> dict:
+    """`medjax train`'s step (`make_train_step` on the task, state donated), then the jitted eval forward."""
     import jax
     import jax.numpy as jnp
 
-    from medjax.transfer import get_layout, import_weights
-
-    model = _medjax_model(case, shape)
-    if precision == "bfloat16":  # medjax's mixed-precision policy (config.compute.precision): float32 params
-        model = model.clone(dtype=jnp.bfloat16)
-    xj = np.ascontiguousarray(np.moveaxis(x, 1, -1))
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *xj.shape[1:])), train=False))
-    target = {k: v for k, v in target.items() if k in ("params", "batch_stats")}
-    variables, report = import_weights(state_dict, get_layout(case.arch, "monai"), target, strict=True,
-                                       source=f"torch {case.name}")
-    out = time_medjax_train(model, variables, xj, y, warmup, repeats)
-    out["import_report"] = {"loaded": len(report.loaded), "folded": len(report.folded), "dropped": len(report.dropped)}
-    return out
-
-
-def time_medjax_train(model, variables: dict, xj: np.ndarray, y: np.ndarray, warmup: int, repeats: int) -> dict:
-    """The trainer's jitted step (state donated) with Adam and softmax cross-entropy on `model(xj)` against the
-    integer labels `y`, then the jitted eval-mode forward: first loss, compile and step times, memory."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from medjax import losses
     from medjax import rng as mrng
     from medjax.tasks.base import apply_model
     from medjax.train.state import TrainState
     from medjax.train.steps import make_train_step
 
-    variables = jax.tree.map(jnp.asarray, variables)
-
-    class _Task:  # the loss of medjax's classification/segmentation tasks, without their config plumbing
-        def loss(self, params, batch_stats, batch, key):
-            logits, new_stats = apply_model(model, params, batch_stats, batch["image"], train=True)
-            loss = losses.softmax_cross_entropy(logits, batch["label"])
-            return loss, (new_stats, {"loss": loss})
-
-    tx = optax.adam(LR)
     params = variables["params"]
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                       opt_state=tx.init(params), rng=mrng.to_data(mrng.key(0)))
-    train_step = jax.jit(make_train_step(_Task(), tx), donate_argnums=0)
-    batch = {"image": jnp.asarray(xj), "label": jnp.asarray(y.astype(np.int32))}
-
+    state = jax.jit(lambda p, s: TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=s,
+                                            opt_state=tx.init(p), rng=mrng.to_data(mrng.key(0))))(
+        params, variables.get("batch_stats", {}))
+    train_step = jax.jit(make_train_step(task, tx), donate_argnums=0)
+    device_batch = jax.tree.map(jnp.asarray, batch)
     rss0 = _maxrss_mb()
     holder = {"state": state}
 
     def step():
-        holder["state"], metrics = train_step(holder["state"], batch)
+        holder["state"], metrics = train_step(holder["state"], device_batch)
         return jax.block_until_ready(metrics["loss"])
 
     t0 = time.perf_counter()
     first_loss = float(step())
     compile_s = time.perf_counter() - t0
     train_s = _median_time(step, warmup, repeats)
-
-    infer = jax.jit(lambda params, stats, img: apply_model(model, params, stats, img, train=False)[0])
+    infer = jax.jit(lambda params, stats, img: apply_model(task.model, params, stats, img, train=False)[0])
 
     def forward():
         s = holder["state"]
-        return jax.block_until_ready(infer(s.params, s.batch_stats, batch["image"]))
+        return jax.block_until_ready(infer(s.params, s.batch_stats, device_batch["image"]))
 
     infer_first_s = _timed(forward)
     infer_s = _median_time(forward, warmup, repeats)
@@ -293,42 +416,47 @@ def time_medjax_train(model, variables: dict, xj: np.ndarray, y: np.ndarray, war
             "device_peak_bytes": peak, "device_peak_note": why}
 
 
-def torch_device() -> str:
+def torch_optimizer(cfg, params: list):
+    """`config.optimizer` in torch: Adam / AdamW (decoupled decay, as optax) / SGD at the base learning rate."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    betas = (cfg.get("b1", 0.9), cfg.get("b2", 0.999))
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=betas)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.get("momentum", 0.9),
+                           nesterov=cfg.get("nesterov", False))
 
 
-def _run_torch(net, compile_backend: str | None, x: np.ndarray, y: np.ndarray, warmup: int, repeats: int,
-               precision: str = "float32") -> dict:
+def time_torch(forward: Callable, params: list, loss_fn: Callable, batch: dict, opt_cfg, compile_backend: str | None,
+               warmup: int, repeats: int, precision: str = "float32") -> dict:
+    """One training step (forward, the config's loss, backward, clipping, optimizer) and the eval forward."""
     import contextlib
 
     import torch
 
     device = torch_device()
-    net.to(device)
-    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    net.train()
-    model = torch.compile(net, backend=compile_backend, dynamic=False) if compile_backend else net
-    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    b = {k: v.to(device) for k, v in batch.items()}
+    fwd = torch.compile(forward, backend=compile_backend, dynamic=False) if compile_backend else forward
+    opt = torch_optimizer(opt_cfg, params)
+    clip = opt_cfg.get("grad_clip_norm", 0.0)
 
     def autocast():  # torch's mixed precision: float32 weights, bfloat16 compute where autocast allows it
         if precision == "bfloat16":
             return torch.autocast(device_type=device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def sync(t):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return t
-
     def step():
         opt.zero_grad(set_to_none=True)
         with autocast():
-            loss = torch.nn.functional.cross_entropy(model(xt).float(), yt)
+            out = fwd(b["image"], True)
+        loss = loss_fn(out, b)
         loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
-        return sync(loss.detach())
+        return _sync(loss.detach())
 
     rss0 = _maxrss_mb()
     t0 = time.perf_counter()
@@ -336,14 +464,12 @@ def _run_torch(net, compile_backend: str | None, x: np.ndarray, y: np.ndarray, w
     compile_s = time.perf_counter() - t0
     train_s = _median_time(step, warmup, repeats)
 
-    net.eval()
-
-    def forward():
+    def infer():
         with torch.no_grad(), autocast():
-            return sync(model(xt))
+            return _sync(fwd(b["image"], False))
 
-    infer_first_s = _timed(forward)  # eval mode: torch.compile recompiles for the changed BatchNorm path
-    infer_s = _median_time(forward, warmup, repeats)
+    infer_first_s = _timed(infer)  # eval mode: torch.compile recompiles for the changed BatchNorm path
+    infer_s = _median_time(infer, warmup, repeats)
     return {"first_loss": first_loss, "compile_s": compile_s, "train_step_s": train_s,
             "infer_first_s": infer_first_s, "infer_step_s": infer_s, "rss_increase_mb": _maxrss_mb() - rss0,
             "device_peak_bytes": None, "device_peak_note": "torch on CPU: no allocator peak; see rss_increase_mb"}
@@ -374,9 +500,9 @@ def _compile_fields(rec: dict, budget: CompileBudget) -> None:
 
 def run_frameworks(name: str, batch_size: int, common: dict, frameworks, run: Callable[[str, str | None], dict],
                    budget: CompileBudget, log=print) -> dict[str, dict]:
-    """The per-framework loop every trained case shares: one record per framework, `run(framework,
-    compile_backend)` measuring it; torch.compile is skipped with its reason once the budget is spent, and a
-    failed compile becomes a skipped record (other failures raise). Adds wall time and throughputs."""
+    """The per-framework loop every row shares: one record per framework, `run(framework, compile_backend)`
+    measuring it; torch.compile is skipped with its reason once the budget is spent, and a failed compile becomes
+    a skipped record (other failures raise). Adds wall time and throughputs."""
     results: dict[str, dict] = {}
     for fw in frameworks:
         rec = dict(common, framework=fw, status="ok", reason=None)
@@ -394,46 +520,57 @@ def run_frameworks(name: str, batch_size: int, common: dict, frameworks, run: Ca
             rec.update(status="skipped", reason=f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
         rec["wall_s"] = time.perf_counter() - t0
         if fw == "torch_compile" and rec["status"] == "ok":
-            budget.spend(rec["compile_s"] + rec["infer_first_s"])
+            budget.spend(rec["compile_s"] + rec.get("infer_first_s", 0.0))
         elif fw == "torch_compile" and rec["reason"].startswith("torch.compile failed"):
             budget.spend(rec["wall_s"])  # a failed compile costs its time too
         if rec["status"] == "ok":
-            rec["train_examples_per_s"] = batch_size / rec["train_step_s"]
+            rec["train_examples_per_s"] = batch_size / rec["train_step_s"] if rec.get("train_step_s") else None
             rec["infer_examples_per_s"] = batch_size / rec["infer_step_s"]
         results[fw] = rec
         log(f"  {name} {fw}: {_describe(rec)}")
     return results
 
 
-def run_model_case(case: Case, shape: Shape, warmup: int, repeats: int, frameworks=FRAMEWORKS,
-                   log=print, budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
-    budget = budget or CompileBudget()
-    import torch
+def _common(case: Case, config, mode: str, warmup: int, repeats: int, precision: str, batch: dict) -> dict:
+    image = batch["image"]
+    frames = 1 if case.frames else 0
+    nc = [image.shape[0]] + ([image.shape[1]] if frames else []) + [image.shape[-1], *image.shape[1 + frames:-1]]
+    opt = config.get("optimizer") or config.get("g_optimizer")
+    return {"case": case.name, "kind": case.kind, "config": case.config, "data": case.data,
+            "overrides": list(case.overrides), "torch_model": case.torch_model,
+            "model": config.get("model", config.get("generator")).to_dict(), "batch": int(image.shape[0]),
+            "input_shape_nc": nc, "input_shape_medjax": list(image.shape), "num_classes": case.num_classes,
+            "frames": case.frames or None, "warmup": warmup, "repeats": repeats,
+            "optimizer": f"{opt.name} lr {opt.learning_rate}" + (
+                f" clip {opt.grad_clip_norm}" if opt.get("grad_clip_norm", 0.0) else ""),
+            "loss": config.task.get("loss", "cross-entropy" if case.kind == "classification" else ""),
+            "precision": precision, "mode": mode}
 
-    torch.manual_seed(0)
-    net = _torch_model(case, shape)
-    nets = {"torch_eager": net, "torch_compile": copy.deepcopy(net)}  # compile starts from the same weights
-    state_dict = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-    x, y = _data(case, shape)
-    spatial = [shape.size] * case.spatial_dims
-    common = {"case": case.name, "kind": case.kind, "arch": case.arch, "batch": shape.batch,
-              "input_shape_nc": [shape.batch, case.in_channels, *spatial],
-              "input_shape_medjax": [shape.batch, *spatial, case.in_channels], "num_classes": case.num_classes,
-              "features": list(shape.features) if shape.features else None, "stem": case.stem,
-              "warmup": warmup, "repeats": repeats, "optimizer": f"adam lr {LR}", "loss": "softmax cross-entropy",
-              "precision": precision}
+
+def run_supervised_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEWORKS, log=print,
+                        budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
+    """Records for one classification / segmentation / regression row."""
+    budget = budget or CompileBudget()
+    config = case_config(case, mode, precision)
+    batch = case_data(case, config, mode)
+    models = build_models(case, config, batch)
+    torch_batch = to_torch_layout(batch, bool(case.frames))
+    loss_fn = _torch_loss(case, config)
+    common = _common(case, config, mode, warmup, repeats, precision, batch)
 
     def run(fw: str, backend: str | None) -> dict:
         if fw == "medjax":
-            return _run_medjax(case, shape, state_dict, x, y, warmup, repeats, precision)
-        return _run_torch(nets[fw], backend, x, y, warmup, repeats)
+            return time_medjax(models.task, models.tx, models.variables, batch, warmup, repeats)
+        forward, params, _ = models.make_torch()
+        return time_torch(forward, params, loss_fn, torch_batch, config.optimizer, backend, warmup, repeats,
+                          precision)
 
-    results = run_frameworks(case.name, shape.batch, common, frameworks, run, budget, log)
-    _check_losses(results, LOSS_RTOL_BF16 if precision == "bfloat16" else LOSS_RTOL)
+    results = run_frameworks(case.name, config.batch_size, common, frameworks, run, budget, log)
+    check_losses(results, LOSS_RTOL_BF16 if precision == "bfloat16" else LOSS_RTOL)
     return [results[fw] for fw in frameworks]
 
 
-def _check_losses(results: dict[str, dict], rtol: float = LOSS_RTOL) -> None:
+def check_losses(results: dict[str, dict], rtol: float = LOSS_RTOL) -> None:
     ref = results.get("medjax")
     if ref is None:
         return
@@ -452,80 +589,72 @@ def _check_losses(results: dict[str, dict], rtol: float = LOSS_RTOL) -> None:
         raise RuntimeError(f"{ref['case']}: first-step losses disagree beyond {rtol} relative: {bad}")
 
 
-def run_sliding_window_case(case: Case, shape: Shape, warmup: int, repeats: int, frameworks=FRAMEWORKS,
-                            log=print, budget: CompileBudget | None = None) -> list[dict]:
+def run_sliding_window_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEWORKS, log=print,
+                            budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
+    """`medjax evaluate`'s whole-volume prediction against MONAI's sliding-window inference (float32)."""
     budget = budget or CompileBudget()
-    from functools import partial
-
     import jax
     import jax.numpy as jnp
     import torch
     from monai.inferers import sliding_window_inference as monai_swi
 
-    from experiments.benchmarks import sliding_window as sw
-    from medjax.inference import sliding_window_inference
+    from medjax.inference.sliding_window import sliding_window_volume
 
-    layers = sw.make_weights(0)
-    volume = np.random.default_rng(1).standard_normal((shape.batch, shape.size, shape.size, shape.size, 1)
-                                                      ).astype(np.float32)
-    roi = (shape.roi,) * 3
-    params, xj = sw.jax_params(layers), jnp.asarray(volume)
-    device = torch_device()
-    xt = torch.from_numpy(np.ascontiguousarray(volume.transpose(0, 4, 1, 2, 3))).to(device)
-    net = sw.torch_net(layers).to(device)
-    common = {"case": case.name, "kind": case.kind, "arch": "conv3d(1-8-8-2)", "batch": shape.batch,
-              "input_shape_nc": [shape.batch, 1, *(shape.size,) * 3],
-              "input_shape_medjax": [shape.batch, *(shape.size,) * 3, 1], "roi": list(roi), "overlap": sw.OVERLAP,
-              "mode": sw.MODE, "sw_batch_size": sw.SW_BATCH, "warmup": warmup, "repeats": repeats}
+    config = case_config(case, mode, "float32")
+    inf = config.inference
+    roi, overlap = tuple(inf.roi_size), float(inf.get("overlap", 0.5))
+    sigma, sw = float(inf.get("sigma_scale", 0.125)), int(config.get("eval_batch_size") or config.batch_size)
+    volume_shape = tuple(2 * r for r in roi) if mode == "smoke" else case.volume
+    volume = np.random.default_rng(1).standard_normal(volume_shape + (case.in_channels,)).astype(np.float32)
+    models = build_models(case, config, {"image": volume[None]})
+    task, variables = models.task, models.variables
+    common = {"case": case.name, "kind": case.kind, "config": case.config, "data": case.data,
+              "torch_model": case.torch_model, "model": config.model.to_dict(), "batch": 1,
+              "input_shape_nc": [1, case.in_channels, *volume_shape], "input_shape_medjax": [1, *volume_shape,
+                                                                                            case.in_channels],
+              "num_classes": case.num_classes, "roi": list(roi), "overlap": overlap, "mode_blend": "gaussian",
+              "sw_batch_size": sw, "warmup": warmup, "repeats": repeats, "precision": "float32", "mode": mode}
+    if precision != "float32":
+        common["precision_note"] = f"sliding-window inference runs in float32 (asked: {precision})"
+    outputs = {}
 
-    def medjax_fns():
-        fn = jax.jit(lambda p, v: sliding_window_inference(partial(sw.jax_net, p), v, roi, overlap=sw.OVERLAP,
-                                                           mode=sw.MODE, sw_batch_size=sw.SW_BATCH))
-        return lambda: np.asarray(jax.block_until_ready(fn(params, xj)))
+    def run(fw: str, backend: str | None) -> dict:
+        if fw == "medjax":
+            probs = jax.jit(lambda v, w: task.probabilities(v["params"], v.get("batch_stats", {}), w))
 
-    def torch_fns(compiled: bool):
-        predictor = torch.compile(net, backend=budget.backend, dynamic=False) if compiled else net
+            def go():
+                return sliding_window_volume(lambda w: np.asarray(probs(variables, jnp.asarray(w))), volume, roi,
+                                             overlap=overlap, mode="gaussian", sigma_scale=sigma, sw_batch_size=sw,
+                                             padding_value=float(volume.min()))
+        else:
+            forward, _, _ = models.make_torch()
+            fwd = torch.compile(forward, backend=backend, dynamic=False) if backend else forward
+            xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, -1, 0))[None]).to(torch_device())
 
-        def go():
-            with torch.no_grad():
-                return monai_swi(xt, roi, sw.SW_BATCH, predictor, overlap=sw.OVERLAP, mode=sw.MODE
-                                 ).cpu().numpy().transpose(0, 2, 3, 4, 1)
-        return go
-
-    outputs, records = {}, []
-    for fw in frameworks:
-        rec = dict(common, framework=fw, status="ok", reason=None)
-        t0 = time.perf_counter()
+            def go():
+                with torch.no_grad():
+                    out = monai_swi(xt, roi, sw, lambda w: torch.softmax(fwd(w, False), 1), overlap=overlap,
+                                    mode="gaussian", sigma_scale=sigma, padding_mode="constant",
+                                    cval=float(volume.min()))
+                return np.moveaxis(_sync(out).cpu().numpy()[0], 0, -1)
         rss0 = _maxrss_mb()
-        if fw == "torch_compile":
-            _compile_fields(rec, budget)
-        try:
-            fn = medjax_fns() if fw == "medjax" else torch_fns(fw == "torch_compile")
-            t1 = time.perf_counter()
-            outputs[fw] = fn()
-            rec["infer_first_s"] = rec["compile_s"] = time.perf_counter() - t1
-            rec["infer_step_s"] = _median_time(fn, warmup, repeats)
-            rec["infer_examples_per_s"] = shape.batch / rec["infer_step_s"]
-            rec["train_examples_per_s"] = None
-            rec["rss_increase_mb"] = _maxrss_mb() - rss0
-            if fw == "medjax":
-                rec["device_peak_bytes"], rec["device_peak_note"] = _jax_peak_bytes()
-        except Exception as e:  # noqa: BLE001
-            if fw != "torch_compile":
-                raise
-            rec.update(status="skipped", reason=f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
-        rec["wall_s"] = time.perf_counter() - t0
-        records.append(rec)
-        log(f"  {case.name} {fw}: {_describe(rec)}")
-    if "medjax" in outputs:
-        for rec in records:
-            if rec["framework"] != "medjax" and rec["framework"] in outputs:
-                d = float(np.abs(outputs[rec["framework"]] - outputs["medjax"]).max())
-                rec["output_check"] = {"against": "medjax", "max_abs_diff": d, "atol": SW_ATOL,
-                                       "passed": d <= SW_ATOL}
-                if d > SW_ATOL:
-                    raise RuntimeError(f"{case.name}: {rec['framework']} and medjax disagree: max |diff| {d:.3g}")
-    return records
+        t0 = time.perf_counter()
+        outputs[fw] = go()
+        first = time.perf_counter() - t0
+        rec = {"compile_s": first, "infer_first_s": first, "infer_step_s": _median_time(go, warmup, repeats),
+               "rss_increase_mb": _maxrss_mb() - rss0}
+        if fw == "medjax":
+            rec["device_peak_bytes"], rec["device_peak_note"] = _jax_peak_bytes()
+        return rec
+
+    results = run_frameworks(case.name, 1, common, frameworks, run, budget, log)
+    for fw, rec in results.items():
+        if fw != "medjax" and fw in outputs and "medjax" in outputs:
+            d = float(np.abs(outputs[fw] - outputs["medjax"]).max())
+            rec["output_check"] = {"against": "medjax", "max_abs_diff": d, "atol": SW_ATOL, "passed": d <= SW_ATOL}
+            if d > SW_ATOL:
+                raise RuntimeError(f"{case.name}: {fw} and medjax disagree: max |diff| {d:.3g}")
+    return [results[fw] for fw in frameworks]
 
 
 # -------------------------------------------------------------------------------------------------------- report
@@ -568,7 +697,7 @@ def machine() -> dict:
 
     import monai
 
-    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+    return {"platform": platform.platform(), "machine": platform.machine(), "processor": _cpu_name(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()], "torch": torch.__version__,
@@ -580,6 +709,16 @@ def machine() -> dict:
             # persistent compilation caches make "compile s" a cache load on a second run
             "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir,
             "torchinductor_fx_graph_cache": _inductor_cache()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _inductor_cache():
@@ -597,24 +736,23 @@ def _fmt(v, spec=".2f") -> str:
 
 def write_markdown(path: pathlib.Path, result: dict) -> None:
     m = result["machine"]
-    lines = [f"# medjax vs PyTorch ({result['mode']} mode)", "",
-             f"{m['platform']}, {m['cpu_count']} CPUs, JAX {m['jax']} ({m['jax_backend']}: "
-             f"{', '.join(m['jax_devices'])}), torch {m['torch']} ({m['torch_threads']} threads), "
-             f"MONAI {m['monai']}. Total wall time {result['total_wall_s']:.1f} s.", "",
-             "Throughputs in examples/s (median step after warm-up); compile s = wall time of the first step "
+    lines = [f"# medjax vs PyTorch ({result['mode']} mode, {result['precision']})", "",
+             f"{m['processor']} ({m['platform']}, {m['cpu_count']} CPUs), JAX {m['jax']} ({m['jax_backend']}: "
+             f"{', '.join(m['jax_devices'])}{'; GPU ' + m['gpu_name'] if m.get('gpu_name') else ''}), torch "
+             f"{m['torch']} ({m['torch_threads']} threads), MONAI {m['monai']}. Total wall time "
+             f"{result['total_wall_s']:.1f} s.", "",
+             "Throughputs in examples/s (median step after warm-up); first s = wall time of the first step "
              "(includes jit / torch.compile compilation). Ratios medjax/torch: > 1 means medjax is faster "
              "(train / infer).", "",
-             "| case | shape (N, C, spatial) | framework | train ex/s | infer ex/s | compile s | first loss | "
+             "| case | config | shape (N, C, spatial) | framework | train ex/s | infer ex/s | first s | first loss | "
              "medjax/torch_eager | medjax/torch_compile |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["records"]:
         shape = "x".join(str(s) for s in r["input_shape_nc"])
         if r.get("roi"):
             shape += f" roi {'x'.join(map(str, r['roi']))}"
-        if r.get("features"):
-            shape += f" f={tuple(r['features'])}"
         if r["status"] != "ok":
-            lines.append(f"| {r['case']} | {shape} | {r['framework']} | skipped | | | | | |")
+            lines.append(f"| {r['case']} | {r['config']} | {shape} | {r['framework']} | skipped | | | | | |")
             continue
         ratio_cells = ["", ""]
         if r["framework"] == "medjax" and "ratios" in r:
@@ -622,9 +760,9 @@ def write_markdown(path: pathlib.Path, result: dict) -> None:
             ratio_cells = [f"{_fmt(q['train_medjax_over_' + o])} / {_fmt(q['infer_medjax_over_' + o])}"
                            for o in ("torch_eager", "torch_compile")]
         loss = _fmt(r.get("first_loss"), ".6f")
-        lines.append(f"| {r['case']} | {shape} | {r['framework']} | {_fmt(r.get('train_examples_per_s'))} | "
-                     f"{_fmt(r.get('infer_examples_per_s'))} | {_fmt(r.get('compile_s'))} | {loss} | "
-                     f"{ratio_cells[0]} | {ratio_cells[1]} |")
+        lines.append(f"| {r['case']} | {r['config']} | {shape} | {r['framework']} | "
+                     f"{_fmt(r.get('train_examples_per_s'))} | {_fmt(r.get('infer_examples_per_s'))} | "
+                     f"{_fmt(r.get('compile_s'))} | {loss} | {ratio_cells[0]} | {ratio_cells[1]} |")
     skipped = [r for r in result["records"] if r["status"] != "ok"]
     if skipped:
         lines += ["", "Skipped:", ""] + [f"- {r['case']} {r['framework']}: {' '.join(r['reason'].split())[:240]}"
@@ -685,7 +823,7 @@ def select_cases(mode: str, names: list[str] | None) -> list[Case]:
     if mode == "smoke":
         missing = [c.name for c in cases if c.smoke is None]
         if missing:
-            raise BenchError(f"case(s) {missing} have no --smoke shape; smoke cases: "
+            raise BenchError(f"case(s) {missing} have no --smoke variant; smoke cases: "
                              f"{[c.name for c in CASES.values() if c.smoke is not None]}")
     return cases
 
@@ -699,6 +837,19 @@ def check_extras() -> None:
             missing.append(mod)
     if missing:
         raise BenchError(f"medjax bench needs the dev extras {missing} (pip install -e '.[dev]')")
+
+
+RUNNERS = {"classification": run_supervised_case, "segmentation": run_supervised_case,
+           "regression": run_supervised_case, "sliding_window": run_sliding_window_case}
+
+
+def run_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEWORKS, log=print,
+             budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
+    if case.kind == "gan":
+        from experiments.benchmarks.gan_bench import run_gan_case
+
+        return run_gan_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
+    return RUNNERS[case.kind](case, mode, warmup, repeats, frameworks, log, budget, precision)
 
 
 def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None = None,
@@ -721,22 +872,8 @@ def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None
     budget = CompileBudget(COMPILE_BACKEND[mode], COMPILE_BUDGET_S[mode])
     torch_caches = cold_torch_compile()
     for case in cases:
-        shape = getattr(case, mode)
-        log(f"{case.name}: {mode} shape {shape}")
-        if case.kind == "sliding_window":  # float32 inference in both frameworks whatever --precision says
-            records += run_sliding_window_case(case, shape, warmup, repeats, log=log, budget=budget)
-        elif case.kind == "convlstm":
-            from experiments.benchmarks.convlstm_bench import run_convlstm_case
-
-            records += run_convlstm_case(case, shape, warmup, repeats, FRAMEWORKS, log=log, budget=budget,
-                                         precision=precision)
-        elif case.kind == "gan":
-            from experiments.benchmarks.gan_bench import run_gan_case
-
-            records += run_gan_case(case, shape, warmup, repeats, FRAMEWORKS, log=log, budget=budget,
-                                    precision=precision)
-        else:
-            records += run_model_case(case, shape, warmup, repeats, log=log, budget=budget, precision=precision)
+        log(f"{case.name}: {case.config} ({case.data})")
+        records += run_case(case, mode, warmup, repeats, log=log, budget=budget, precision=precision)
     add_ratios(records)
     result = {"mode": mode, "precision": precision, "machine": machine(), "warmup": warmup, "repeats": repeats,
               "torch_compile_backend": budget.backend, "torch_compile_budget_s": budget.total,
@@ -766,18 +903,36 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(p) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="smaller batches/sizes/repeats: minutes on a CPU")
-    group.add_argument("--smoke", action="store_true", help="tiny shapes, one case per kind: seconds (tests)")
+    group.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps, same shapes")
+    group.add_argument("--smoke", action="store_true", help="tiny shapes, seconds (tests: numbers mean nothing)")
     p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help=f"subset of: {', '.join(CASES)}")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default per mode)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default per mode)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="bfloat16: medjax's mixed-precision policy against torch.autocast(bfloat16) (training cases)")
+                   help="bfloat16: medjax's mixed-precision policy against torch.autocast(bfloat16)")
+    add_protocol_arguments(p)
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md, bench.png")
+
+
+def add_protocol_arguments(p) -> None:
+    p.add_argument("--protocol", default=None, metavar="NAME",
+                   help="run a whole experiment in both frameworks instead: quickstart | medmnist_resnet18")
+    p.add_argument("--target", type=float, default=None, help="--protocol: the validation metric to reach")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="--protocol: a config override for both frameworks (repeatable)")
 
 
 def run_from_args(args) -> dict:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if getattr(args, "protocol", None):
+        if args.smoke or args.cases:
+            raise BenchError("--protocol runs one experiment: --smoke and --cases do not apply (--quick does)")
+        from experiments.benchmarks import protocol
+
+        return protocol.run(args.protocol, args.out, quick=args.quick, target=args.target,
+                            overrides=args.overrides)
+    if getattr(args, "target", None) is not None or getattr(args, "overrides", None):
+        raise BenchError("--target and --set belong to --protocol")
     return run(args.out, mode, args.cases, args.warmup, args.repeats, precision=getattr(args, "precision", "float32"))
 
 

@@ -1,14 +1,14 @@
 """Throughput and memory of medjax's training step under its parallel and compute options.
 
     python -m experiments.benchmarks.train_options scaling [--devices 1 2 4] [--strategy sharding] --out DIR
-    python -m experiments.benchmarks.train_options compute [--case basic_unet_3d_96] --out DIR
+    python -m experiments.benchmarks.train_options compute [--case msd_unet3d] --out DIR
 
 `scaling`: the trainer's step (the strategy's compiled `make_train_step`) on 1, 2, 4... devices at the same
 global batch, each device count in its own process (`JAX_NUM_CPU_DEVICES` on CPU, the first N accelerators
 otherwise). On a CPU the "devices" share the same cores, so the ratio measures the partitioning overhead, not a
 speed-up; on GPUs it is the scaling curve.
 
-`compute`: one model and batch (a `medjax bench` case at its --quick shape) under each `config.compute` option:
+`compute`: one model and batch (a `medjax bench` row at its protocol shape) under each `config.compute` option:
 plain, `remat`, `grad_accum_steps` 2 and 4, `precision=bfloat16`. Memory is XLA's own account of the compiled step
 (`compiled.memory_analysis()`: temporaries, i.e. activations and workspace, plus arguments and outputs), so it is
 exact on every platform; time is the median of `--repeats` steps after one warm-up.
@@ -47,53 +47,46 @@ def _timed_steps(step, state, batch, repeats: int) -> tuple[float, float, object
 
 
 def _setup(case_name: str, precision: str = "float32", remat: bool = False, batch_size: int | None = None,
-           shape: str = "quick"):
-    """(model, task-like loss object, optax tx, host batch) for a bench case at its `shape` ("quick" or
-    "smoke") shape, its batch size replaced by `batch_size` if given."""
-    import dataclasses
-
-    import jax.numpy as jnp
-    import optax
-
+           shape: str = "full"):
+    """(task, optax tx, variables, host batch) for a `medjax bench` row in `shape` mode ("full": the protocol's
+    shape; "smoke": the tests'), with its precision, remat and (if given) batch size changed through its config."""
     from experiments.benchmarks import bench
-    from medjax import losses
-    from medjax.tasks.base import apply_model
 
     case = bench.CASES[case_name]
-    base = getattr(case, shape)
-    shape = base if batch_size is None else dataclasses.replace(base, batch=batch_size)
-    model = bench._medjax_model(case, shape).clone(remat=remat)
-    if precision == "bfloat16":
-        model = model.clone(dtype=jnp.bfloat16)
-    x, y = bench._data(case, shape)
-    batch = {"image": np.ascontiguousarray(np.moveaxis(x, 1, -1)), "label": y.astype(np.int32)}
-
-    class Task:
-        def loss(self, params, batch_stats, batch, key):
-            logits, new_stats = apply_model(model, params, batch_stats, batch["image"], train=True)
-            loss = losses.softmax_cross_entropy(logits, batch["label"])
-            return loss, (new_stats, {"loss": loss})
-
-    return case, model, Task(), optax.adam(bench.LR), batch
+    config = bench.case_config(case, shape, precision)
+    with config.unlocked():
+        config.compute.remat = remat
+        if batch_size is not None:
+            config.batch_size = batch_size
+    batch = bench.case_data(case, config, shape)
+    models = bench.build_models(case, config, batch)
+    return models.task, models.tx, models.variables, batch
 
 
-def _state(model, tx, image, strategy):
-    from medjax.train.state import create_state
+def _state(tx, variables, strategy):
+    import jax.numpy as jnp
 
-    init = lambda key: model.init(key, image[:1], train=False)  # noqa: E731
-    return strategy.init_state(lambda: create_state(init, tx, 0))
+    from medjax import rng as mrng
+    from medjax.train.state import TrainState
+
+    def create():
+        p = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=variables.get("batch_stats", {}),
+                          opt_state=tx.init(p), rng=mrng.to_data(mrng.key(0)))
+
+    return strategy.init_state(create)
 
 
-def scaling_worker(case_name: str, strategy_name: str, repeats: int, shape: str = "quick") -> dict:
+def scaling_worker(case_name: str, strategy_name: str, repeats: int, shape: str = "full") -> dict:
     """In-process: the step on every visible device."""
     import jax
 
     from medjax.train.parallel import make_strategy
     from medjax.train.steps import make_train_step
 
-    case, model, task, tx, batch = _setup(case_name, shape=shape)
+    task, tx, variables, batch = _setup(case_name, shape=shape)
     strategy = make_strategy(strategy_name)
-    state = _state(model, tx, batch["image"], strategy)
+    state = _state(tx, variables, strategy)
     step = strategy.compile_train_step(make_train_step(task, tx, strategy.axis_name))
     placed = strategy.put_batch(batch, len(batch["label"]))
     first, median, _ = _timed_steps(step, state, placed, repeats)
@@ -102,7 +95,7 @@ def scaling_worker(case_name: str, strategy_name: str, repeats: int, shape: str 
             "first_step_s": first, "step_s": median, "examples_per_s": len(batch["label"]) / median}
 
 
-def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int, shape: str = "quick") -> list[dict]:
+def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int, shape: str = "full") -> list[dict]:
     rows = []
     for n in devices:
         env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n))
@@ -139,11 +132,11 @@ def run_compute(case_name: str, repeats: int, options: list[str], batch_size: in
     rows = []
     for name in options:
         precision, remat, accum = COMPUTE_OPTIONS[name]
-        case, model, task, tx, batch = _setup(case_name, precision, remat, batch_size)
+        task, tx, variables, batch = _setup(case_name, precision, remat, batch_size)
         if len(batch["label"]) % accum:
             rows.append({"option": name, "skipped": f"batch {len(batch['label'])} not divisible by {accum}"})
             continue
-        state = _state(model, tx, batch["image"], strategy)
+        state = _state(tx, variables, strategy)
         step = strategy.compile_train_step(make_train_step(task, tx, None, accum_steps=accum))
         placed = strategy.put_batch(batch, len(batch["label"]))
         mem = step.lower(state, placed).compile().memory_analysis()
@@ -180,12 +173,12 @@ def _markdown(mode: str, rows: list[dict], machine: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=("scaling", "compute"))
-    p.add_argument("--case", default=None, help="a medjax bench case (its --quick shape)")
+    p.add_argument("--case", default=None, help="a medjax bench row (its protocol shape)")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--strategy", default="sharding", choices=("sharding", "pmap"))
     p.add_argument("--options", nargs="+", default=list(COMPUTE_OPTIONS), choices=list(COMPUTE_OPTIONS))
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the case's --quick batch; "
-                   "compute mode: 4, so that gradient accumulation has micro-batches to split)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the row's config's; compute "
+                   "mode: 4, so that gradient accumulation has micro-batches to split)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -195,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.benchmarks.bench import machine
 
     if args.mode == "scaling":
-        rows = run_scaling(args.case or "resnet18_2d_28", args.devices, args.strategy, args.repeats)
+        rows = run_scaling(args.case or "medmnist_r18_2d_1ch", args.devices, args.strategy, args.repeats)
     else:
-        rows = run_compute(args.case or "basic_unet_3d_96", args.repeats, args.options, args.batch or 4)
+        rows = run_compute(args.case or "msd_unet3d", args.repeats, args.options, args.batch or 4)
     info = dict(machine(), device_kind=jax.devices()[0].device_kind)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ class Checkpoints:
         common = dict(enable_async_checkpointing=True, cleanup_tmp_directories=not read_only,
                       create=not read_only, read_only=read_only)
         self.best_metric = best_metric
+        self.best_mode = best_mode
+        self._best_value: float | None = None  # the best value offered by this process (None after a restart)
         self.latest = _manager(os.path.join(workdir, "checkpoints"),
                                ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **common))
         self.best = None
@@ -48,12 +50,19 @@ class Checkpoints:
             self.latest.save(step, args=self._args(state, data_state), force=True)
 
     def save_best(self, step: int, state: Any, data_state: dict, metrics: dict) -> None:
-        """Offer the state to the best-checkpoint manager; Orbax keeps it only if `best_metric` improved."""
+        """Offer the state to the best-checkpoint manager; Orbax keeps it only if `best_metric` improved. A value
+        worse than the best this process already offered is not written at all (writing a whole checkpoint that
+        Orbax deletes at once cost a save per epoch in the MedMNIST protocol)."""
         if self.best is None:
             return
         if self.best_metric not in metrics:
             raise MedjaxError(f"config.checkpoint.best_metric={self.best_metric!r} is not an eval metric; "
                               f"available: {sorted(metrics)}")
+        value = float(metrics[self.best_metric])
+        best = self._best_value
+        if best is not None and (value < best if self.best_mode == "max" else value > best):
+            return
+        self._best_value = value
         if step not in self.best.all_steps():
             self.best.save(step, args=self._args(state, data_state), metrics={k: float(v) for k, v in metrics.items()},
                            force=True)

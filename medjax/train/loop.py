@@ -178,11 +178,14 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     if volume_eval.uses_windows(s.config):
         return volume_eval.evaluate_volumes(s, state, split)[0]
     eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
-    bs = s.config.get("eval_batch_size") or s.config.batch_size
-    rows = s.strategy.local_rows(bs)
     arrays = s.splits[split]
     if not isinstance(arrays, dict):
         arrays = materialize(arrays)
+    # A split smaller than the eval batch is one batch of its own size (rounded up to the devices), not padded
+    # to eval_batch_size: MedMNIST's 78 validation images would otherwise cost 256 images' compute every epoch.
+    n, devices = len(next(iter(arrays.values()))), s.strategy.num_devices
+    bs = min(s.config.get("eval_batch_size") or s.config.batch_size, -(-n // devices) * devices)
+    rows = s.strategy.local_rows(bs)
     chunks = []
     for batch in eval_batches(arrays, bs, rows):
         chunks.append(s.strategy.outputs_to_host(eval_step(state, s.strategy.put_batch(batch, bs))))
@@ -211,7 +214,16 @@ def resume_or_start(s: Any, ckpts: Checkpoints, stream: Any, fresh: Any) -> tupl
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
     """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints` if a checkpoint is there.
-    Returns the last validation metrics."""
+    Returns the last validation metrics.
+
+    Where the time of this call went is written to `<workdir>/timing.json` (process 0; a resumed run accounts for
+    the steps it ran, a call with nothing left to train leaves the file alone): `setup_s` (data, model, first
+    checkpoint lookup), `first_step_s` (the first step, compilation included), `train_s` (the other steps),
+    `eval_s` and `checkpoint_s` (validation and saving, as the loop waits for them; async writes overlap the
+    next steps), `finish_s` (waiting for the last writes, curves) and `total_s`. Every metrics record carries
+    `wall_s`, seconds since this call started, and every validation record its `eval_s`."""
+    t_start = time.perf_counter()
+    timing = dict.fromkeys(("setup_s", "first_step_s", "train_s", "eval_s", "checkpoint_s", "finish_s"), 0.0)
     s = setup(config, workdir, devices)
     config = s.config  # resolved against the data
     strategy, bs = s.strategy, config.batch_size
@@ -222,6 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     train_step = strategy.compile_train_step(s.train_step_fn())
     eval_step = strategy.compile_eval_step(make_eval_step(s.task))
     has_val = "val" in s.splits
+    timing["setup_s"] = time.perf_counter() - t_start
 
     pending: list[tuple[int, Any]] = []
     last_flush = time.perf_counter()
@@ -241,14 +254,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         now = time.perf_counter()
         record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
         record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
+        record["wall_s"] = now - t_start
         log.write(step, "train", record)
         progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.1f}")
         pending, last_flush = [], now
 
+    loop_start = time.perf_counter()
     try:
         for step in range(start + 1, config.num_train_steps + 1):
             batch = strategy.put_batch(next(stream), bs)
             state, metrics = train_step(state, batch)
+            if step == start + 1:  # the compile (and first run) apart from the steady state
+                jax.block_until_ready(metrics)
+                timing["first_step_s"] = time.perf_counter() - loop_start
             pending.append((step, metrics))
             progress.update(1)
             last = step == config.num_train_steps
@@ -258,20 +276,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
                 flush(step)
             canonical = strategy.to_canonical(state) if (do_eval or do_ckpt) else None
             if do_eval:
+                t0 = time.perf_counter()
                 eval_metrics = evaluate_split(s, state, "val", eval_step)
-                log.write(step, "val", eval_metrics)
+                t1 = time.perf_counter()
+                log.write(step, "val", dict(eval_metrics, eval_s=t1 - t0, wall_s=t1 - t_start))
                 ckpts.save_best(step, canonical, stream.get_state(), eval_metrics)
+                timing["eval_s"] += t1 - t0
+                timing["checkpoint_s"] += time.perf_counter() - t1
             if do_ckpt:
+                t0 = time.perf_counter()
                 ckpts.save(step, canonical, stream.get_state())
+                timing["checkpoint_s"] += time.perf_counter() - t0
                 last_saved = step
             if do_eval or do_ckpt:
                 last_flush = time.perf_counter()  # img/s measures training, not eval or saving
     finally:
+        loop_end = time.perf_counter()
         progress.close()
         ckpts.wait()
         ckpts.close()
         log.plot()
         log.close()
+        end = time.perf_counter()
+        timing["train_s"] = max(0.0, loop_end - loop_start - timing["first_step_s"] - timing["eval_s"]
+                                - timing["checkpoint_s"])
+        timing.update(finish_s=end - loop_end, total_s=end - t_start, steps=int(config.num_train_steps - start))
+        if s.is_main and timing["steps"] > 0:  # a rerun of a finished run keeps the run's own account
+            _write_json(os.path.join(workdir, "timing.json"), timing)
     return eval_metrics
 
 

@@ -11,7 +11,7 @@ import torch
 from medjax.errors import MedjaxError
 from medjax.models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMRegressor, ConvLSTMUNet, TimeDistributed
 from medjax.models.unet import UNet
-from experiments.benchmarks.convlstm_bench import torch_convlstm_class
+from tests.models.torch_convlstm import torch_convlstm_class
 from medjax.transfer.convlstm import import_torch_convlstm
 
 
@@ -97,7 +97,7 @@ def test_sequence_models_shapes_and_errors():
         ConvLSTM(2).init(jax.random.key(0), x[:, 0])
 
 
-TorchConvLSTM = torch_convlstm_class()  # the common PyTorch ConvLSTM (ndrplz), as the bench row times it
+TorchConvLSTM = torch_convlstm_class()  # the common PyTorch ConvLSTM (ndrplz)
 
 
 @pytest.mark.parametrize("nd", [2, 3])

@@ -87,3 +87,37 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(repo, tmp_path):
     leaves = [np.asarray(x.addressable_data(0)) for x in __import__("jax").tree.leaves(state.params)]
     assert all(np.isfinite(x).all() for x in leaves)
     assert f"at step {bad_step}" in str(info.value) and f"step {bad_step - 1}" in str(info.value)
+
+
+def test_timing_and_wall_clock_records(trained):
+    """timing.json accounts for the run (its parts add up to at most the total) and every record has wall_s,
+    increasing with the step; validation records also carry their own eval_s."""
+    _, workdir, _ = trained
+    timing = json.loads((workdir / "timing.json").read_text())
+    parts = ("setup_s", "first_step_s", "train_s", "eval_s", "checkpoint_s", "finish_s")
+    assert timing["steps"] == 12 and all(timing[k] >= 0 for k in parts)
+    assert sum(timing[k] for k in parts) <= timing["total_s"] + 1e-6
+    assert timing["first_step_s"] > 0 and timing["eval_s"] > 0
+    records = read_records(workdir / "metrics.jsonl")
+    walls = [r["wall_s"] for r in records]
+    assert walls == sorted(walls) and walls[-1] <= timing["total_s"]
+    assert all(0 < r["eval_s"] <= r["wall_s"] for r in records if r["split"] == "val")
+
+
+def test_best_checkpoint_is_not_written_when_the_metric_got_worse(tmp_path):
+    """Only improvements (or ties) reach Orbax: a worse value costs no write; the best step stays."""
+    import jax.numpy as jnp
+
+    from medjax.train.checkpoint import Checkpoints
+
+    ck = Checkpoints(str(tmp_path), max_to_keep=1, best_metric="auc", best_mode="max")
+    state = {"w": jnp.arange(3.0)}
+    written = []
+    original = ck.best.save
+    ck.best.save = lambda step, **kw: written.append(step) or original(step, **kw)
+    for step, auc in ((1, 0.5), (2, 0.7), (3, 0.6), (4, 0.7), (5, 0.65)):
+        ck.save_best(step, state, {"position": step}, {"auc": auc})
+    ck.wait()
+    assert written == [1, 2, 4]
+    assert ck.best.best_step() in (2, 4)
+    ck.close()
