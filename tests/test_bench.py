@@ -140,3 +140,22 @@ def test_protocol_errors(tmp_path, capsys):
     assert "nosuch" in capsys.readouterr().err
     assert cli.main(["bench", "--target", "0.5", "--out", str(tmp_path / "c")]) == 2
     assert "--protocol" in capsys.readouterr().err
+
+
+def test_gpu_script_runs_at_smoke_size_on_the_cpu(repo, tmp_path):
+    """experiments/benchmarks/gpu.sh end to end on the CPU at tiny shapes: float32, bfloat16 and torch.compile
+    records, FLOPs from XLA's cost analysis, and the table."""
+    out = tmp_path / "gpu"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "experiments/benchmarks/gpu.sh", str(out), "--smoke", "--cases",
+                           "medmnist_r18_2d_1ch"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "gpu.json").read_text())
+    got = {(r["framework"], r["precision"]) for r in result["records"]}
+    assert got == {("medjax", "float32"), ("torch_eager", "float32"), ("medjax", "bfloat16"),
+                   ("torch_eager", "bfloat16"), ("torch_compile", "float32")}
+    medjax = [r for r in result["records"] if r["framework"] == "medjax"]
+    assert all(r["flops_per_step"] > 0 and r["achieved_flop_per_s"] > 0 for r in medjax)
+    assert result["measured_matmul"]["float32"] > 0 and result["skipped"] == []
+    md = (out / "gpu.md").read_text()
+    assert "| medmnist_r18_2d_1ch | float32 |" in md and "| medmnist_r18_2d_1ch | bfloat16 |" in md

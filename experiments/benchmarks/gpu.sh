@@ -3,7 +3,7 @@
 # bfloat16, medjax against torch eager / autocast / torch.compile, with MFU. Sized for one device call of at most
 # 10 minutes on a lent H100/H200 (the device tool's README), from the repository root:
 #
-#   bash experiments/benchmarks/gpu.sh [OUT_DIR] [--smoke]        # OUT_DIR defaults to $OUT or runs/gpu
+#   bash experiments/benchmarks/gpu.sh [OUT_DIR] [--smoke] [--cases NAME ...]   # OUT_DIR: $OUT or runs/gpu
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but not monai or ml_collections: download them here
 # first (pure-Python wheels, `.whl/` is git-ignored) and carry `.whl` with the call:
@@ -12,13 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-runs/gpu}"
-extra=()
-for arg in "$@"; do
-  case "$arg" in
-    --*) extra+=("$arg") ;;
-    *) out="$arg" ;;
-  esac
-done
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then out="$1"; shift; fi
 PY="${PYTHON:-python3}"
 if compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/medjax-site .whl/*.whl
@@ -26,4 +20,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-exec "$PY" -m experiments.benchmarks.gpu --out "$out" --budget-s "${BUDGET_S:-480}" "${extra[@]}"
+exec "$PY" -m experiments.benchmarks.gpu --out "$out" --budget-s "${BUDGET_S:-480}" "$@"
