@@ -3,7 +3,8 @@
 precision         "float32" (default) | "bfloat16": mixed precision. The model's convolutions, matmuls and
                   activations run in bfloat16 (its `dtype`); parameters, optimizer state, BatchNorm statistics,
                   logits and the loss stay float32 (flax's `param_dtype`, the models' float32 logits and the
-                  tasks' float32 losses). Worth it on GPUs and TPUs; on CPUs without bfloat16 units it is slower.
+                  tasks' float32 losses). Worth it on GPUs and TPUs; on XLA:CPU it gives no speed-up (README,
+                  "Mixed precision on CPU").
 remat             recompute each block's activations in the backward pass instead of keeping them (`nn.remat`
                   inside the models that have a `remat` field): less activation memory, a slower step, the same
                   numbers.
