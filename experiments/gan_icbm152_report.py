@@ -1,4 +1,4 @@
-"""Train and score every GAN variant of `experiments/gan_icbm152.py`; write a results table.
+"""Train and score every GAN variant of `gan_icbm152`; write a results table.
 
     python -m experiments.gan_icbm152_report --out runs/gan_icbm152 [--variants sr2 sr2_l1 ...] [--steps N]
 
@@ -17,11 +17,11 @@ import time
 
 from medjax.config import build_config
 
-CONFIG = pathlib.Path(__file__).with_name("gan_icbm152.py")
+CONFIG = "gan_icbm152"  # medjax.configs.gan_icbm152
 
 
 def run(out: pathlib.Path, variants: list[str], steps: int | None) -> list[dict]:
-    from medjax.gan import loop
+    from medjax.train import loop
 
     rows = []
     for variant in variants:
@@ -50,7 +50,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.gan_icbm152 import VARIANTS
+    from medjax.configs.gan_icbm152 import VARIANTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=pathlib.Path)
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import absl.logging
 
-    import medjax  # noqa: F401  (XLA:CPU defaults before JAX starts)
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     rows = run(args.out, args.variants, args.steps)

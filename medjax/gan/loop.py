@@ -1,4 +1,5 @@
-"""Training and evaluation of GANs with the supervised trainer's machinery.
+"""The GAN task family (gan, pix2pix, super_resolution): its setup for the one training loop
+(`medjax.train.loop.train` / `evaluate`, interface `medjax.train.family.RunSetup`).
 
 The same strategies (`sharding` by default, `pmap`), the same resumable data stream, Orbax checkpoints (latest and,
 with `config.checkpoint.best_metric`, best) with exact resume, the same metrics log and curves. What differs:
@@ -22,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from typing import Any
 
 import jax
@@ -35,24 +35,17 @@ from medjax.data.loader import materialize
 from medjax.data.sources import load_splits
 from medjax.errors import MedjaxError
 from medjax.gan.step import GANState, create_gan_state, latents, make_gan_step
-from medjax.gan.task import TASKS, GANTask, apply, make_gan_task
+from medjax.gan.task import GANTask, apply, make_gan_task
 from medjax.image_metrics import bicubic_upsample, downsample, psnr, ssim
 from medjax.train import finetune as finetune_lib
 from medjax.train import init_from
 from medjax.train.checkpoint import Checkpoints
-from medjax.train.logging import MetricLog
-from medjax.train.loop import (TrainingDiverged, _progress, _write_json, restore_checkpoint, resolve_schedule,
-                               resume_or_start)
+from medjax.train.loop import _write_json, resolved
 from medjax.train.optim import make_optimizer
 from medjax.train.parallel import make_strategy, replicated_to_host
 from medjax.viz import save_image_grid_png
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
-
-
-def is_gan(config: ml_collections.ConfigDict) -> bool:
-    """Whether `config` is a GAN run (its `task.name` is one of `TASKS`)."""
-    return config.task.name in TASKS
 
 
 @dataclasses.dataclass
@@ -66,6 +59,7 @@ class GANSetup:
     g_tx: Any
     d_tx: Any
     create: Any
+    _pinned_since: list = dataclasses.field(default_factory=list, repr=False)  # steps of consecutive pinned D loss
 
     @property
     def is_main(self) -> bool:
@@ -78,6 +72,57 @@ class GANSetup:
 
     def abstract_state(self) -> GANState:
         return self.strategy.abstract_canonical(jax.eval_shape(self.create))
+
+    # --- medjax.train.family.RunSetup ---
+    def initial_state(self) -> GANState:
+        return self.strategy.init_state(self.create)
+
+    def start(self) -> None:
+        """Record the intensity range every split was mapped with (`<workdir>/gan.json`)."""
+        if self.is_main:
+            os.makedirs(self.workdir, exist_ok=True)
+            _write_json(os.path.join(self.workdir, "gan.json"), {"task": self.config.task.name,
+                                                                 "intensity_range": list(self.intensity_range)})
+
+    def train_stream(self) -> TrainStream:
+        bs = self.config.batch_size
+        return TrainStream(self.splits["train"], bs, self.strategy.local_rows(bs), seed=self.config.seed)
+
+    def train_step_fn(self):
+        return make_gan_step(self.task, self.g_tx, self.d_tx, float(self.config.task.get("ema_decay", 0.999)),
+                             self.strategy.axis_name)
+
+    def validate(self, state: GANState, canonical: GANState, step: int) -> dict[str, float]:
+        plot = os.path.join(self.workdir, "plots", f"samples_{step:06d}.png") if self.is_main else None
+        return evaluate_generator(self, canonical, "val", plot)
+
+    def non_finite(self, host: list[tuple[int, dict]]) -> str | None:
+        for step, m in host:
+            if not m["finite"]:
+                return (f"non-finite loss or gradient at step {step} (d_loss {float(m['d_loss'])}, g_loss "
+                        f"{float(m['g_loss'])})")
+        return None
+
+    def check_record(self, step: int, record: dict[str, float]) -> str | None:
+        """A discriminator loss pinned below `task.pinned_d_loss` for `task.pinned_patience` log intervals."""
+        pinned_below = float(self.config.task.get("pinned_d_loss", 1e-4))
+        patience = int(self.config.task.get("pinned_patience", 5))
+        if not (self.task.trains_discriminator and record["d_loss"] < pinned_below):
+            self._pinned_since.clear()
+            return None
+        self._pinned_since.append(step)
+        if len(self._pinned_since) < patience:
+            return None
+        return (f"discriminator loss pinned below config.task.pinned_d_loss={pinned_below:g} for {patience} log "
+                f"intervals (steps {self._pinned_since[0]}..{step}, last {record['d_loss']:.3g}): the generator "
+                "gets no useful gradient")
+
+    def postfix(self, record: dict[str, float]) -> dict[str, str]:
+        return {"d": f"{record['d_loss']:.3f}", "g": f"{record['g_loss']:.3f}"}
+
+    def evaluate_checkpoint(self, canonical: GANState, step: int, split: str) -> dict[str, Any]:
+        plot = os.path.join(self.workdir, "plots", f"{split}_samples.png") if self.is_main else None
+        return evaluate_generator(self, canonical, split, plot)
 
 
 def _check_unsupported(config: ml_collections.ConfigDict) -> None:
@@ -140,15 +185,6 @@ def prepare_splits(config: ml_collections.ConfigDict, splits: dict, num_classes:
     return out
 
 
-def resolve_config(config: ml_collections.ConfigDict, num_train: int) -> ml_collections.ConfigDict:
-    """`num_epochs` -> steps and intervals <= 0 -> once per epoch, on a copy (as the supervised trainer)."""
-    d = config.to_dict()
-    resolve_schedule(d, num_train)
-    config = ml_collections.ConfigDict(d)
-    config.lock()
-    return config
-
-
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> GANSetup:
     _check_unsupported(config)
     strategy = make_strategy(config.parallel.strategy, devices)
@@ -159,7 +195,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> GANS
     num_classes = len(data.class_names)
     value_range = intensity_range(config, splits["train"]["image"])
     splits = prepare_splits(config, splits, num_classes, value_range)
-    config = resolve_config(config, len(splits["train"]["image"]))
+    config = resolved(config.to_dict(), len(splits["train"]["image"]))
     example = {k: v[:1] for k, v in splits["train"].items()}
     task = make_gan_task(config, example, num_classes, strategy.axis_name)
     g_tx = make_optimizer(config.g_optimizer, config.num_train_steps)
@@ -228,100 +264,6 @@ def evaluate_generator(s: GANSetup, state: GANState, split: str = "val", plot_pa
     return metrics
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
-    """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints`; returns the last eval metrics."""
-    s = setup(config, workdir, devices)
-    config, strategy, bs = s.config, s.strategy, s.config.batch_size
-    if s.is_main:
-        os.makedirs(workdir, exist_ok=True)
-        _write_json(os.path.join(workdir, "gan.json"), {"task": config.task.name,
-                                                        "intensity_range": list(s.intensity_range)})
-    stream = TrainStream(s.splits["train"], bs, strategy.local_rows(bs), seed=config.seed)
-    ckpts = s.checkpoints()
-    start, state = resume_or_start(s, ckpts, stream, lambda: strategy.init_state(s.create))
-    log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
-    step_fn = make_gan_step(s.task, s.g_tx, s.d_tx, float(config.task.get("ema_decay", 0.999)),
-                            strategy.axis_name)
-    train_step = strategy.compile_train_step(step_fn)
-    has_val = "val" in s.splits
-    pinned_below = float(config.task.get("pinned_d_loss", 1e-4))
-    patience = int(config.task.get("pinned_patience", 5))
-    pending: list[tuple[int, Any]] = []
-    pinned_since: list[int] = []
-    last_saved, last_flush = start, time.perf_counter()
-    progress = _progress(config, start, s.is_main)
-    eval_metrics: dict[str, float] = {}
-
-    def diverged(why: str) -> TrainingDiverged:
-        ckpts.wait()
-        where = f"step {last_saved}" if last_saved else "none (no checkpoint was written)"
-        return TrainingDiverged(f"{why}; stopped. The last good checkpoint is {where} in "
-                                f"{os.path.join(workdir, 'checkpoints')}")
-
-    def flush(step: int) -> None:
-        nonlocal pending, last_flush
-        host = [(st, strategy.metrics_to_host(m)) for st, m in pending]
-        for st, m in host:
-            if not m["finite"]:
-                raise diverged(f"non-finite loss or gradient at step {st} (d_loss {float(m['d_loss'])}, g_loss "
-                               f"{float(m['g_loss'])})")
-        now = time.perf_counter()
-        record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1] if k != "finite"}
-        record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
-        log.write(step, "train", record)
-        progress.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}")
-        if s.task.trains_discriminator and record["d_loss"] < pinned_below:
-            pinned_since.append(step)
-            if len(pinned_since) >= patience:
-                raise diverged(f"discriminator loss pinned below config.task.pinned_d_loss={pinned_below:g} for "
-                               f"{patience} log intervals (steps {pinned_since[0]}..{step}, last "
-                               f"{record['d_loss']:.3g}): the generator gets no useful gradient")
-        else:
-            pinned_since.clear()
-        pending, last_flush = [], now
-
-    try:
-        for step in range(start + 1, config.num_train_steps + 1):
-            state, metrics = train_step(state, strategy.put_batch(next(stream), bs))
-            pending.append((step, metrics))
-            progress.update(1)
-            last = step == config.num_train_steps
-            do_eval = has_val and (step % config.eval_every == 0 or last)
-            do_ckpt = step % config.checkpoint_every == 0 or last
-            if step % config.log_every == 0 or do_eval or do_ckpt:
-                flush(step)
-            canonical = strategy.to_canonical(state) if (do_eval or do_ckpt) else None
-            if do_eval:
-                plot = os.path.join(workdir, "plots", f"samples_{step:06d}.png") if s.is_main else None
-                eval_metrics = evaluate_generator(s, canonical, "val", plot)
-                log.write(step, "val", eval_metrics)
-                ckpts.save_best(step, canonical, stream.get_state(), eval_metrics)
-            if do_ckpt:
-                ckpts.save(step, canonical, stream.get_state())
-                last_saved = step
-            if do_eval or do_ckpt:
-                last_flush = time.perf_counter()
-    finally:
-        progress.close()
-        ckpts.wait()
-        ckpts.close()
-        log.plot()
-        log.close()
-    return eval_metrics
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
-    """Score the best (else latest) checkpoint's EMA generator on `split` -> `<workdir>/eval.json`."""
-    s = setup(config, workdir)
-    canonical, step, used = restore_checkpoint(s, workdir, which)
-    plot = os.path.join(workdir, "plots", f"{split}_samples.png") if s.is_main else None
-    result = {"split": split, "step": int(step), "checkpoint": used,
-              **evaluate_generator(s, canonical, split, plot)}
-    if s.is_main:
-        _write_json(os.path.join(workdir, "eval.json"), result)
-    return result
-
-
 def sample(state: GANState, task: GANTask, num: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
     """`num` images from the EMA generator of a `gan` run (in [-1, 1]); `labels` for a conditional one."""
     if task.name != "gan":
@@ -335,5 +277,5 @@ def sample(state: GANState, task: GANTask, num: int, seed: int, labels: np.ndarr
     return np.asarray(jax.jit(functools.partial(generate, task))(ema, g_stats, batch, rng.key(seed)))
 
 
-__all__ = ["GANSetup", "evaluate", "evaluate_generator", "generate", "intensity_range", "is_gan", "prepare_splits",
-           "sample", "setup", "to_unit_range", "train"]
+__all__ = ["GANSetup", "evaluate_generator", "generate", "intensity_range", "prepare_splits", "sample",
+           "setup", "to_unit_range"]

@@ -16,7 +16,12 @@ import orbax.checkpoint as ocp
 from medjax.errors import MedjaxError
 
 
-def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+def _manager(directory: str, name: str, **options: Any) -> ocp.CheckpointManager:
+    """One manager; `name` prefixes its cross-process barrier keys. Without it the latest and best managers saving
+    the same step both wait at `_async_write_complete.<step>` and a multi-process run fails ("barrier already
+    ongoing") whenever one process reaches the second save while another is still in the first."""
+    options = ocp.CheckpointManagerOptions(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name), **options)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
 
 
@@ -32,13 +37,12 @@ class Checkpoints:
         self.best_metric = best_metric
         self.best_mode = best_mode
         self._best_value: float | None = None  # the best value offered by this process (None after a restart)
-        self.latest = _manager(os.path.join(workdir, "checkpoints"),
-                               ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **common))
+        self.latest = _manager(os.path.join(workdir, "checkpoints"), "latest", max_to_keep=max_to_keep, **common)
         self.best = None
         if best_metric:
-            self.best = _manager(os.path.join(workdir, "best"), ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
-                keep_checkpoints_without_metrics=False, **common))
+            self.best = _manager(os.path.join(workdir, "best"), "best", max_to_keep=1,
+                                 best_fn=lambda m: m[best_metric], best_mode=best_mode,
+                                 keep_checkpoints_without_metrics=False, **common)
 
     @staticmethod
     def _args(state: Any, data_state: dict) -> ocp.args.Composite:

@@ -1,9 +1,10 @@
-"""The generic training loop and the evaluation entry point, shared by every task.
+"""The one training loop and the one evaluation entry point, for every task family.
 
-train(): build (strategy, task, data, optimizer) from config -> resume from the latest checkpoint if any (else
-start from `config.init.from`'s weights, or a random initialisation) ->
-jitted steps over the global batch -> periodic metrics, eval on `val`, checkpoints (latest and best) -> curves.
-evaluate(): restore the best (or latest) checkpoint and score a split into `<workdir>/eval.json`.
+train(): the config's family builds its setup (`medjax.train.family`: supervised tasks here, GANs in
+`medjax.gan.loop`) -> resume from the latest checkpoint if any (else start from `config.init.from`'s weights, or
+a random initialisation) -> jitted steps over the global batch -> periodic metrics, divergence checks, eval on
+`val`, checkpoints (latest and best) -> curves. evaluate(): restore the best (or latest) checkpoint and score a
+split into `<workdir>/eval.json`. What a family provides is `medjax.train.family.RunSetup`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import ml_collections
 import numpy as np
 
 from medjax import rng
+from medjax.config import check_training_length
 from medjax.data.augment import make_augment
 from medjax.data.batches import TrainStream, eval_batches
 from medjax.data.loader import GrainStream, materialize
+from medjax.data.prefetch import DevicePrefetch
 from medjax.data.sources import load_splits, train_transform
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
+from medjax.train import compute, init_from, run_config, volume_eval
 from medjax.train import finetune as finetune_lib
-from medjax.train import compute, init_from, volume_eval
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.logging import MetricLog
 from medjax.train.optim import make_optimizer
@@ -55,6 +58,7 @@ class Setup:
     augment: Any = None  # (key, batch) -> batch inside the train step, or None
     window_step: Any = None  # the compiled sliding-window predictor, built on first use (volume_eval)
     finetune: Any = None  # medjax.train.finetune.Plan from config.finetune, None for plain training
+    _eval_step: Any = dataclasses.field(default=None, repr=False)  # compiled on first validation
 
     @property
     def is_main(self) -> bool:
@@ -83,6 +87,46 @@ class Setup:
                                                        "batch_stats": abstract.batch_stats}, verbose=self.is_main)
         return self.strategy.init_state(lambda values: self.create(pretrained=values), pretrained)
 
+    # --- medjax.train.family.RunSetup ---
+    def start(self) -> None:
+        """Nothing to record before the first step."""
+
+    def train_stream(self) -> Any:
+        return make_train_stream(self)
+
+    def validate(self, state: TrainState, canonical: TrainState, step: int) -> dict[str, float]:
+        if self._eval_step is None:
+            self._eval_step = self.strategy.compile_eval_step(make_eval_step(self.task))
+        return evaluate_split(self, state, "val", self._eval_step)
+
+    def non_finite(self, host: list[tuple[int, dict]]) -> str | None:
+        for step, metrics in host:
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                return f"non-finite loss ({loss}) at step {step}"
+        return None
+
+    def check_record(self, step: int, record: dict[str, float]) -> str | None:
+        return None
+
+    def postfix(self, record: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{record['loss']:.4f}", "img_s": f"{record['img_per_s']:.1f}"}
+
+    def evaluate_checkpoint(self, canonical: TrainState, step: int, split: str) -> dict[str, Any]:
+        """Metrics of `split` under `canonical`; process 0 also writes the per-case table and a preview PNG."""
+        state = self.strategy.from_canonical(canonical)
+        if volume_eval.uses_windows(self.config):
+            preview = os.path.join(self.workdir, "plots", f"{split}_predictions.png")
+            summary, cases = volume_eval.evaluate_volumes(self, state, split, preview if self.is_main else None)
+            if self.is_main:
+                _write_json(os.path.join(self.workdir, "eval_cases.json"),
+                            {"split": split, "step": int(step), "cases": cases})
+            return summary
+        result = evaluate_split(self, state, split)
+        if self.is_main:
+            _save_examples(self, canonical, split)
+        return result
+
 
 def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
     """Labels outside 0..num_classes-1 would silently corrupt one-hot losses: name the split instead.
@@ -102,8 +146,16 @@ def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
                               f"config.task.num_classes={n}")
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setup:
-    """Build strategy, data, task and optimizer; `devices` restricts the mesh (default: every device)."""
+def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Any:
+    """The setup of `config`'s task family (`medjax.train.family`): strategy, data, task, optimizer; `devices`
+    restricts the mesh (default: every device)."""
+    from medjax.train import family
+
+    return family.setup(config, workdir, devices)
+
+
+def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setup:
+    """The supervised family (segmentation, classification, regression): strategy, data, task, optimizer."""
     strategy = make_strategy(config.parallel.strategy, devices)
     data = load_splits(config.data)
     splits = data.splits
@@ -137,7 +189,12 @@ def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.Co
         d["task"]["num_classes"] = len(data.class_names)
     if d["task"].get("multi_label") == "auto":
         d["task"]["multi_label"] = data.multi_label
-    resolve_schedule(d, data.num_examples("train"))
+    return resolved(d, data.num_examples("train"))
+
+
+def resolved(d: dict, num_train: int) -> ml_collections.ConfigDict:
+    """The plain-dict config `d` with its schedule resolved for `num_train` training examples, locked."""
+    resolve_schedule(d, num_train)
     config = ml_collections.ConfigDict(d)
     config.lock()
     return config
@@ -147,6 +204,7 @@ def resolve_schedule(d: dict, num_train: int) -> None:
     """In the plain-dict config `d`: `num_epochs>0` -> `num_train_steps`, and `eval_every` / `checkpoint_every`
     / `log_every` <= 0 -> once per epoch of `num_train` examples."""
     steps_per_epoch = max(1, math.ceil(num_train / d["batch_size"]))
+    check_training_length(d)
     if d.get("num_epochs", 0) > 0:
         d["num_train_steps"] = int(d["num_epochs"] * steps_per_epoch)
     for key in ("eval_every", "checkpoint_every", "log_every"):
@@ -161,7 +219,7 @@ def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndar
     return np.asarray((transform(example, np.random.default_rng(0)) if transform else example)["image"])[None]
 
 
-def make_train_stream(s: "Setup") -> Any:
+def make_train_stream(s: Setup) -> Any:
     """In-memory splits stream with TrainStream; cached sources with grain (threads, prefetch, host transform)."""
     config, train = s.config, s.splits["train"]
     rows = s.strategy.local_rows(config.batch_size)
@@ -193,18 +251,16 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     return s.task.summarize(outputs)
 
 
-def _first_non_finite(pending: list[tuple[int, dict]]) -> tuple[int, float] | None:
-    for step, metrics in pending:
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-            return step, loss
-    return None
-
-
 def resume_or_start(s: Any, ckpts: Checkpoints, stream: Any, fresh: Any) -> tuple[int, Any]:
     """(start step, state): the latest checkpoint's (with the data stream put back to its position), or step 0
-    and `fresh()` when there is none. Works for any setup with `strategy` and `abstract_state()`."""
+    and `fresh()` when there is none. Works for any setup with `config`, `workdir`, `is_main`, `strategy` and
+    `abstract_state()`. A resume must keep the stored config's model and data (`run_config.check_resume`); the
+    resolved config is then written to `<workdir>/config.json` (process 0)."""
     start = ckpts.latest_step()
+    if start is not None:
+        run_config.check_resume(s.config, s.workdir)
+    if s.is_main:
+        run_config.write(s.config, s.workdir)
     if start is None:
         return 0, fresh()
     canonical, data_state, start, _ = ckpts.restore(s.abstract_state())
@@ -227,12 +283,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     s = setup(config, workdir, devices)
     config = s.config  # resolved against the data
     strategy, bs = s.strategy, config.batch_size
-    stream = make_train_stream(s)
+    s.start()
+    stream = s.train_stream()
     ckpts = s.checkpoints()
     start, state = resume_or_start(s, ckpts, stream, s.initial_state)
     log = MetricLog(workdir, enabled=s.is_main, resume_step=start)
     train_step = strategy.compile_train_step(s.train_step_fn())
-    eval_step = strategy.compile_eval_step(make_eval_step(s.task))
     has_val = "val" in s.splits
     timing["setup_s"] = time.perf_counter() - t_start
 
@@ -242,28 +298,35 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     progress = _progress(config, start, s.is_main)
     eval_metrics: dict[str, float] = {}
 
+    def diverged(why: str) -> TrainingDiverged:
+        ckpts.wait()
+        where = f"step {last_saved}" if last_saved else "none (no checkpoint was written)"
+        return TrainingDiverged(f"{why}; stopped. The last good checkpoint is {where} in "
+                                f"{os.path.join(workdir, 'checkpoints')}")
+
     def flush(step: int) -> None:
         nonlocal pending, last_flush
         host = [(st, strategy.metrics_to_host(m)) for st, m in pending]
-        bad = _first_non_finite(host)
-        if bad is not None:
-            ckpts.wait()
-            raise TrainingDiverged(
-                f"non-finite loss ({bad[1]}) at step {bad[0]}; stopped. The last good checkpoint is step "
-                f"{last_saved} in {os.path.join(workdir, 'checkpoints')}")
+        why = s.non_finite(host)
+        if why is not None:
+            raise diverged(why)
         now = time.perf_counter()
-        record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
+        record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1] if k != "finite"}
         record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
         record["wall_s"] = now - t_start
         log.write(step, "train", record)
-        progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.1f}")
+        progress.set_postfix(**s.postfix(record))
+        why = s.check_record(step, record)
+        if why is not None:
+            raise diverged(why)
         pending, last_flush = [], now
 
     loop_start = time.perf_counter()
     try:
+        batches = DevicePrefetch(stream, strategy, bs)
         for step in range(start + 1, config.num_train_steps + 1):
-            batch = strategy.put_batch(next(stream), bs)
-            state, metrics = train_step(state, batch)
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = train_step(state, next(batches))
             if step == start + 1:  # the compile (and first run) apart from the steady state
                 jax.block_until_ready(metrics)
                 timing["first_step_s"] = time.perf_counter() - loop_start
@@ -277,15 +340,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
             canonical = strategy.to_canonical(state) if (do_eval or do_ckpt) else None
             if do_eval:
                 t0 = time.perf_counter()
-                eval_metrics = evaluate_split(s, state, "val", eval_step)
+                eval_metrics = s.validate(state, canonical, step)
                 t1 = time.perf_counter()
                 log.write(step, "val", dict(eval_metrics, eval_s=t1 - t0, wall_s=t1 - t_start))
-                ckpts.save_best(step, canonical, stream.get_state(), eval_metrics)
+                ckpts.save_best(step, canonical, batches.get_state(), eval_metrics)
                 timing["eval_s"] += t1 - t0
                 timing["checkpoint_s"] += time.perf_counter() - t1
             if do_ckpt:
                 t0 = time.perf_counter()
-                ckpts.save(step, canonical, stream.get_state())
+                ckpts.save(step, canonical, batches.get_state())
                 timing["checkpoint_s"] += time.perf_counter() - t0
                 last_saved = step
             if do_eval or do_ckpt:
@@ -335,18 +398,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best
     """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat)."""
     s = setup(config, workdir)
     canonical, step, used = restore_checkpoint(s, workdir, which)
-    result = {"split": split, "step": int(step), "checkpoint": used}
-    state = s.strategy.from_canonical(canonical)
-    preview = os.path.join(workdir, "plots", f"{split}_predictions.png")
-    if volume_eval.uses_windows(s.config):
-        summary, cases = volume_eval.evaluate_volumes(s, state, split, preview if s.is_main else None)
-        result.update(summary)
-        if s.is_main:
-            _write_json(os.path.join(workdir, "eval_cases.json"), {"split": split, "step": int(step), "cases": cases})
-    else:
-        result.update(evaluate_split(s, state, split))
-        if s.is_main:
-            _save_examples(s, canonical, split)
+    result = {"split": split, "step": int(step), "checkpoint": used,
+              **s.evaluate_checkpoint(canonical, int(step), split)}
     if s.is_main:
         _write_json(os.path.join(workdir, "eval.json"), result)
     return result

@@ -12,6 +12,7 @@ from medjax.data.batches import TrainStream
 from medjax.errors import MedjaxError
 from medjax.gan import loop
 from medjax.gan.step import make_gan_step
+from medjax.train import loop as train_loop
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.loop import TrainingDiverged
 from medjax.train.parallel import replicated_to_host
@@ -19,7 +20,7 @@ from tests.train.helpers import assert_trees_close
 
 
 def gan_config(repo, variant="gan", *overrides):
-    return build_config(str(repo / "experiments" / "gan_synthetic.py") + f":{variant}", list(overrides))
+    return build_config(f"gan_synthetic:{variant}", list(overrides))
 
 
 def _final_state(workdir, config):
@@ -37,7 +38,7 @@ def _final_state(workdir, config):
 ])
 def test_every_task_trains_evaluates_and_draws_samples(repo, tmp_path, variant, val_keys):
     extra = ["--config.task.feature_weight=1.0"] if variant == "super_resolution" else []
-    metrics = loop.train(gan_config(repo, variant, "--config.num_train_steps=4", *extra), str(tmp_path))
+    metrics = train_loop.train(gan_config(repo, variant, "--config.num_train_steps=4", *extra), str(tmp_path))
     assert val_keys <= set(metrics) and all(np.isfinite(v) for v in metrics.values())
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
@@ -56,7 +57,7 @@ def test_super_resolution_baseline_is_bicubic_and_l1_only_leaves_d_untouched(rep
     is bicubic interpolation's (its last convolution starts at zero)."""
     config = gan_config(repo, "super_resolution", "--config.num_train_steps=2", "--config.task.adversarial_weight=0.0",
                         "--config.g_optimizer.learning_rate=0.0", "--config.eval_every=2")
-    metrics = loop.train(config, str(tmp_path))
+    metrics = train_loop.train(config, str(tmp_path))
     np.testing.assert_allclose(metrics["psnr"], metrics["bicubic_psnr"], rtol=1e-5)
     s = loop.setup(config, str(tmp_path))
     _, final = _final_state(tmp_path, config)
@@ -67,9 +68,9 @@ def test_super_resolution_baseline_is_bicubic_and_l1_only_leaves_d_untouched(rep
 def test_resume_is_exact(repo, tmp_path):
     """8 steps in one run == 4 steps, stop, resume to 8 (latents, data order, EMA and both optimizers)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    loop.train(gan_config(repo, "gan", "--config.num_train_steps=8"), str(straight))
-    loop.train(gan_config(repo, "gan", "--config.num_train_steps=4"), str(split))
-    loop.train(gan_config(repo, "gan", "--config.num_train_steps=8"), str(split))
+    train_loop.train(gan_config(repo, "gan", "--config.num_train_steps=8"), str(straight))
+    train_loop.train(gan_config(repo, "gan", "--config.num_train_steps=4"), str(split))
+    train_loop.train(gan_config(repo, "gan", "--config.num_train_steps=8"), str(split))
     config = gan_config(repo, "gan", "--config.num_train_steps=8")
     (step_a, a), (step_b, b) = _final_state(straight, config), _final_state(split, config)
     assert step_a == step_b == 8
@@ -126,7 +127,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(repo, tmp_path):
                         "--config.d_optimizer.warmup_steps=4", "--config.checkpoint_every=1", "--config.log_every=1",
                         "--config.num_train_steps=8")
     with pytest.raises(TrainingDiverged, match="non-finite loss or gradient at step .* last good checkpoint is step"):
-        loop.train(config, str(tmp_path))
+        train_loop.train(config, str(tmp_path))
     step, state = _final_state(tmp_path, config)
     assert 1 <= step < 8
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
@@ -136,7 +137,7 @@ def test_a_pinned_discriminator_stops_the_run(repo, tmp_path):
     config = gan_config(repo, "gan", "--config.task.pinned_d_loss=1e9", "--config.task.pinned_patience=2",
                         "--config.log_every=1")
     with pytest.raises(TrainingDiverged, match=r"discriminator loss pinned below .* for 2 log intervals \(steps 1..2"):
-        loop.train(config, str(tmp_path))
+        train_loop.train(config, str(tmp_path))
 
 
 def test_config_errors_are_named(repo, tmp_path):
@@ -172,7 +173,7 @@ def test_cli_trains_and_evaluates_a_gan(repo, tmp_path, capsys):
     CLI is covered by tests/test_cli.py); a bad GAN setting exits 2 with one line."""
     from medjax import cli
 
-    cfg = f"{repo}/experiments/gan_synthetic.py:super_resolution"
+    cfg = "gan_synthetic:super_resolution"
     assert cli.main(["train", "--config", cfg, "--workdir", str(tmp_path), "--config.num_train_steps=4"]) == 0
     assert cli.main(["evaluate", "--config", cfg, "--workdir", str(tmp_path), "--split", "val"]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
@@ -185,7 +186,7 @@ def test_cli_trains_and_evaluates_a_gan(repo, tmp_path, capsys):
 def test_3d_volumes_train_too(repo, tmp_path):
     """SR with a PatchGAN on 8^3 volumes (SSIM is skipped below its 11-voxel window; the grid shows middle
     slices). The 3D DCGAN networks are covered in test_models."""
-    metrics = loop.train(gan_config(repo, "super_resolution", "--config.data.size=(8, 8, 8)",
+    metrics = train_loop.train(gan_config(repo, "super_resolution", "--config.data.size=(8, 8, 8)",
                                     "--config.num_train_steps=2", "--config.eval_every=2",
                                     "--config.checkpoint_every=2",
                                     "--config.discriminator.num_layers=1"),  # 8 -> 4 -> 3 -> 2 patches
