@@ -1,7 +1,8 @@
 """Experiment configs: load a `get_config()` file and apply `--config.key=value` overrides.
 
-Configs are `ml_collections.ConfigDict`s returned by `get_config(arg=None)` in a Python file
-(`experiments/quickstart.py`, or `experiments/quickstart.py:tiny` to pass `arg="tiny"`). Overrides follow the
+Configs are `ml_collections.ConfigDict`s returned by `get_config(arg=None)`: a module shipped in `medjax.configs`,
+named (`quickstart`, or `quickstart:tiny` to pass `arg="tiny"`), or a user's file (`path/to/mine.py[:arg]`, which
+may import and extend a shipped one). Overrides follow the
 ml_collections config-flag convention; an unknown key or a value of the wrong type is a `MedjaxError` that names
 the key, so a typo can never silently run the default.
 
@@ -15,9 +16,11 @@ per-group learning rates, frozen BatchNorm statistics, linear probing; `medjax.t
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 
@@ -25,9 +28,16 @@ from medjax.errors import MedjaxError
 from medjax.train import compute
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Load `path.py` or `path.py:arg` and return its `get_config(arg)` (unlocked keys stay locked)."""
-    path, _, arg = spec.partition(":")
+def _import_config_module(spec: str):
+    """(module, description) for `spec`'s path part: a shipped config name (`medjax.configs`) or a .py file."""
+    path, _, _ = spec.partition(":")
+    if not path.endswith(".py") and os.sep not in path and "/" not in path:
+        from medjax import configs
+
+        if path not in configs.names():
+            raise MedjaxError(f"unknown config {path!r}: not a .py file, and the shipped configs are "
+                              f"{', '.join(configs.names())}")
+        return importlib.import_module(f"medjax.configs.{path}"), f"medjax.configs.{path}"
     if not os.path.isfile(path):
         raise MedjaxError(f"config file not found: {path}")
     module_spec = importlib.util.spec_from_file_location(f"medjax_config_{abs(hash(path))}", path)
@@ -36,11 +46,22 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         module_spec.loader.exec_module(module)
     except Exception as e:  # a config file that does not import is the user's to fix
         raise MedjaxError(f"config file {path} failed to import: {type(e).__name__}: {e}") from e
+    return module, f"config file {path}"
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load `NAME[:arg]` (a config shipped in `medjax.configs`, e.g. `quickstart:tiny`) or `path.py[:arg]` and
+    return its `get_config(arg)` with every default section merged in, locked (unknown keys stay errors)."""
+    module, where = _import_config_module(spec)
+    arg = spec.partition(":")[2]
     if not hasattr(module, "get_config"):
-        raise MedjaxError(f"config file {path} has no get_config() function")
-    config = module.get_config(arg) if arg else module.get_config()
+        raise MedjaxError(f"{where} has no get_config() function")
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:  # an unknown variant
+        raise MedjaxError(f"{where}: {e}") from e
     if not isinstance(config, ml_collections.ConfigDict):
-        raise MedjaxError(f"get_config() in {path} must return an ml_collections.ConfigDict")
+        raise MedjaxError(f"get_config() in {where} must return an ml_collections.ConfigDict")
     optional_sections(config)
     config.lock()
     return config
@@ -95,11 +116,27 @@ def finetune_defaults() -> ml_collections.ConfigDict:
 
 
 OPTIONAL_SECTIONS = {"init": init_defaults, "finetune": finetune_defaults, "compute": compute.defaults}
+# Top-level keys every config has. resume_mismatch_ok: resume a workdir whose stored config.json differs in a key
+# that defines the model or data (`medjax.train.run_config`).
+TOP_LEVEL_DEFAULTS = {"resume_mismatch_ok": False}
+
+
+def check_training_length(config: ml_collections.ConfigDict | dict) -> None:
+    """`num_epochs` and `num_train_steps` both set the length of training: exactly one may be positive."""
+    epochs, steps = config.get("num_epochs", 0), config.get("num_train_steps", 0)
+    if epochs > 0 and steps > 0:
+        raise MedjaxError(
+            f"config.num_train_steps={steps} and config.num_epochs={epochs} both set the length of training; "
+            "set the other one to 0 (e.g. --config.num_epochs=0 --config.num_train_steps=60)")
 
 
 def optional_sections(config: ml_collections.ConfigDict) -> None:
-    """Add `config.init` / `config.finetune` / `config.compute` (and any field a file's own section leaves out) with their defaults."""
+    """Add `config.init` / `config.finetune` / `config.compute` (and any field a file's own section leaves out) with
+    their defaults."""
     with config.unlocked():
+        for key, value in TOP_LEVEL_DEFAULTS.items():
+            if key not in config:
+                config[key] = value
         for name, defaults in OPTIONAL_SECTIONS.items():
             if name not in config:
                 config[name] = defaults()
@@ -177,4 +214,5 @@ def build_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Con
     config = load_config(spec)
     for key, value in parse_overrides(overrides):
         apply_override(config, key, value)
+    check_training_length(config)
     return config
