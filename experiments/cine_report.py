@@ -1,4 +1,4 @@
-"""Train every variant of `experiments/cine_synthetic.py` and compare them per test patient, with bootstrap CIs.
+"""Train every variant of `cine_synthetic` and compare them per test patient, with bootstrap CIs.
 
     python -m experiments.cine_report --out runs/cine [--variants ef ef_3d ...] [--steps N] [--tiny]
     python -m experiments.cine_report --out runs/cine_noisy --variants segmentation segmentation_2d \
@@ -25,7 +25,7 @@ import numpy as np
 
 from medjax.config import build_config
 
-CONFIG = pathlib.Path(__file__).with_name("cine_synthetic.py")
+CONFIG = "cine_synthetic"  # medjax.configs.cine_synthetic
 REFERENCE = {"ef": "ef", "segmentation": "segmentation"}  # the ConvLSTM each baseline is paired with
 
 
@@ -118,7 +118,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.cine_synthetic import VARIANTS
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
+    from medjax.configs.cine_synthetic import VARIANTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=pathlib.Path)

@@ -10,13 +10,12 @@ augmentation and data order; the only difference is the initialisation:
     scratch   random initialisation
 
 One arm, one seed:
-    medjax train    --config experiments/transfer_icbm152.py:finetune --workdir runs/transfer/finetune_s0
-    medjax evaluate --config experiments/transfer_icbm152.py:finetune --workdir runs/transfer/finetune_s0
+    medjax train    --config transfer_icbm152:finetune --workdir runs/transfer/finetune_s0
+    medjax evaluate --config transfer_icbm152:finetune --workdir runs/transfer/finetune_s0
 Everything (pretraining if runs/quickstart has no checkpoint, both arms, several seeds, the table):
     python -m experiments.transfer_icbm152 [--seeds 0 1 2] [--out runs/transfer]
 Results: README, section "Transfer learning" (numbers from `runs/transfer/results.json`).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -24,52 +23,7 @@ import json
 import os
 import sys
 
-import ml_collections
-
-ARMS = ("finetune", "scratch")
-PRETRAINED = "runs/quickstart"
-
-
-def _quickstart():
-    """The sibling quickstart config module, by path (configs are loaded as files, not as a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_quickstart_config",
-                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                               "quickstart.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def get_config(arg: str = "finetune") -> ml_collections.ConfigDict:
-    quickstart = _quickstart()
-    flags = set((arg or "finetune").split(","))
-    arms = flags & set(ARMS)
-    if len(arms) != 1 or flags - set(ARMS) - {"tiny"}:
-        raise ValueError(f"unknown transfer_icbm152 variant {arg!r}; use finetune or scratch, optionally ',tiny'")
-    tiny = "tiny" in flags
-    c = quickstart.get_config("tiny" if tiny else None)
-    c.num_train_steps = 150
-    c.eval_every = 25
-    c.checkpoint_every = 25
-    c.log_every = 25
-    c.data.plane = "coronal"
-    c.data.max_train_slices = 4
-    c.augment.transforms = ("flip", "affine")
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 10
-    c.init = ml_collections.ConfigDict()
-    c.init["from"] = PRETRAINED if "finetune" in arms else ""
-    c.init.layout = "medjax"
-    c.init.skip = ()
-    c.init.strict = True
-    if tiny:
-        c.num_train_steps = 4
-        c.eval_every = c.checkpoint_every = c.log_every = 2
-        c.data.max_train_slices = 2
-        c.optimizer.warmup_steps = 0
-    return c
+from medjax.configs.transfer_icbm152 import ARMS, PRETRAINED
 
 
 def _summary(values: list[float]) -> dict:
@@ -80,6 +34,9 @@ def _summary(values: list[float]) -> dict:
 
 
 def main(argv=None) -> dict:
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
     from medjax.config import build_config
     from medjax.train import loop
 
@@ -92,11 +49,10 @@ def main(argv=None) -> dict:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's per-checkpoint notices, as the CLI does
-    here = os.path.dirname(os.path.abspath(__file__))
     suffix = ",tiny" if args.tiny else ""
     if not os.path.isdir(os.path.join(args.pretrained, "checkpoints")):
         print(f"pretraining the quickstart into {args.pretrained}", file=sys.stderr)
-        qs = build_config(os.path.join(here, "quickstart.py") + (":tiny" if args.tiny else ""),
+        qs = build_config("quickstart" + (":tiny" if args.tiny else ""),
                           ["--config.progress=false"])
         loop.train(qs, args.pretrained)
     results: dict = {"pretrained": args.pretrained, "seeds": args.seeds, "arms": {}}
@@ -107,7 +63,7 @@ def main(argv=None) -> dict:
             overrides = [f"--config.seed={seed}", "--config.progress=false"]
             if arm == "finetune":
                 overrides.append(f"--config.init.from={args.pretrained}")
-            config = build_config(os.path.join(here, "transfer_icbm152.py") + f":{arm}{suffix}", overrides)
+            config = build_config(f"transfer_icbm152:{arm}{suffix}", overrides)
             loop.train(config, workdir)
             per_seed.append(loop.evaluate(config, workdir))
             print(f"{arm} seed {seed}: test dice_mean {per_seed[-1]['dice_mean']:.4f}", file=sys.stderr)

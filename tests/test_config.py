@@ -3,18 +3,18 @@ import pytest
 from medjax.config import apply_override, build_config, load_config, parse_overrides
 from medjax.errors import MedjaxError
 
-QUICKSTART = "experiments/quickstart.py"
+QUICKSTART = "quickstart"
 
 
 def test_load_and_variant(repo):
-    full = load_config(str(repo / QUICKSTART))
-    tiny = load_config(str(repo / QUICKSTART) + ":tiny")
+    full = load_config(QUICKSTART)
+    tiny = load_config(QUICKSTART + ":tiny")
     assert full.num_train_steps == 300 and tiny.num_train_steps == 6
     assert tiny.model.features == (4, 8)
 
 
 def test_overrides_are_typed(repo):
-    c = build_config(str(repo / QUICKSTART), [
+    c = build_config(QUICKSTART, [
         "--config.seed=3", "--config.batch_size", "8", "--config.optimizer.learning_rate=1",
         "--config.parallel.strategy=pmap", "--config.model.features=(8,16)", "--config.progress=false",
         "--config.data.root=/some/dir"])
@@ -33,7 +33,7 @@ def test_overrides_are_typed(repo):
 ])
 def test_bad_overrides_name_the_key(repo, arg, message):
     with pytest.raises(MedjaxError, match=message.replace(".", r"\.")):
-        build_config(str(repo / QUICKSTART), [arg])
+        build_config(QUICKSTART, [arg])
 
 
 def test_missing_file_and_missing_value(tmp_path, repo):
@@ -47,7 +47,7 @@ def test_missing_file_and_missing_value(tmp_path, repo):
 
 
 def test_apply_override_keeps_lock(repo):
-    c = load_config(str(repo / QUICKSTART))
+    c = load_config(QUICKSTART)
     apply_override(c, "num_train_steps", "7")
     assert c.num_train_steps == 7
     with pytest.raises(AttributeError):
@@ -55,9 +55,36 @@ def test_apply_override_keeps_lock(repo):
 
 
 def test_comma_separated_names_override_a_tuple_of_names(repo):
-    c = build_config(str(repo / QUICKSTART), ["--config.augment.transforms=flip, affine"])
+    c = build_config(QUICKSTART, ["--config.augment.transforms=flip, affine"])
     assert c.augment.transforms == ("flip", "affine")
-    c = build_config(str(repo / QUICKSTART), ["--config.augment.transforms=('gamma',)"])
+    c = build_config(QUICKSTART, ["--config.augment.transforms=('gamma',)"])
     assert c.augment.transforms == ("gamma",)
     with pytest.raises(MedjaxError, match=r"config\.model\.features"):  # numbers are not split into names
-        build_config(str(repo / QUICKSTART), ["--config.model.features=abc"])
+        build_config(QUICKSTART, ["--config.model.features=abc"])
+
+
+def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    from medjax import configs
+
+    monkeypatch.chdir(tmp_path)  # no repository around: the configs come from the installed package
+    assert configs.names() == ["cine_synthetic", "gan_augmentation", "gan_icbm152", "gan_synthetic",
+                               "image_folder_unet", "medmnist_resnet18", "msd_unet3d", "quickstart", "synthetic",
+                               "transfer_icbm152"]
+    assert load_config("medmnist_resnet18:3d").batch_size == 32
+    with pytest.raises(MedjaxError, match=r"unknown config 'quickstrat': not a \.py file, and the shipped configs "
+                                          r"are cine_synthetic, .*, quickstart, synthetic, transfer_icbm152"):
+        load_config("quickstrat")
+    with pytest.raises(MedjaxError, match=r"medjax\.configs\.synthetic: unknown variant 'nope'"):
+        load_config("synthetic:nope")
+
+
+def test_a_users_file_extends_a_shipped_config(tmp_path):
+    mine = tmp_path / "mine.py"
+    mine.write_text("from medjax.configs import image_folder_unet\n\n\n"
+                    "def get_config(arg=None):\n"
+                    "    c = image_folder_unet.get_config(arg)\n"
+                    "    c.batch_size = 3\n"
+                    "    return c\n")
+    c = build_config(f"{mine}:tiny", ["--config.seed=5"])
+    base = load_config("image_folder_unet:tiny")
+    assert (c.batch_size, c.seed) == (3, 5) and c.model.to_dict() == base.model.to_dict()

@@ -1,7 +1,7 @@
 """Where a bench row's training step spends its time: an XLA op profile of medjax's step, and every convolution of
 the model timed alone (forward, input gradient, weight gradient) in medjax and in torch.
 
-    python -m experiments.benchmarks.profile_step medmnist_r18_2d_1ch [--trace] [--convs] [--out DIR]
+    python -m medjax.bench.profile_step medmnist_r18_2d_1ch [--trace] [--convs] [--out DIR]
 
 `--trace` runs the row's jitted step under `jax.profiler` (with `--xla_cpu_enable_xprof_traceme`, set before JAX
 starts) and sums the XLA:CPU thunks' wall time per kind of fused op (`transpose_copy_fusion`, `reduce-window`,
@@ -37,8 +37,8 @@ def _row_step(name: str):
     import jax
     import jax.numpy as jnp
 
-    from experiments.benchmarks import bench as B
     from medjax import rng as mrng
+    from medjax.bench import bench as B
     from medjax.train.state import TrainState
     from medjax.train.steps import make_train_step
 
@@ -124,7 +124,7 @@ def time_conv(conv: dict, repeats: int = 5) -> dict:
     import numpy as np
     import torch
 
-    from experiments.benchmarks.bench import _median_time
+    from medjax.bench.bench import _median_time
     from medjax.models import ops
 
     nd = len(conv["kernel"])
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     both = not (args.trace or args.convs)
     if args.trace or both:
         _enable_traceme()
-    import medjax  # noqa: F401  (XLA:CPU defaults before JAX starts)
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
 
     result: dict = {"row": args.row}
     if args.trace or both:

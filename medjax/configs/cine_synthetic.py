@@ -1,14 +1,15 @@
 """Temporal models on synthetic cine MRI (`medjax.data.cine`): ejection-fraction regression and per-frame LV
 segmentation, each with a ConvLSTM and with baselines at matched parameter counts and steps.
 
-    medjax train --config experiments/cine_synthetic.py:ef --workdir runs/cine_ef
-    medjax train --config experiments/cine_synthetic.py:segmentation --workdir runs/cine_seg
-    medjax evaluate --config experiments/cine_synthetic.py:ef --workdir runs/cine_ef    # mae, rmse, r2 on test
+    medjax train --config cine_synthetic:ef --workdir runs/cine_ef
+    medjax train --config cine_synthetic:segmentation --workdir runs/cine_seg
+    medjax evaluate --config cine_synthetic:ef --workdir runs/cine_ef    # mae, rmse, r2 on test
     python -m experiments.cine_report --out runs/cine                                   # every variant + table
 
 12 frames of 48x48 per patient, 50 validation and 50 test patients, batch 4; segmentation trains 600 steps on 200
 patients, EF regression 2000 steps on 1000 (a regressor predicts the mean for ~500 steps before it learns; one EF
-per sequence is less signal than a mask per frame). About an hour for all five on a 2-core CPU. Variants (each split is its own set of simulated
+per sequence is less signal than a mask per frame). About an hour for all five on a 2-core CPU. Variants (each split
+is its own set of simulated
 patients, i.e. held-out seeds):
 
     ef              CNN encoder per frame + ConvLSTM + pooled head (367,249 parameters)

@@ -1,8 +1,8 @@
 """GAN smoke runs on synthetic data (seconds on a CPU): `gan` (DCGAN), `pix2pix` or `super_resolution`.
 
-    medjax train --config experiments/gan_synthetic.py:gan --workdir /tmp/gan
-    medjax train --config experiments/gan_synthetic.py:pix2pix --workdir /tmp/p2p
-    medjax train --config experiments/gan_synthetic.py:super_resolution --workdir /tmp/sr
+    medjax train --config gan_synthetic:gan --workdir /tmp/gan
+    medjax train --config gan_synthetic:pix2pix --workdir /tmp/p2p
+    medjax train --config gan_synthetic:super_resolution --workdir /tmp/sr
 
 16x16 noisy discs (`synthetic_segmentation`); pix2pix maps an image to its one-hot label map. The test suite uses
 these for resume, parallel strategies, divergence handling and the CLI.

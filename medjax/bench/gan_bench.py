@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from experiments.benchmarks.twins import torch_weights
+from medjax.bench.twins import torch_weights
 
 
 def _data(case, config, mode: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -138,7 +138,7 @@ def patchgan_discriminator(p, condition, image, num_layers: int):
 
 
 def _check_supported(config) -> None:
-    from experiments.benchmarks.bench import BenchError
+    from medjax.bench.bench import BenchError
 
     t, g, d = config.task, config.generator, config.discriminator
     unsupported = []
@@ -291,7 +291,7 @@ def _run_torch(config, task, batch_np, weights, z, compile_backend, warmup, repe
 def run_gan_case(case, mode: str, warmup: int, repeats: int, frameworks, log=print, budget=None,
                  precision: str = "float32") -> list[dict]:
     """Records for one GAN row, in the format of `bench.run_supervised_case`."""
-    from experiments.benchmarks import bench as helpers
+    from medjax.bench import bench as helpers
     from medjax.gan.task import make_gan_task
 
     budget = budget or helpers.CompileBudget()

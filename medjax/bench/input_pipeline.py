@@ -1,9 +1,10 @@
 """Is the input pipeline fast enough? Host stream and on-device augmentation against the training step's appetite.
 
-    python -m experiments.benchmarks.input_pipeline [--cases quickstart msd3d] [--steps 8] [--out result.json]
+    python -m medjax.bench.input_pipeline [--cases quickstart msd3d] [--steps 8] [--out result.json]
 
 For each case, with the experiment's own config and a heavy augmentation chain (every transform in `AUGMENT`
-at its default probability; rot90 left out of the 2D case, whose slices are not square), it measures in one process, after warm-up (medians over `--steps` repeats):
+at its default probability; rot90 left out of the 2D case, whose slices are not square), it measures in one process,
+after warm-up (medians over `--steps` repeats):
   host_ex_s       examples/s the host stream delivers when drained back to back (in-memory batches for the
                   quickstart; grain reading array_record volumes + foreground-oversampled patch sampling for 3D);
   augment_ex_s    examples/s of the jitted augmentation alone on the device;
@@ -12,8 +13,8 @@ at its default probability; rot90 left out of the 2D case, whose slices are not 
 Ratios: host / step_aug (> 1: the host keeps the device fed), augmentation's share of the step time, and
 loop / step_aug (about 1: nothing but compute limits training).
 
-Cases: `quickstart` (experiments/quickstart.py: 2D U-Net on ICBM152 slices, batch 16) and `msd3d`
-(experiments/msd_unet3d.py defaults: 3D U-Net 16..256 with instance norm and deep supervision, 64^3 patches,
+Cases: `quickstart` (quickstart: 2D U-Net on ICBM152 slices, batch 16) and `msd3d`
+(msd_unet3d defaults: 3D U-Net 16..256 with instance norm and deep supervision, 64^3 patches,
 batch 2) on a generated Decathlon folder of `--cases3d` MR volumes of 128 x 128 x 96 voxels.
 On a CPU the host stream and the device compete for the same cores, so this is the pessimistic case.
 """
@@ -128,20 +129,22 @@ def measure(config, workdir: str, steps: int) -> dict:
 
 
 def case_config(case: str, tmp: str, cases3d: int):
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     common = ["--config.progress=false", *heavy_augment_overrides(square=case != "quickstart")]
     if case == "quickstart":
-        return build_config(os.path.join(repo, "experiments", "quickstart.py"), common)
+        return build_config("quickstart", common)
     if case == "msd3d":
         root = os.path.join(tmp, "Task99_Ball")
         write_msd_task(root, cases3d)
-        return build_config(os.path.join(repo, "experiments", "msd_unet3d.py"),
+        return build_config("msd_unet3d",
                             [*common, f"--config.data.root={root}", f"--config.data.cache_dir={tmp}/cache",
                              "--config.data.val_fraction=0.0", "--config.data.test_fraction=0.0"])
     raise SystemExit(f"unknown case {case!r}; use quickstart or msd3d")
 
 
 def main(argv=None) -> dict:
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["quickstart", "msd3d"])
     p.add_argument("--steps", type=int, default=8)

@@ -1,12 +1,12 @@
 """The one-shot GPU table: every bench row at its protocol shape, float32 and bfloat16, medjax against torch eager,
-torch autocast (bfloat16) and torch.compile, with model FLOP utilisation. Run by `experiments/benchmarks/gpu.sh`
+torch autocast (bfloat16) and torch.compile, with model FLOP utilisation. Run by `medjax/bench/gpu.sh`
 on a lent GPU (one call of at most 10 minutes); on a CPU (`--smoke`) it checks the plumbing at tiny shapes.
 
-    python -m experiments.benchmarks.gpu --out DIR [--smoke] [--budget-s 480] [--cases NAME ...]
+    python -m medjax.bench.gpu --out DIR [--smoke] [--budget-s 480] [--cases NAME ...]
 
 Order, until `--budget-s` seconds are spent (whatever remains is recorded as skipped, with the reason): every row
 in float32 (medjax and torch eager), then in bfloat16 (medjax's `compute.precision=bfloat16` against torch
-autocast), then torch.compile in float32. Timing is `experiments/benchmarks/bench.py`'s (same rows, weights, loss
+autocast), then torch.compile in float32. Timing is `medjax/bench/bench.py`'s (same rows, weights, loss
 checks; torch is synchronised around every timed step). FLOPs per training step come from XLA's cost analysis of
 medjax's compiled step (`flops`: multiply-adds count twice); MFU = FLOPs / step time / the card's peak at that
 precision (dense tensor-core rates from the vendor's datasheet, `PEAKS`), next to the rate of a large matmul
@@ -60,8 +60,8 @@ def step_flops(case, precision: str, mode: str) -> float | None:
     """XLA's count of FLOPs in one of medjax's training steps for the row."""
     import jax
 
-    from experiments.benchmarks import bench as B
     from medjax import rng as mrng
+    from medjax.bench import bench as B
     from medjax.train.state import TrainState
     from medjax.train.steps import make_train_step
 
@@ -84,7 +84,7 @@ def run(out: pathlib.Path, mode: str = "full", budget_s: float = 480.0, case_nam
         log=print) -> dict:
     import torch
 
-    from experiments.benchmarks import bench as B
+    from medjax.bench import bench as B
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def run(out: pathlib.Path, mode: str = "full", budget_s: float = 480.0, case_nam
     records, skipped = [], []
     left = lambda: budget_s - (time.perf_counter() - t0)  # noqa: E731
     bench_mode = "smoke" if mode == "smoke" else "full"
-    plan = [(p, fws, "") for p, fws in (("float32", ("medjax", "torch_eager")), ("bfloat16", ("medjax", "torch_eager")))]
+    plan = [(p, ("medjax", "torch_eager"), "") for p in ("float32", "bfloat16")]
     plan.append(("float32", ("medjax", "torch_compile"), "compile"))
     for precision, frameworks, tag in plan:
         for case in cases:
@@ -119,7 +119,8 @@ def run(out: pathlib.Path, mode: str = "full", budget_s: float = 480.0, case_nam
                 r["precision"] = precision
             records += recs
     machine = B.machine()
-    peaks = {p: card_peak(machine.get("gpu_name") or machine.get("jax_device_kind"), p) for p in ("float32", "bfloat16")}
+    card = machine.get("gpu_name") or machine.get("jax_device_kind")
+    peaks = {p: card_peak(card, p) for p in ("float32", "bfloat16")}
     n = 256 if mode == "smoke" else 8192
     measured = {p: measured_matmul_rate(p, n) for p in ("float32", "bfloat16")}
     flops = {}
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=480.0, help="stop starting rows after this many seconds")
     p.add_argument("--cases", nargs="+", default=None)
     args = p.parse_args(argv)
-    import medjax  # noqa: F401  (XLA defaults before JAX starts)
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
 
     run(args.out, "smoke" if args.smoke else "full", args.budget_s, args.cases)
     return 0

@@ -12,7 +12,7 @@ donated; "infer" is the jitted eval-mode forward. The torch side is the same mod
 
 * MONAI's own network where medjax has an equivalent (ResNet-18 2D/3D with the small stem, BasicUNet); its state
   dict is imported into medjax through the MONAI layout (`medjax.transfer.import_weights`, strict);
-* otherwise a functional twin of the medjax network (`experiments/benchmarks/twins.py`: U-Net, ConvLSTM U-Net,
+* otherwise a functional twin of the medjax network (`medjax/bench/twins.py`: U-Net, ConvLSTM U-Net,
   ConvLSTM regressor) over the medjax initial weights;
 * the config's loss (cross-entropy, MONAI's DiceCELoss with medjax's deep-supervision weights, MSE on the
   standardised target) and optimizer (`torch.optim.Adam` / `AdamW` with the same learning rate, betas and weight
@@ -26,14 +26,14 @@ steps are spent. Before anything is timed, the first training step's loss of eac
 medjax's within 1e-4 relative (3e-2 in bfloat16): the record keeps the check, a disagreement fails the run.
 
 Not timed on either side: data loading and on-device augmentation (`msd_unet3d` and `image_folder_unet` augment
-in training; `python -m experiments.benchmarks.input_pipeline` measures that part), evaluation and checkpoints
+in training; `python -m medjax.bench.input_pipeline` measures that part), evaluation and checkpoints
 (`--protocol` measures whole runs).
 
 `msd_sliding_window` is inference only: the evaluation `medjax evaluate` runs for a patch-trained 3D U-Net
 (`medjax.inference.sliding_window_volume` with the config's roi, overlap, Gaussian blending and window batch,
 class probabilities per window on the device) against `monai.inferers.sliding_window_inference` with the torch
 twin (outputs checked within 1e-4). The GAN rows time one whole GAN training step (D, then G;
-`experiments/benchmarks/gan_bench.py`).
+`medjax/bench/gan_bench.py`).
 
 Modes: the default (`full`) times 10 steps after 3 warm-up steps; `--quick` 3 after 1, at the SAME shapes (a
 quick run cuts steps, never shapes); `--smoke` shrinks batch, size and width to seconds (the tests only check
@@ -69,7 +69,6 @@ LOSS_RTOL = 1e-4
 LOSS_RTOL_BF16 = 3e-2  # bfloat16 keeps 8 mantissa bits: the two frameworks round differently
 PRECISIONS = ("float32", "bfloat16")
 SW_ATOL = 1e-4
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Case:
 
     name: str
     kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan"
-    config: str  # experiments/<file>[:variant]
+    config: str  # a shipped config, medjax.configs NAME[:variant]
     data: str  # the data the protocol trains on (only its shape is used: random values of that shape)
     in_channels: int
     num_classes: int
@@ -104,34 +103,34 @@ _TINY_RESNET = ("batch_size=2",)
 _TINY_UNET = ("batch_size=2", "model.features=(4,8)")
 
 CASES: dict[str, Case] = {c.name: c for c in (
-    Case("medmnist_r18_2d_1ch", "classification", "medmnist_resnet18.py", "BreastMNIST: 28x28, 1 channel, 2 classes",
+    Case("medmnist_r18_2d_1ch", "classification", "medmnist_resnet18", "BreastMNIST: 28x28, 1 channel, 2 classes",
          1, 2, (28, 28), "monai_resnet", ("data.name=breastmnist", "task.num_classes=2"),
          smoke=_TINY_RESNET, smoke_spatial=(16, 16)),
-    Case("medmnist_r18_2d_3ch", "classification", "medmnist_resnet18.py", "BloodMNIST: 28x28, 3 channels, 8 classes",
+    Case("medmnist_r18_2d_3ch", "classification", "medmnist_resnet18", "BloodMNIST: 28x28, 3 channels, 8 classes",
          3, 8, (28, 28), "monai_resnet", ("data.name=bloodmnist", "task.num_classes=8")),
-    Case("medmnist_r18_3d", "classification", "medmnist_resnet18.py:3d",
+    Case("medmnist_r18_3d", "classification", "medmnist_resnet18:3d",
          "OrganMNIST3D: 28x28x28, 1 channel, 11 classes", 1, 11, (28, 28, 28), "monai_resnet",
          ("data.name=organmnist3d", "task.num_classes=11")),
-    Case("quickstart_unet", "segmentation", "quickstart.py", "ICBM152 axial slices at 2 mm: 96x80, 4 classes",
+    Case("quickstart_unet", "segmentation", "quickstart", "ICBM152 axial slices at 2 mm: 96x80, 4 classes",
          1, 4, (96, 80), "twin", ("task.num_classes=4",), smoke=_TINY_UNET, smoke_spatial=(16, 16)),
-    Case("fundus_basic_unet", "segmentation", "image_folder_unet.py:basic_unet",
+    Case("fundus_basic_unet", "segmentation", "image_folder_unet:basic_unet",
          "DRIVE-like fundus: 128x128 RGB training patches, 2 classes", 3, 2, (128, 128), "monai_basic_unet",
          ("task.num_classes=2",), smoke=("batch_size=2", "model.features=(4,4,8,8,16,4)"), smoke_spatial=(32, 32)),
-    Case("msd_unet3d", "segmentation", "msd_unet3d.py", "Decathlon Hippocampus: 64^3 training patches, 3 classes",
+    Case("msd_unet3d", "segmentation", "msd_unet3d", "Decathlon Hippocampus: 64^3 training patches, 3 classes",
          1, 3, (64, 64, 64), "twin", ("task.num_classes=3",)),
-    Case("msd_sliding_window", "sliding_window", "msd_unet3d.py",
+    Case("msd_sliding_window", "sliding_window", "msd_unet3d",
          "a 128x128x96 volume, 64^3 Gaussian-blended windows, overlap 0.5, 4 windows per device call", 1, 3,
          (64, 64, 64), "twin", ("task.num_classes=3",), volume=(128, 128, 96),
          smoke=("model.features=(4,8)", "inference.roi_size=(16,16,16)"), smoke_spatial=(16, 16, 16)),
-    Case("cine_convlstm_unet", "segmentation", "cine_synthetic.py:segmentation",
+    Case("cine_convlstm_unet", "segmentation", "cine_synthetic:segmentation",
          "simulated cine: 12 frames of 48x48, 3 classes", 1, 3, (48, 48), "twin", frames=12,
          smoke=("batch_size=1", "model.features=(4,8)"), smoke_spatial=(16, 16)),
-    Case("cine_convlstm_ef", "regression", "cine_synthetic.py:ef", "simulated cine: 12 frames of 48x48, EF target",
+    Case("cine_convlstm_ef", "regression", "cine_synthetic:ef", "simulated cine: 12 frames of 48x48, EF target",
          1, 1, (48, 48), "twin", frames=12),
-    Case("gan_pix2pix", "gan", "gan_icbm152.py:pix2pix",
+    Case("gan_pix2pix", "gan", "gan_icbm152:pix2pix",
          "ICBM152 1 mm axial slices 192x160 -> 4-class tissue maps", 1, 4, (192, 160), "gan",
          smoke=("batch_size=2", "generator.features=(4,8)", "discriminator.features=4"), smoke_spatial=(32, 32)),
-    Case("gan_dcgan", "gan", "gan_augmentation.py:gan", "16x16 ICBM152 tissue patches, 3 classes", 1, 3, (16, 16),
+    Case("gan_dcgan", "gan", "gan_augmentation:gan", "16x16 ICBM152 tissue patches, 3 classes", 1, 3, (16, 16),
          "gan", smoke=("batch_size=4", "generator.features=8", "discriminator.features=8")),
 )}
 
@@ -220,7 +219,7 @@ def _sync(t):
 def case_config(case: Case, mode: str, precision: str):
     from medjax.config import build_config
 
-    config = build_config(str(EXPERIMENTS / case.config), case.overrides_for(mode, precision))
+    config = build_config(case.config, case.overrides_for(mode, precision))
     if config.get("task", {}).get("multi_label") == "auto":  # the trainer asks the data: these rows are single-label
         task = config.task.to_dict()
         task["multi_label"] = False
@@ -276,7 +275,7 @@ def _monai_model(case: Case, config):
 
 def _twin_forward(case: Case, config, p: dict, s: dict) -> Callable:
     """`forward(x, train) -> outputs` of the torch twin of the config's medjax model."""
-    from experiments.benchmarks import twins
+    from medjax.bench import twins
 
     m = config.model
     if m.name == "unet":
@@ -294,7 +293,7 @@ def _torch_loss(case: Case, config) -> Callable:
     """`loss(outputs, batch)` of the config's task, in torch."""
     import torch.nn.functional as F
 
-    from experiments.benchmarks import twins
+    from medjax.bench import twins
 
     if case.kind == "classification":
         return lambda out, b: F.cross_entropy(out.float(), b["label"])
@@ -359,7 +358,7 @@ def build_models(case: Case, config, batch: dict) -> Models:
             copy_ = copy.deepcopy(net).to(torch_device())
             return (lambda x, train: copy_.train(train)(x)), list(copy_.parameters()), copy_
     else:
-        from experiments.benchmarks.twins import torch_weights
+        from medjax.bench.twins import torch_weights
 
         variables = jax.jit(lambda: task.init_variables(jax.random.key(config.seed), example))()
         variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
@@ -693,9 +692,8 @@ def add_ratios(records: list[dict]) -> None:
 
 def machine() -> dict:
     import jax
-    import torch
-
     import monai
+    import torch
 
     return {"platform": platform.platform(), "machine": platform.machine(), "processor": _cpu_name(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -846,7 +844,7 @@ RUNNERS = {"classification": run_supervised_case, "segmentation": run_supervised
 def run_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEWORKS, log=print,
              budget: CompileBudget | None = None, precision: str = "float32") -> list[dict]:
     if case.kind == "gan":
-        from experiments.benchmarks.gan_bench import run_gan_case
+        from medjax.bench.gan_bench import run_gan_case
 
         return run_gan_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
     return RUNNERS[case.kind](case, mode, warmup, repeats, frameworks, log, budget, precision)
@@ -890,6 +888,10 @@ def run(out: str | os.PathLike, mode: str = "full", case_names: list[str] | None
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
@@ -927,7 +929,7 @@ def run_from_args(args) -> dict:
     if getattr(args, "protocol", None):
         if args.smoke or args.cases:
             raise BenchError("--protocol runs one experiment: --smoke and --cases do not apply (--quick does)")
-        from experiments.benchmarks import protocol
+        from medjax.bench import protocol
 
         return protocol.run(args.protocol, args.out, quick=args.quick, target=args.target,
                             overrides=args.overrides)

@@ -1,6 +1,6 @@
 """Sliding-window inference: medjax (one jitted XLA program) against MONAI (torch eager), same model and weights.
 
-    python -m experiments.benchmarks.sliding_window [--size 96] [--roi 32] [--repeats 3] [--out result.json]
+    python -m medjax.bench.sliding_window [--size 96] [--roi 32] [--repeats 3] [--out result.json]
 
 A small 3D conv net (conv3x3x3 1->8, ReLU, conv3x3x3 8->8, ReLU, conv1x1x1 8->2) is built in both frameworks
 from the same numpy weights; a (1, size^3, 1) random volume is predicted with roi^3 windows, overlap 0.25,
@@ -160,6 +160,9 @@ def run(size: int, roi: int, repeats: int, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=96, help="cube edge of the input volume")
     p.add_argument("--roi", type=int, default=32, help="cube edge of the sliding window")

@@ -6,11 +6,11 @@ ChestMNIST), the checkpoint with the best validation AUC scored on the official 
 ACC in eval.json). Files are read from `data.root` as the medmnist package saves them (`breastmnist.npz` at 28,
 `breastmnist_64.npz` at 64, ...) and cached as array_record on the first run.
 
-    medjax train    --config experiments/medmnist_resnet18.py --workdir runs/breast \\
+    medjax train    --config medmnist_resnet18 --workdir runs/breast \\
         --config.data.name=breastmnist --config.data.root=DIR [--config.data.size=64 --config.model.stem=standard]
-    medjax evaluate --config experiments/medmnist_resnet18.py --workdir runs/breast \\
+    medjax evaluate --config medmnist_resnet18 --workdir runs/breast \\
         --config.data.name=breastmnist --config.data.root=DIR
-    # 3D sets: --config experiments/medmnist_resnet18.py:3d --config.data.name=organmnist3d ...
+    # 3D sets: --config medmnist_resnet18:3d --config.data.name=organmnist3d ...
 
 The 28-pixel sets use the small stem (3x3 stride 1, no max-pool); for 64/128/224 pass
 `--config.model.stem=standard`. `:tiny` (or `:3d,tiny`) is a seconds-long variant for tests.
@@ -18,6 +18,8 @@ Results: not measured yet here — the MedMNIST files are not available offline 
 """
 
 import ml_collections
+
+from medjax.configs import _base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,21 +56,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()  # none: the MedMNIST v2 baselines train without augmentation
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "piecewise"
-    c.optimizer.decay_at = (0.5, 0.75)
-    c.optimizer.decay_factor = 0.1
-    c.optimizer.warmup_steps = 0
+    c.optimizer = _base.optimizer(name="adam",
+                                  learning_rate=1e-3,
+                                  schedule="piecewise",
+                                  decay_at=(0.5, 0.75),
+                                  decay_factor=0.1,
+                                  warmup_steps=0)
 
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "sharding"
+    c.parallel = _base.parallel(strategy="sharding")
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.max_to_keep = 2
-    c.checkpoint.best_metric = "auc"
-    c.checkpoint.best_mode = "max"
+    c.checkpoint = _base.checkpoint(max_to_keep=2, best_metric="auc", best_mode="max")
 
     if "tiny" in flags:
         c.batch_size = 8

@@ -1,7 +1,7 @@
 """Throughput and memory of medjax's training step under its parallel and compute options.
 
-    python -m experiments.benchmarks.train_options scaling [--devices 1 2 4] [--strategy sharding] --out DIR
-    python -m experiments.benchmarks.train_options compute [--case msd_unet3d] --out DIR
+    python -m medjax.bench.train_options scaling [--devices 1 2 4] [--strategy sharding] --out DIR
+    python -m medjax.bench.train_options compute [--case msd_unet3d] --out DIR
 
 `scaling`: the trainer's step (the strategy's compiled `make_train_step`) on 1, 2, 4... devices at the same
 global batch, each device count in its own process (`JAX_NUM_CPU_DEVICES` on CPU, the first N accelerators
@@ -27,8 +27,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 
 def _timed_steps(step, state, batch, repeats: int) -> tuple[float, float, object]:
     import jax
@@ -50,7 +48,7 @@ def _setup(case_name: str, precision: str = "float32", remat: bool = False, batc
            shape: str = "full"):
     """(task, optax tx, variables, host batch) for a `medjax bench` row in `shape` mode ("full": the protocol's
     shape; "smoke": the tests'), with its precision, remat and (if given) batch size changed through its config."""
-    from experiments.benchmarks import bench
+    from medjax.bench import bench
 
     case = bench.CASES[case_name]
     config = bench.case_config(case, shape, precision)
@@ -99,7 +97,7 @@ def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int,
     rows = []
     for n in devices:
         env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n))
-        code = (f"import json, medjax; from experiments.benchmarks import train_options as t; "
+        code = (f"import json, medjax; medjax.configure_cpu(); from medjax.bench import train_options as t; "
                 f"print('RESULT', json.dumps(t.scaling_worker({case_name!r}, {strategy!r}, {repeats}, {shape!r})))")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
                               cwd=pathlib.Path(__file__).resolve().parents[2])
@@ -182,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    import medjax  # noqa: F401  (XLA:CPU defaults before jax starts)
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
     import jax
 
-    from experiments.benchmarks.bench import machine
+    from medjax.bench.bench import machine
 
     if args.mode == "scaling":
         rows = run_scaling(args.case or "medmnist_r18_2d_1ch", args.devices, args.strategy, args.repeats)

@@ -1,10 +1,11 @@
 """Forward + backward time of the primitives `medjax.models.ops` replaces, against XLA's own form and torch.
 
-    python -m experiments.benchmarks.ops [--repeats 7] [--fold-channels N] [--out DIR]
+    python -m medjax.bench.ops [--repeats 7] [--fold-channels N] [--out DIR]
 
 Each row times `jax.grad(sum(f(x)^2))` (median of `--repeats` after a warm-up) for XLA's primitive ("before") and
 medjax's formulation ("after"), and the same forward + backward in torch eager on the same shapes, and checks that
-before and after agree. Writes DIR/ops.json and DIR/ops.md when --out is given. `import medjax` first, so the XLA:CPU
+before and after agree. Writes DIR/ops.json and DIR/ops.md when --out is given. `medjax.configure_cpu()` first, so the
+XLA:CPU
 defaults are on for both columns: the difference is the formulation only. `--fold-channels 0` sets
 `medjax.models.ops.FOLD_CHANNELS` for the run, e.g. 0 to time the per-tap form of few-channel 3D convolutions.
 """
@@ -30,7 +31,7 @@ SHAPES = {  # name -> description used in the table
 
 def _median_ms(fn, warmup: int = 1, repeats: int = 7) -> float:
     """Median wall time of `fn()` in ms, with the bench harness's timer."""
-    from experiments.benchmarks.bench import _median_time
+    from medjax.bench.bench import _median_time
 
     return 1000 * _median_time(fn, warmup, repeats)
 
@@ -93,13 +94,12 @@ def run(repeats: int = 7) -> list[dict]:
     for name, (before, after, args, torch_fn) in _cases().items():
         diff = float(jnp.abs(jax.jit(before)(*args) - jax.jit(after)(*args)).max())
 
-        def fwd_bwd(f):
-            return jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=tuple(range(len(args)))))
+        def timed_fwd_bwd(f, args=args):  # jitted once, timed after a warm-up call
+            g = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=tuple(range(len(args)))))
+            return _median_ms(lambda: jax.block_until_ready(g(*args)), 1, repeats)
 
-        fb_before, fb_after = fwd_bwd(before), fwd_bwd(after)  # jitted once, timed after a warm-up call
         rows.append({"op": name, "shape": SHAPES[name], "max_abs_diff": diff,
-                     "before_ms": _median_ms(lambda: jax.block_until_ready(fb_before(*args)), 1, repeats),
-                     "after_ms": _median_ms(lambda: jax.block_until_ready(fb_after(*args)), 1, repeats),
+                     "before_ms": timed_fwd_bwd(before), "after_ms": timed_fwd_bwd(after),
                      "torch_eager_ms": _median_ms(torch_fn, 1, repeats)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="override medjax.models.ops.FOLD_CHANNELS (0: every 3D convolution per depth tap)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    import medjax  # noqa: F401  (XLA:CPU defaults before JAX starts)
+    import medjax
+
+    medjax.configure_cpu()  # XLA:CPU defaults before JAX starts
     from medjax.models import ops
 
     if args.fold_channels is not None:

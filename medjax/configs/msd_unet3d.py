@@ -1,8 +1,8 @@
 """A 3D U-Net on any Medical Segmentation Decathlon task folder: patch training, sliding-window evaluation.
 
-    medjax train    --config experiments/msd_unet3d.py --workdir runs/hippocampus \\
+    medjax train    --config msd_unet3d --workdir runs/hippocampus \\
                     --config.data.root=/data/Task04_Hippocampus
-    medjax evaluate --config experiments/msd_unet3d.py --workdir runs/hippocampus \\
+    medjax evaluate --config msd_unet3d --workdir runs/hippocampus \\
                     --config.data.root=/data/Task04_Hippocampus
 
 The labelled cases (imagesTr/labelsTr, as `dataset.json` lists them) are split by a seeded permutation into
@@ -19,6 +19,7 @@ Defaults are sized for a GPU; `:tiny` is the test-suite variant. Larger tasks us
 
 import ml_collections
 
+from medjax.configs import _base
 from medjax.data import augment
 
 
@@ -71,21 +72,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.inference.mode = "gaussian"
     c.inference.sigma_scale = 0.125
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.weight_decay = 3e-5
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 100
-    c.optimizer.grad_clip_norm = 12.0
+    c.optimizer = _base.optimizer(name="adamw",
+                                  learning_rate=1e-3,
+                                  weight_decay=3e-5,
+                                  schedule="cosine",
+                                  warmup_steps=100,
+                                  grad_clip_norm=12.0)
 
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "sharding"
+    c.parallel = _base.parallel(strategy="sharding")
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.max_to_keep = 2
-    c.checkpoint.best_metric = "dice_mean"
-    c.checkpoint.best_mode = "max"
+    c.checkpoint = _base.checkpoint(max_to_keep=2, best_metric="dice_mean", best_mode="max")
 
     if arg == "tiny":
         c.batch_size = 4

@@ -1,7 +1,7 @@
 """A 2D U-Net on a folder of images and masks (PNG/TIFF/GIF/JPEG), with optional field-of-view masks.
 
-    medjax train    --config experiments/image_folder_unet.py --workdir runs/fundus --config.data.root=/data/fundus
-    medjax evaluate --config experiments/image_folder_unet.py --workdir runs/fundus --config.data.root=/data/fundus
+    medjax train    --config image_folder_unet --workdir runs/fundus --config.data.root=/data/fundus
+    medjax evaluate --config image_folder_unet --workdir runs/fundus --config.data.root=/data/fundus
 
 `data.root` holds `images/`, `masks/` (same file stems, any supported format) and optionally `fov/`; the
 `*_dir` / `*_suffix` keys (folders relative to the root) or `data.pairs_csv` (columns image,mask[,fov]) name
@@ -25,6 +25,7 @@ sampling carries image and label only, so this variant needs a folder without `f
 
 import ml_collections
 
+from medjax.configs import _base
 from medjax.data import augment
 
 
@@ -71,20 +72,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.augment = augment.default_config(("flip", "affine", "gamma"))
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 50
-    c.optimizer.grad_clip_norm = 0.0
+    c.optimizer = _base.optimizer(name="adam",
+                                  learning_rate=1e-3,
+                                  schedule="cosine",
+                                  warmup_steps=50,
+                                  grad_clip_norm=0.0)
 
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "sharding"
+    c.parallel = _base.parallel(strategy="sharding")
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.max_to_keep = 2
-    c.checkpoint.best_metric = "dice_mean"
-    c.checkpoint.best_mode = "max"
+    c.checkpoint = _base.checkpoint(max_to_keep=2, best_metric="dice_mean", best_mode="max")
 
     if arg == "tiny":
         c.batch_size = 4

@@ -1,9 +1,9 @@
 """GANs on real MRI: super-resolution and T1 -> tissue-map translation on ICBM152 slices (ships with nilearn).
 
-    medjax train --config experiments/gan_icbm152.py:sr2 --workdir runs/sr2          # x2 SR, L1 + adversarial
-    medjax train --config experiments/gan_icbm152.py:sr2_l1 --workdir runs/sr2_l1    # the same generator, L1 only
-    medjax train --config experiments/gan_icbm152.py:sr4 --workdir runs/sr4          # x4 (and sr4_l1)
-    medjax train --config experiments/gan_icbm152.py:pix2pix --workdir runs/p2p      # T1 -> tissue map (and pix2pix_l1)
+    medjax train --config gan_icbm152:sr2 --workdir runs/sr2          # x2 SR, L1 + adversarial
+    medjax train --config gan_icbm152:sr2_l1 --workdir runs/sr2_l1    # the same generator, L1 only
+    medjax train --config gan_icbm152:sr4 --workdir runs/sr4          # x4 (and sr4_l1)
+    medjax train --config gan_icbm152:pix2pix --workdir runs/p2p      # T1 -> tissue map (and pix2pix_l1)
     python -m experiments.gan_icbm152_report --out runs/gan_icbm152                  # all of them + the table
 
 Data: axial 1 mm slices of the ICBM152 2009 T1 template (192 x 160), the loader's train/val/test split by slice

@@ -1,13 +1,14 @@
 """Synthetic smoke runs (seconds on a CPU): segmentation of noisy discs, or classification of bright squares.
 
-    medjax train --config experiments/synthetic.py:segmentation --workdir /tmp/seg
-    medjax train --config experiments/synthetic.py:classification --workdir /tmp/cls
+    medjax train --config synthetic:segmentation --workdir /tmp/seg
+    medjax train --config synthetic:classification --workdir /tmp/cls
 
 The test suite uses these to exercise parallelism, resume and the CLI without real data.
 """
 
 import ml_collections
 
+from medjax.configs import _base
 from medjax.data import augment
 
 
@@ -46,17 +47,11 @@ def get_config(arg: str = "segmentation") -> ml_collections.ConfigDict:
 
     c.augment = augment.default_config()  # off; e.g. --config.augment.transforms=flip,affine
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-2
-    c.optimizer.schedule = "constant"
-    c.optimizer.warmup_steps = 0
+    c.optimizer = _base.optimizer(name="adam", learning_rate=1e-2, schedule="constant", warmup_steps=0)
 
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "sharding"
+    c.parallel = _base.parallel(strategy="sharding")
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.max_to_keep = 2
-    c.checkpoint.best_metric = "dice_mean" if arg == "segmentation" else "auc"
-    c.checkpoint.best_mode = "max"
+    c.checkpoint = _base.checkpoint(max_to_keep=2,
+                                    best_metric="dice_mean" if arg == "segmentation" else "auc",
+                                    best_mode="max")
     return c

@@ -4,9 +4,9 @@ data, reporting the wall time to finish and the time to reach a target validatio
     medjax bench --protocol quickstart --out DIR [--quick] [--target 0.9]
     medjax bench --protocol medmnist_resnet18 --out DIR [--quick] [--target 0.9] [--set key=value ...]
 
-* `quickstart`: `experiments/quickstart.py` (2D U-Net, batch 16 of 96x80 ICBM152 slices, 300 steps, validation every
+* `quickstart`: `quickstart` (2D U-Net, batch 16 of 96x80 ICBM152 slices, 300 steps, validation every
   50) on the real ICBM152 template that ships in nilearn. Target: validation `dice_mean` (foreground).
-* `medmnist_resnet18`: `experiments/medmnist_resnet18.py` (ResNet-18 with the small stem, batch 128 of 28x28, Adam
+* `medmnist_resnet18`: `medmnist_resnet18` (ResNet-18 with the small stem, batch 128 of 28x28, Adam
   1e-3 with x0.1 at 50% and 75%, validation every epoch, 100 epochs) on a MedMNIST file generated at BreastMNIST's
   exact layout and size (`breastmnist.npz`: 546 / 78 / 156 grey 28x28 uint8 images, 2 classes) from real anatomy:
   28x28 patches of the ICBM152 slices centred on grey matter (class 0) or white matter (class 1), each split from
@@ -32,11 +32,10 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
 
 import numpy as np
 
-from experiments.benchmarks import bench as B
+from medjax.bench import bench as B
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +53,9 @@ class Protocol:
 
 
 PROTOCOLS = {p.name: p for p in (
-    Protocol("quickstart", "quickstart.py", "dice_mean", 0.90, "twin", "segmentation", ("num_train_steps=100",),
+    Protocol("quickstart", "quickstart", "dice_mean", 0.90, "twin", "segmentation", ("num_train_steps=100",),
              data="ICBM152 2009c T1 axial slices at 2 mm (nilearn), 84 / 21 / 21 slices, 4 classes"),
-    Protocol("medmnist_resnet18", "medmnist_resnet18.py", "auc", 0.90, "monai_resnet", "classification",
+    Protocol("medmnist_resnet18", "medmnist_resnet18", "auc", 0.90, "monai_resnet", "classification",
              ("num_epochs=10",), overrides=("data.name=breastmnist",),
              data="BreastMNIST layout and size (546 / 78 / 156 28x28 grey images) generated from ICBM152 grey vs "
                   "white matter patches"),
@@ -92,7 +91,7 @@ def protocol_config(p: Protocol, quick: bool, data_root: pathlib.Path | None, ex
     overrides = list(p.overrides) + ["progress=False"] + (list(p.quick) if quick else []) + list(extra)
     if data_root is not None:
         overrides.append(f"data.root={data_root}")
-    return build_config(str(B.EXPERIMENTS / p.config), [f"--config.{o}" for o in overrides])
+    return build_config(p.config, [f"--config.{o}" for o in overrides])
 
 
 def time_to_target(records: list[dict], metric: str, target: float) -> dict:
@@ -140,7 +139,7 @@ class TorchRun:
         else:
             import jax
 
-            from experiments.benchmarks.twins import torch_weights
+            from medjax.bench.twins import torch_weights
 
             example = splits["train"]["image"][:1]
             variables = jax.device_get(jax.jit(lambda: task.init_variables(jax.random.key(config.seed), example))())
@@ -338,7 +337,8 @@ def write_markdown(path: pathlib.Path, result: dict) -> None:
         lines.append(f"| {r['framework']} | {r['train_wall_s']:.1f} | {reached} | {r['best_val']:.4f} | "
                      f"{r['test']:.4f} | {r['timing']['eval_s']:.1f} | {r['timing']['checkpoint_s']:.1f} |")
     q = result["ratios"]
+    to_target = q["time_to_target_torch_over_medjax"]
     lines += ["", f"torch / medjax wall time: {q['total_wall_torch_over_medjax']:.2f}x; time to target: "
-              f"{'—' if q['time_to_target_torch_over_medjax'] is None else format(q['time_to_target_torch_over_medjax'], '.2f') + 'x'}"
+              f"{'—' if to_target is None else format(to_target, '.2f') + 'x'}"
               " (> 1: medjax is faster)."]
     path.write_text("\n".join(lines) + "\n")

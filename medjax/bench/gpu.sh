@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The one-shot GPU table (experiments/benchmarks/gpu.py): every bench row at its protocol shape, float32 and
+# The one-shot GPU table (medjax/bench/gpu.py): every bench row at its protocol shape, float32 and
 # bfloat16, medjax against torch eager / autocast / torch.compile, with MFU. Sized for one device call of at most
 # 10 minutes on a lent H100/H200 (the device tool's README), from the repository root:
 #
-#   bash experiments/benchmarks/gpu.sh [OUT_DIR] [--smoke] [--cases NAME ...]   # OUT_DIR: $OUT or runs/gpu
+#   bash medjax/bench/gpu.sh [OUT_DIR] [--smoke] [--cases NAME ...]   # OUT_DIR: $OUT or runs/gpu
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but not monai or ml_collections: download them here
 # first (pure-Python wheels, `.whl/` is git-ignored) and carry `.whl` with the call:
@@ -20,4 +20,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-exec "$PY" -m experiments.benchmarks.gpu --out "$out" --budget-s "${BUDGET_S:-480}" "$@"
+exec "$PY" -m medjax.bench.gpu --out "$out" --budget-s "${BUDGET_S:-480}" "$@"

@@ -5,15 +5,16 @@ offline. Axial slices at 2 mm in-plane; the val and test slabs are held out with
 (see medjax/data/icbm152.py for the labels and splits).
 
 Run (what `make run` does):
-    medjax train --config experiments/quickstart.py --workdir runs/quickstart
-    medjax evaluate --config experiments/quickstart.py --workdir runs/quickstart
+    medjax train --config quickstart --workdir runs/quickstart
+    medjax evaluate --config quickstart --workdir runs/quickstart
 
-Tiny variant for tests and the notebook: `--config experiments/quickstart.py:tiny`.
+Tiny variant for tests and the notebook: `--config quickstart:tiny`.
 Results: see README "Quickstart" (measured by `make run`).
 """
 
 import ml_collections
 
+from medjax.configs import _base
 from medjax.data import augment
 
 
@@ -50,20 +51,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --config.augment.transforms=flip,affine,gamma (defaults of each in medjax/data/augment.py).
     c.augment = augment.default_config()
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 20
-    c.optimizer.grad_clip_norm = 0.0
+    c.optimizer = _base.optimizer(name="adam",
+                                  learning_rate=3e-3,
+                                  schedule="cosine",
+                                  warmup_steps=20,
+                                  grad_clip_norm=0.0)
 
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "sharding"
+    c.parallel = _base.parallel(strategy="sharding")
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.max_to_keep = 2
-    c.checkpoint.best_metric = "dice_mean"
-    c.checkpoint.best_mode = "max"
+    c.checkpoint = _base.checkpoint(max_to_keep=2, best_metric="dice_mean", best_mode="max")
 
     if arg == "tiny":
         c.batch_size = 4
