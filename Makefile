@@ -23,12 +23,14 @@ install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
 run: $(VENV)/.runtime
-	$(VENV)/bin/medjax train --config experiments/quickstart.py --workdir $(RUN_DIR)
-	$(VENV)/bin/medjax evaluate --config experiments/quickstart.py --workdir $(RUN_DIR)
+	$(VENV)/bin/medjax train --config quickstart --workdir $(RUN_DIR)
+	$(VENV)/bin/medjax evaluate --config quickstart --workdir $(RUN_DIR)
 
 # Tests marked `serial` (several JAX processes with several devices each) run alone after the parallel pass:
 # beside another test worker they oversubscribe the 2 CPUs, and jax.distributed's coordination service gave up.
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q --site-dir "$$(mktemp -d)"
 	$(PY) -m pytest -q -n 2 --durations=20 -m "not serial"
 	$(PY) -m pytest -q --durations=5 -m serial
 

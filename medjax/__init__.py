@@ -1,8 +1,12 @@
-"""medjax: JAX/Flax deep learning for medical image analysis."""
+"""medjax: JAX/Flax deep learning for medical image analysis.
 
-from medjax.xla_flags import apply_cpu_defaults as _apply_cpu_defaults
+Importing medjax changes nothing in the process. `configure_cpu()` merges medjax's faster XLA:CPU options into
+`XLA_FLAGS` (see `medjax.xla_flags`); the `medjax` command calls it first thing, and a script or notebook calls it
+before its first JAX computation.
+"""
+
+from medjax.xla_flags import configure_cpu
 
 __version__ = "0.1.0"
 
-# Before any JAX backend starts: XLA reads XLA_FLAGS once (see medjax/xla_flags.py; MEDJAX_XLA_CPU_DEFAULTS=0 opts out).
-_apply_cpu_defaults()
+__all__ = ["__version__", "configure_cpu"]

@@ -1,7 +1,7 @@
 """`medjax train | evaluate | import-weights | bench`: the command line.
 
-    medjax train --config experiments/quickstart.py --workdir runs/quickstart [--config.key=value ...]
-    medjax evaluate --config experiments/quickstart.py --workdir runs/quickstart
+    medjax train --config quickstart --workdir runs/quickstart [--config.key=value ...]
+    medjax evaluate --config quickstart --workdir runs/quickstart
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
         [--model.key=value ...] [--overwrite]
@@ -15,9 +15,9 @@ used, every leaf filled), which `--config.init.from=DIR --config.init.layout=med
 inflates every convolution kernel to 3D (`medjax.transfer.adapt.inflate_kernel`, mode `--inflate_mode`).
 
 `bench` times medjax against PyTorch (eager and torch.compile) on the same models and weights at the shapes the
-experiment configs train on (`experiments/benchmarks/bench.py`; needs the dev extras torch and monai) ->
+experiment configs train on (`medjax.bench`; needs torch and monai: `pip install 'medjax[bench]'`) ->
 DIR/bench.json, bench.md, bench.png; with `--protocol`, a whole experiment in both frameworks, wall time and time to
-a target validation metric (`experiments/benchmarks/protocol.py`) -> DIR/protocol.json, protocol.md.
+a target validation metric (`medjax/bench/protocol.py`) -> DIR/protocol.json, protocol.md.
 
 Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3.
 """
@@ -30,13 +30,55 @@ import sys
 
 from medjax.errors import MedjaxError
 
+_OVERRIDES = """Any config key can be set after the options: --config.KEY=VALUE (dotted, e.g.
+--config.optimizer.learning_rate=3e-4 --config.data.root=/data/Task04_Hippocampus); values are parsed as Python
+literals, and a key the config does not have is an error."""
+
+_EPILOGS = {
+    "train": """examples:
+  medjax train --config quickstart --workdir runs/quickstart
+  medjax train --config quickstart:tiny --workdir runs/tiny --config.num_train_steps=20
+  medjax train --config msd_unet3d --workdir runs/hippo --config.data.root=DIR --num_cpu_devices 4
+
+Rerunning the same command resumes from the latest checkpoint.
+
+""" + _OVERRIDES,
+    "evaluate": """examples:
+  medjax evaluate --config quickstart --workdir runs/quickstart
+  medjax evaluate --config quickstart --workdir runs/quickstart --checkpoint latest --split val
+
+""" + _OVERRIDES,
+    "import-weights": """examples:
+  medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
+  medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/r18_1ch \\
+      --in_channels 1 --num_classes 2
+  then: medjax train ... --config.init.from=weights/resnet18 --config.init.layout=medjax
+
+Model keys go after the options as --model.KEY=VALUE (e.g. --model.stem=small).""",
+    "bench": """examples:
+  medjax bench --quick --out runs/bench
+  medjax bench --quick --cases medmnist_r18_2d_1ch quickstart_unet --precision bfloat16 --out runs/bench_bf16
+  medjax bench --protocol quickstart --out runs/protocol --target 0.9
+
+Needs torch and monai: pip install 'medjax[bench]'.""",
+}
+
+
+def _subparser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                          epilog=_EPILOGS[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medjax", description=__doc__.split("\n")[0])
+    from medjax import __version__
+
+    parser = argparse.ArgumentParser(prog="medjax", description=__doc__.split("\n")[0],
+                                     epilog="`medjax COMMAND --help` shows each command's options and examples.")
+    parser.add_argument("--version", action="version", version=f"medjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "train (or resume) a run"),
                             ("evaluate", "score the best checkpoint on the test split -> WORKDIR/eval.json")):
-        p = sub.add_parser(name, help=help_text)
+        p = _subparser(sub, name, help_text)
         p.add_argument("--config", required=True, help="experiment file, optionally file.py:arg (e.g. :tiny)")
         p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, plots")
         p.add_argument("--num_cpu_devices", type=int, default=None, help="fake CPU devices (testing parallelism)")
@@ -46,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
             p.add_argument("--split", default="test")
-    p = sub.add_parser("import-weights", help="PyTorch weights -> a medjax pretrained-weights directory")
+    p = _subparser(sub, "import-weights", "PyTorch weights -> a medjax pretrained-weights directory")
     p.add_argument("--arch", required=True, help="medjax model name (medjax.models.MODELS), e.g. resnet18")
     p.add_argument("--layout", required=True, choices=("torchvision", "monai"), help="the file's naming scheme")
     p.add_argument("--in", dest="src", required=True, help="weight file: .pt/.pth/.bin/.safetensors/.npz")
@@ -60,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inflate_mode", choices=("average", "center"), default="center",
                    help="2D -> 3D: repeat along depth and divide (average, I3D) or the middle slice (center)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    p = sub.add_parser("bench", help="benchmark medjax against PyTorch baselines -> DIR/bench.{json,md,png}")
-    p.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps (or protocol steps), same shapes")
+    p = _subparser(sub, "bench", "benchmark medjax against PyTorch baselines -> DIR/bench.{json,md,png}")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer warm-up and timed steps (or protocol steps), same shapes")
     p.add_argument("--smoke", action="store_true", help="tiny shapes: seconds (tests; the numbers mean nothing)")
     p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="a subset of the cases")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default per mode)")
@@ -195,22 +238,20 @@ def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
 
 
 def bench_command(args: argparse.Namespace, extra: list[str]) -> int:
-    """`medjax bench`: the harness lives in experiments/benchmarks/bench.py (torch and monai are dev extras)."""
+    """`medjax bench`: the harness is `medjax.bench` (torch and monai: the `bench` extra)."""
     if extra:
         raise MedjaxError(f"unrecognized arguments for bench: {' '.join(extra)}")
     if args.quick and args.smoke:
         raise MedjaxError("--quick and --smoke are exclusive")
-    import os
+    import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, when run from elsewhere
-    if os.path.isfile(os.path.join(root, "experiments", "benchmarks", "bench.py")) and root not in sys.path:
-        sys.path.append(root)
-    try:
-        from experiments.benchmarks import bench
-    except ImportError as e:
-        raise MedjaxError(f"medjax bench needs the repository's experiments/ package and the dev extras torch and "
-                          f"monai ({e})") from e
+    missing = [m for m in ("torch", "monai") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MedjaxError(f"medjax bench compares against PyTorch and needs {' and '.join(missing)}: "
+                          "pip install 'medjax[bench]' (torch, monai)")
     import absl.logging
+
+    from medjax.bench import bench
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     try:
@@ -240,11 +281,8 @@ def run(argv: list[str]) -> int:
 
     distributed.configure_devices(args.num_cpu_devices)
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    from medjax.gan import loop as gan_loop
-    from medjax.train import loop
+    from medjax.train import loop  # one loop; the config's task family is picked by medjax.train.family
 
-    if gan_loop.is_gan(config):  # GAN tasks (gan, pix2pix, super_resolution) have their own step and evaluation
-        loop = gan_loop
     if args.command == "train":
         loop.train(config, args.workdir)
     else:
@@ -254,6 +292,9 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medjax import configure_cpu
+
+    configure_cpu()  # before anything starts a JAX backend
     from medjax.train.loop import TrainingDiverged
 
     try:

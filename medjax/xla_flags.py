@@ -1,7 +1,9 @@
 """XLA:CPU options medjax turns on by default, because they make 2D convolution networks faster on CPU.
 
-XLA reads `XLA_FLAGS` once, when the first backend starts, so `import medjax` merges these defaults into the
-environment variable (`apply_cpu_defaults`) before anything runs. Only CPU options are set; GPU and TPU runs are
+XLA reads `XLA_FLAGS` once, when the first backend starts, so `medjax.configure_cpu()` (called by the `medjax`
+command before anything else; scripts and notebooks call it before their first JAX computation) merges these
+defaults into the environment variable. Importing medjax does not: an import has no side effects. Only CPU options are
+set; GPU and TPU runs are
 unaffected. A flag the user already put in `XLA_FLAGS` is left as the user wrote it, and `MEDJAX_XLA_CPU_DEFAULTS=0`
 turns the defaults off. If a JAX backend already started before medjax was imported, nothing can be changed: a
 warning says so and how to fix it.
@@ -52,12 +54,18 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> str |
         return new
     if _backends_started():
         warnings.warn(
-            "medjax was imported after JAX started its backends, so its faster XLA:CPU defaults are off in this "
-            f"process (import medjax before running any JAX computation, or set XLA_FLAGS='{new}')",
+            "medjax.configure_cpu() was called after JAX started its backends, so its faster XLA:CPU defaults are "
+            f"off in this process (call it before any JAX computation, or set XLA_FLAGS='{new}')",
             stacklevel=3)
         return None
     environ["XLA_FLAGS"] = new
     return new
+
+
+def configure_cpu() -> str | None:
+    """Turn on medjax's XLA:CPU defaults for this process (`apply_cpu_defaults` on `os.environ`); call it before the
+    first JAX computation. Returns the resulting XLA_FLAGS, or None when opted out or too late (with a warning)."""
+    return apply_cpu_defaults()
 
 
 def _backends_started() -> bool:

@@ -13,7 +13,9 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-import medjax  # noqa: E402,F401  (before any JAX computation: merges medjax's XLA:CPU defaults into XLA_FLAGS)
+import medjax  # noqa: E402
+
+medjax.configure_cpu()  # before any JAX computation, as the CLI does: medjax's XLA:CPU defaults in XLA_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ def test_bench_smoke(repo, tmp_path):
     records = result["records"]
     kinds = {r["kind"] for r in records}
     assert kinds == {"classification", "segmentation", "sliding_window", "gan"}
-    from experiments.benchmarks import bench
+    from medjax.bench import bench
 
     assert result["cases"] == [c.name for c in bench.CASES.values() if c.smoke is not None]
     for case in result["cases"]:
@@ -96,7 +96,7 @@ def test_bench_smoke_bfloat16_compares_mixed_precision_policies(repo, tmp_path):
 
 def test_rows_run_the_configs_shapes():
     """A row's batch, model and optimizer are its experiment config's; quick mode keeps them (only steps change)."""
-    from experiments.benchmarks import bench
+    from medjax.bench import bench
 
     row = bench.CASES["medmnist_r18_2d_1ch"]
     for mode in ("full", "quick"):
@@ -117,7 +117,7 @@ def test_rows_run_the_configs_shapes():
 def test_protocol_quickstart_tiny_runs_both_frameworks_to_the_target(tmp_path):
     """`--protocol` end to end at a tiny size: both loops train, validate at the same steps, save the best weights
     and score the test split; a target of 0 is reached at the first validation."""
-    from experiments.benchmarks import protocol
+    from medjax.bench import protocol
 
     result = protocol.run("quickstart", tmp_path / "p", target=0.0, log=lambda _: None,
                           overrides=["num_train_steps=4", "eval_every=2", "checkpoint_every=4", "batch_size=4",
@@ -143,11 +143,11 @@ def test_protocol_errors(tmp_path, capsys):
 
 
 def test_gpu_script_runs_at_smoke_size_on_the_cpu(repo, tmp_path):
-    """experiments/benchmarks/gpu.sh end to end on the CPU at tiny shapes: float32, bfloat16 and torch.compile
+    """medjax/bench/gpu.sh end to end on the CPU at tiny shapes: float32, bfloat16 and torch.compile
     records, FLOPs from XLA's cost analysis, and the table."""
     out = tmp_path / "gpu"
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHON=sys.executable)
-    proc = subprocess.run(["bash", "experiments/benchmarks/gpu.sh", str(out), "--smoke", "--cases",
+    proc = subprocess.run(["bash", "medjax/bench/gpu.sh", str(out), "--smoke", "--cases",
                            "medmnist_r18_2d_1ch"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "gpu.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from experiments.benchmarks import twins  # noqa: E402
+from medjax.bench import twins  # noqa: E402
 from medjax.models import build_model  # noqa: E402
 
 

@@ -14,7 +14,7 @@ import pytest
 from medjax.train import loop
 from tests.train.helpers import synthetic_config
 
-SYNTH = "experiments/synthetic.py:segmentation"
+SYNTH = "synthetic:segmentation"
 
 
 def medjax(repo, *args, devices=4, env=None, **kw):
@@ -44,8 +44,10 @@ def test_train_then_evaluate(repo, tmp_path):
     (SYNTH, ["--config.optimizer.lr=1"], "unknown config key: config.optimizer.lr"),
     (SYNTH, ["--config.model.name=resnet999"], "resnet999"),
     (SYNTH, ["--config.model.depth=3"], "depth"),
-    ("experiments/quickstart.py", ["--config.data.root=/no/such/dir"], "/no/such/dir"),
+    ("quickstart", ["--config.data.root=/no/such/dir"], "/no/such/dir"),
     (SYNTH, ["--config.parallel.strategy=ddp"], "config.parallel.strategy"),
+    ("medmnist_resnet18:tiny", ["--config.num_train_steps=60"],
+     "config.num_train_steps=60 and config.num_epochs=2 both set the length of training"),
 ])
 def test_bad_input_is_one_line_and_exit_2(repo, tmp_path, config, args, message):
     r = medjax(repo, "train", "--config", config, "--workdir", str(tmp_path), *args)
@@ -53,6 +55,24 @@ def test_bad_input_is_one_line_and_exit_2(repo, tmp_path, config, args, message)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("medjax: error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_version_and_python_dash_m(repo):
+    from medjax import __version__
+
+    r = subprocess.run([sys.executable, "-m", "medjax", "--version"], cwd=repo, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"medjax {__version__}", r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "import-weights", "bench"])
+def test_every_command_help_has_a_description_and_examples(command):
+    from medjax import cli
+
+    text = cli._parser()._subparsers._group_actions[0].choices[command].format_help()
+    assert "examples:\n  medjax " + command in text
+    if command in ("train", "evaluate"):
+        assert "--config.KEY=VALUE" in text
 
 
 def test_missing_config_file_exit_2(repo, tmp_path):
@@ -154,12 +174,9 @@ def test_two_processes_match_one_process(repo, tmp_path):
 
 UNET_FEATURES = "(4,4,8,8,16,4)"
 BASIC_UNET_CONFIG = '''
-import importlib.util
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("_synthetic", {synthetic!r})
-_synthetic = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_synthetic)
+from medjax.configs import synthetic as _synthetic
 
 
 def get_config(arg=None):
@@ -185,9 +202,9 @@ def test_import_weights_then_train_from_them(repo, tmp_path, monai_unet):
     import jax
 
     from medjax.config import build_config
+    from medjax.train.parallel import replicated_to_host
     from medjax.transfer import read_state_dict
     from medjax.transfer.pretrained import load_pretrained
-    from medjax.train.parallel import replicated_to_host
 
     out = tmp_path / "imported"
     r = medjax(repo, "import-weights", "--arch", "basic_unet", "--layout", "monai", "--in", str(monai_unet),
@@ -207,7 +224,7 @@ def test_import_weights_then_train_from_them(repo, tmp_path, monai_unet):
                                   torch_state["final_conv.weight"].transpose(2, 3, 1, 0))
 
     config_file = tmp_path / "basic_unet.py"
-    config_file.write_text(BASIC_UNET_CONFIG.format(synthetic=str(repo / "experiments" / "synthetic.py")))
+    config_file.write_text(BASIC_UNET_CONFIG)
     args = ["--config.num_train_steps=2", f"--config.init.from={out}", "--config.init.layout=medjax"]
     r = medjax(repo, "train", "--config", str(config_file), "--workdir", str(tmp_path / "run"), *args)
     assert r.returncode == 0, r.stderr

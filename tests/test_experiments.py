@@ -31,7 +31,7 @@ def test_medmnist_protocol_tiny(repo, tmp_path, variant, name, shape):
     _write_medmnist(tmp_path, name, shape, 2)
     overrides = [f"--config.data.name={name}", f"--config.data.root={tmp_path}",
                  f"--config.data.cache_dir={tmp_path / 'cache'}"]
-    config = build_config(str(repo / "experiments" / "medmnist_resnet18.py") + f":{variant}", overrides)
+    config = build_config(f"medmnist_resnet18:{variant}", overrides)
     workdir = tmp_path / "run"
     loop.train(config, str(workdir))
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -73,7 +73,7 @@ def test_msd_unet3d_tiny(repo, tmp_path):
     _write_msd(task)
     before = {p: p.stat().st_mtime_ns for p in task.rglob("*")}
     overrides = [f"--config.data.root={task}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
-    config = build_config(str(repo / "experiments" / "msd_unet3d.py") + ":tiny", overrides)
+    config = build_config("msd_unet3d:tiny", overrides)
     workdir = tmp_path / "run"
     loop.train(config, str(workdir))
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -92,7 +92,7 @@ def test_msd_unet3d_tiny(repo, tmp_path):
     assert (workdir / "plots" / "test_predictions.png").stat().st_size > 0
     assert len(list((tmp_path / "cache").glob("msd_Ball/*/spec.json"))) == 1
     assert {p: p.stat().st_mtime_ns for p in task.rglob("*")} == before  # the data folder is only read
-    pmap = build_config(str(repo / "experiments" / "msd_unet3d.py") + ":tiny",
+    pmap = build_config("msd_unet3d:tiny",
                         [*overrides, "--config.parallel.strategy=pmap"])
     again = loop.evaluate(pmap, str(workdir))  # windows sharded by pmap instead of jit: the same Dice
     assert again["dice/ball"] == pytest.approx(result["dice/ball"], abs=1e-6)
@@ -102,7 +102,7 @@ def test_msd_needs_a_root(repo):
     from medjax.data.sources import load_splits
     from medjax.errors import MedjaxError
 
-    config = build_config(str(repo / "experiments" / "msd_unet3d.py") + ":tiny")
+    config = build_config("msd_unet3d:tiny")
     with pytest.raises(MedjaxError, match="config.data.root must name a Decathlon task folder"):
         load_splits(config.data)
 
@@ -148,7 +148,7 @@ def test_image_folder_unet_tiny_scores_inside_the_fov(repo, tmp_path):
     from medjax.train.parallel import replicated_to_host
 
     fov = _write_image_folder(tmp_path / "data")
-    config = build_config(str(repo / "experiments" / "image_folder_unet.py") + ":tiny",
+    config = build_config("image_folder_unet:tiny",
                           [f"--config.data.root={tmp_path / 'data'}"])
     workdir = tmp_path / "run"
     loop.train(config, str(workdir))
@@ -176,7 +176,7 @@ def test_image_folder_unet_tiny_scores_inside_the_fov(repo, tmp_path):
     assert everywhere != pytest.approx(inside, abs=1e-3)  # the corners outside the FOV would have counted
     counts = metrics.dice_counts(pred, test["label"], 2)  # cross-check: unmasked counts give the other number
     assert list(metrics.dice_from_counts(*counts)) == pytest.approx(everywhere, abs=1e-6)
-    pmap = build_config(str(repo / "experiments" / "image_folder_unet.py") + ":tiny",
+    pmap = build_config("image_folder_unet:tiny",
                         [f"--config.data.root={tmp_path / 'data'}", "--config.parallel.strategy=pmap"])
     again = loop.evaluate(pmap, str(workdir))  # the batch and its mask split by pmap instead of jit: same Dice
     assert again["dice/class1"] == pytest.approx(result["dice/class1"], abs=1e-6)
@@ -189,7 +189,7 @@ def test_image_folder_source_options(repo, tmp_path):
 
     root = tmp_path / "drive"
     _write_image_folder(root, n=6, fov_dir="mask", fov_suffix="_mask")
-    cfg = build_config(str(repo / "experiments" / "image_folder_unet.py"),
+    cfg = build_config("image_folder_unet",
                        [f"--config.data.root={root}", "--config.data.fov_dir=mask", "--config.data.fov_suffix=_mask",
                         "--config.data.size=(8, 8)", "--config.data.class_names=background,square",
                         "--config.data.val_fraction=0.2", "--config.data.test_fraction=0.0"]).data
@@ -239,7 +239,8 @@ def test_transfer_icbm152_tiny(tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["arms"]["scratch"]["dice_mean"]["runs"] == results["arms"]["scratch"]["dice_mean"]["runs"]
     first = [json.loads(line) for line in (tmp_path / "out" / "finetune_s0" / "metrics.jsonl").read_text().splitlines()]
-    scratch = [json.loads(line) for line in (tmp_path / "out" / "scratch_s0" / "metrics.jsonl").read_text().splitlines()]
+    scratch = [json.loads(line)
+               for line in (tmp_path / "out" / "scratch_s0" / "metrics.jsonl").read_text().splitlines()]
     assert first[0]["loss"] != scratch[0]["loss"]  # same data and seed: only the initialisation differs
 
 

@@ -1,9 +1,9 @@
-"""experiments/benchmarks/train_options.py: the scaling run's plumbing (one process per device count) and its
+"""medjax/bench/train_options.py: the scaling run's plumbing (one process per device count) and its
 table. No timing assertions; the compute mode runs in notebooks/performance.ipynb."""
 
 import pytest
 
-from experiments.benchmarks import train_options
+from medjax.bench import train_options
 
 
 def test_scaling_runs_each_device_count_in_its_own_process():

@@ -1,5 +1,5 @@
-"""medjax's XLA:CPU defaults: merged into XLA_FLAGS at import, the user's settings win, opt-out, too-late warning,
-and the flags change no numbers."""
+"""medjax's XLA:CPU defaults: merged into XLA_FLAGS by `medjax.configure_cpu()` and the CLI (never by the import),
+the user's settings win, opt-out, too-late warning, and the flags change no numbers."""
 
 import json
 import os
@@ -43,7 +43,7 @@ def test_opt_out_leaves_the_environment_alone(monkeypatch, value):
 def test_too_late_warns_and_changes_nothing(monkeypatch):
     monkeypatch.setattr(xla_flags, "_backends_started", lambda: True)
     env = {}
-    with pytest.warns(UserWarning, match="import medjax before running any JAX computation"):
+    with pytest.warns(UserWarning, match=r"call it before any JAX computation"):
         assert xla_flags.apply_cpu_defaults(env) is None
     assert env == {}
 
@@ -55,20 +55,36 @@ def _python(code: str, **env_changes) -> subprocess.CompletedProcess:
                           check=True)
 
 
-def test_import_medjax_sets_the_flags_in_a_fresh_process():
-    out = _python("import os, medjax; print(os.environ['XLA_FLAGS'])").stdout.split()
-    assert out == [f"--{XNN}=individual_convolution", f"--{YNN}=individual_dot"]
-    kept = _python("import os, medjax; print(os.environ['XLA_FLAGS'])", XLA_FLAGS=f"--{YNN}=").stdout.split()
+def test_importing_medjax_changes_nothing_in_a_fresh_process():
+    code = "import os, medjax, medjax.train.loop, medjax.cli; print(repr(os.environ.get('XLA_FLAGS')))"
+    assert _python(code).stdout.strip() == "None"
+
+
+def test_configure_cpu_sets_the_flags_in_a_fresh_process():
+    show = "import os, medjax; medjax.configure_cpu(); print(os.environ['XLA_FLAGS'])"
+    assert _python(show).stdout.split() == [f"--{XNN}=individual_convolution", f"--{YNN}=individual_dot"]
+    kept = _python(show, XLA_FLAGS=f"--{YNN}=").stdout.split()
     assert kept == [f"--{YNN}=", f"--{XNN}=individual_convolution"]
 
 
-def test_importing_medjax_after_jax_ran_warns():
-    r = _python("import jax.numpy as jnp; jnp.ones(2).block_until_ready(); import medjax")
-    assert "medjax was imported after JAX started its backends" in r.stderr
+def test_the_cli_configures_cpu_before_it_runs(monkeypatch):
+    from medjax import cli
+
+    seen = []
+    monkeypatch.setattr(xla_flags, "apply_cpu_defaults", lambda environ=None: seen.append("configured"))
+    monkeypatch.setattr(cli, "run", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["train"]) == 0
+    assert seen == ["configured", ["train"]]
+
+
+def test_configure_cpu_after_jax_ran_warns():
+    r = _python("import jax.numpy as jnp; jnp.ones(2).block_until_ready(); import medjax; medjax.configure_cpu()")
+    assert "medjax.configure_cpu() was called after JAX started its backends" in r.stderr
 
 
 _CONV_GRADS = """
 import json, numpy as np, medjax, jax, jax.numpy as jnp
+medjax.configure_cpu()
 from jax import lax
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((2, 12, 12, 8)).astype(np.float32))

@@ -3,7 +3,8 @@
 Every transform acts on ONE example: `fn(key, image, label=None, **params) -> (image, label)` with `image`
 (H, W, C) or (D, H, W, C) float32 and `label` an integer map of the spatial shape (or None). Geometric transforms
 move image and label together (linear sampling for the image, nearest for the label; outside the input the
-image takes each channel's minimum, the label background 0); intensity transforms touch only the image. Each is applied with probability `p`, decided
+image takes each channel's minimum, the label background 0); intensity transforms touch only the image. Each is
+applied with probability `p`, decided
 per example by a `jnp.where` on a random draw (no Python control flow on traced values); `p <= 0` is skipped
 statically and `p >= 1` always applies.
 
@@ -55,7 +56,8 @@ error function), from a threefry key made of its key's data (for medjax's `rbg` 
 threefry key the same seed / fold_in chain would give). Two reasons, both checked on jax 0.10.2 CPU: (1) JAX's
 vmap rule for `rng_bit_generator` (which makes the `rbg` implementation's bits) draws every example's bits from
 the FIRST key of the batch, so vmapped rbg draws depend on the batch composition (a batch of 4 and its halves
-give different numbers) and would break per-example determinism; (2) each threefry hash in the graph costs ~0.1 s of XLA compile time, so one draw per example
+give different numbers) and would break per-example determinism; (2) each threefry hash in the graph costs ~0.1 s of
+XLA compile time, so one draw per example
 (instead of one per parameter) keeps the full pipeline's compile short. A transform called on its own draws
 differently from the same transform inside `make_augment` (same distribution, different numbers).
 """
@@ -63,7 +65,8 @@ differently from the same transform inside `make_augment` (same distribution, di
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,7 @@ stores it, which is what makes resume exact.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class TrainStream:
         self.seed = seed
         self.position = 0
 
-    def __iter__(self) -> "TrainStream":
+    def __iter__(self) -> TrainStream:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:

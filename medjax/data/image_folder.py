@@ -38,7 +38,8 @@ import csv
 import os
 import struct
 import zlib
-from typing import Callable, Literal, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image

@@ -11,7 +11,8 @@ a resumed run draws the same patches. The iterator state (the next batch) is wha
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class GrainStream:
                                                                  prefetch_buffer_size=prefetch))
         self._iter = iter(self._dataset)
 
-    def __iter__(self) -> "GrainStream":
+    def __iter__(self) -> GrainStream:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:

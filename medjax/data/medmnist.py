@@ -18,7 +18,7 @@ import dataclasses
 import os
 import zipfile
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -21,7 +21,7 @@ of CT in HU and of most MR) unless `image_pad_value` is given, the label with 0 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

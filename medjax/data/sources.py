@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -81,7 +81,7 @@ def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     return splits, [str(c) for c in cfg.get("class_names", ())]
 
 
-def _medmnist(cfg: ml_collections.ConfigDict) -> "Dataset":
+def _medmnist(cfg: ml_collections.ConfigDict) -> Dataset:
     """Any of the 18 MedMNIST sets by name (`data.name=breastmnist`, `data.size`, `data.root`), official splits,
     cached as array_record the first time (the .npz is not read again while the cache matches it)."""
     from medjax.data.cache import arrays_generator, build_or_load, file_fingerprint
@@ -111,7 +111,7 @@ def _medmnist(cfg: ml_collections.ConfigDict) -> "Dataset":
     return Dataset(sources, list(info.class_names), info.multi_label)
 
 
-def _msd(cfg: ml_collections.ConfigDict) -> "Dataset":
+def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     """A Decathlon task folder (`data.root`): labelled cases split into train / val / test by a seeded
     permutation (the official imagesTs have no labels), normalised and resampled once, cached as array_record
     volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid), `normalize`, `ct_level`,

@@ -17,7 +17,7 @@ downsampling (as MONAI's ``Spacing``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

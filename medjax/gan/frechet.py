@@ -9,7 +9,8 @@ real and generated images". Numbers are comparable only between runs that use th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -12,7 +12,7 @@ map of logits counts each patch once):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

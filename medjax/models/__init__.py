@@ -38,5 +38,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["MODELS", "BasicUNet", "ConvLSTMRegressor", "ConvLSTMUNet", "DenseNet", "ResNet", "UNet", "basic_unet", "build_model", "densenet121", "resnet18",
-           "resnet34", "resnet50", "MonaiUNet", "monai_unet"]
+__all__ = [
+    "MODELS", "BasicUNet", "ConvLSTMRegressor", "ConvLSTMUNet", "DenseNet", "ResNet", "UNet", "basic_unet",
+    "build_model", "densenet121", "resnet18", "resnet34", "resnet50", "MonaiUNet", "monai_unet",
+]

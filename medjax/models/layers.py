@@ -46,9 +46,10 @@ def conv(
     name: str | None = None,
     padding: Padding | None = None,
     dtype: Any = jnp.float32,
-    kernel_init: Any = nn.initializers.lecun_normal(),
+    kernel_init: Any = nn.initializers.lecun_normal(),  # noqa: B008  (a pure, immutable initializer)
 ) -> nn.Conv:
-    """An `nn.Conv` (with `ops.conv_general_dilated`: fast 3D on CPU) with a cubic kernel of rank `ndim`; default padding is torch's symmetric `kernel_size // 2`.
+    """An `nn.Conv` (with `ops.conv_general_dilated`: fast 3D on CPU) with a cubic kernel of rank `ndim`; default
+    padding is torch's symmetric `kernel_size // 2`.
 
     `padding` may be an int (same on both sides of every axis) or anything `nn.Conv` accepts.
     """

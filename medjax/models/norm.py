@@ -6,7 +6,7 @@ Why: XLA:CPU splits a reduction over several leading axes (keeping the channels)
 strides over the channels. A normalisation layer reduces over (N, *spatial) or (*spatial) four times per
 training step (mean and mean of squares forward; sums of g and g * x_hat backward). In the MedMNIST ResNet-18
 protocol's step (batch 128 of 28x28, small stem) Flax's BatchNorm reductions took 1.2 s of a 2.5 s step on a
-2-core Sapphire Rapids CPU (`python -m experiments.benchmarks.profile_step medmnist_r18_2d_1ch --trace`). The same
+2-core Sapphire Rapids CPU (`python -m medjax.bench.profile_step medmnist_r18_2d_1ch --trace`). The same
 sums as a dot with a vector of ones run through XLA's dot kernels: 42.5 -> 5.7 ms for both statistics of a
 (128, 28, 28, 64) activation.
 

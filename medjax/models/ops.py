@@ -2,7 +2,7 @@
 
 Every function here computes exactly what the `lax` / `flax.linen` primitive it replaces computes (up to float
 summation order, tested), with the same parameters, so checkpoints and imported weights are unaffected. They exist
-because of measurements on XLA:CPU (jax 0.10, 2-core AMD EPYC; `python -m experiments.benchmarks.ops`, whose
+because of measurements on XLA:CPU (jax 0.10, 2-core AMD EPYC; `python -m medjax.bench.ops`, whose
 table is in the README's Performance section):
 
 * **3D convolution** is a generic, poorly vectorised loop on XLA:CPU (5x slower than torch's), while 2D
@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-
 # On CPU, a 3D convolution whose output planes (the last two spatial axes) have at most this many pixels runs as
 # one matmul over gathered patches: as 2D convolutions on tiny planes with many channels it is slow (ResNet's last
 # stage, 2x2^3 x 512 -> 512; see the benchmark's conv3d_small row). Not for 2D convolutions: a 2D ResNet-18 on
@@ -48,7 +47,7 @@ SMALL_PLANE = 16
 
 # On CPU, a 3D convolution with at most this many input channels runs as one 2D convolution over the input's
 # depth taps concatenated along the channels (`_conv3d_folded`), and single-channel inputs fold the height taps
-# too. Forward + backward on batch 4 of 32^3, per-tap form -> folded (`python -m experiments.benchmarks.ops
+# too. Forward + backward on batch 4 of 32^3, per-tap form -> folded (`python -m medjax.bench.ops
 # --fold-channels 0` against the default, 2-core EPYC): 1 -> 8 channels 51 -> 16 ms, 8 -> 8 53 -> 38 ms. At 32
 # channels the two were within noise (78 and 66 ms, separate runs), and at 64 the per-tap form was as fast (a
 # one-off comparison) and needs a third of the memory.

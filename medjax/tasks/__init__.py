@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 
 from medjax.errors import MedjaxError
-from medjax.train import compute
 from medjax.tasks.classification import ClassificationTask
 from medjax.tasks.regression import RegressionTask
 from medjax.tasks.segmentation import SegmentationTask
+from medjax.train import compute
 
 TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask, "regression": RegressionTask}
 

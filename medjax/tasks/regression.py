@@ -11,7 +11,8 @@ steps to reach a raw target far from 0). Summary over the split: `mae`, `rmse`, 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ A batch may carry a per-voxel "mask" (N, *spatial) next to its "label" (e.g. a f
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,8 @@ class SegmentationTask:
         if self.loss_name == "ce":
             return losses.softmax_cross_entropy(logits, labels, **kw)
         if self.loss_name == "dice":
-            return losses.soft_dice_loss(logits, labels, self.num_classes, include_background=self.include_background, **kw)
+            return losses.soft_dice_loss(logits, labels, self.num_classes, include_background=self.include_background,
+                                         **kw)
         return losses.dice_ce_loss(logits, labels, self.num_classes, include_background=self.include_background, **kw)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:

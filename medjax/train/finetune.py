@@ -48,7 +48,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax

@@ -16,14 +16,14 @@ Gradient accumulation (`accum_steps` N > 1, `config.compute.grad_accum_steps`) s
 N micro-batches, example i to micro-batch i mod N, and runs them one after another in a `lax.scan` (one
 micro-batch's activations alive at a time). On CPU the scan is unrolled (`lax.platform_dependent`): XLA:CPU runs
 a loop body with convolutions about 20x slower, and there the unrolled form saves no memory, only the larger
-effective batch (`experiments/benchmarks/train_options.py compute`). Gradients and metrics are averaged,
+effective batch (`medjax/bench/train_options.py compute`). Gradients and metrics are averaged,
 the BatchNorm statistics thread from one micro-batch to the next, and micro-batch j's loss key is
 `fold_in(fold_in(step_key, MICRO_STREAM), j)`. N = 1 is exactly the plain step.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

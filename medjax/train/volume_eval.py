@@ -12,7 +12,8 @@ Config (`config.inference`): `roi_size` (the window; usually the training patch 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

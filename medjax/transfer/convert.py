@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -200,7 +201,8 @@ def import_weights(state: Mapping[str, np.ndarray], layout: Layout, target: Mapp
     return unflatten_dict({tuple(k.split("/")): v for k, v in out.items()}), report
 
 
-def export_weights(variables: Mapping[str, Any], layout: Layout, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def export_weights(variables: Mapping[str, Any], layout: Layout,
+                   like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A torch state dict with the keys, shapes and dtypes of `like` (e.g. `torch_model.state_dict()`), filled
     from medjax `variables` through `layout`. Tensors dropped on import (num_batches_tracked) keep `like`'s value."""
     flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(dict(variables)).items()}

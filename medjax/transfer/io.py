@@ -3,7 +3,8 @@
 `.pt`/`.pth` go through `torch.load(weights_only=True)` (never plain unpickling: a checkpoint is code otherwise),
 which needs torch installed; `.safetensors` and `.npz` need no torch. Common wrappers are unwrapped: a dict holding
 the weights under "state_dict", "model", "model_state_dict", "network" or "net" (MONAI bundles, Lightning, our
-users' training scripts), and the "module." prefix `DataParallel` / DDP add to every key (and the "_orig_mod." of `torch.compile`).
+users' training scripts), and the "module." prefix `DataParallel` / DDP add to every key (and the "_orig_mod." of
+`torch.compile`).
 
 Arrays come back in numpy's own dtypes: bfloat16 (and float8) tensors are widened to float32, losslessly, from
 `.pt` and `.safetensors` alike. `write_state_dict` keeps bfloat16 arrays (ml_dtypes, what JAX uses) as bfloat16 in
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

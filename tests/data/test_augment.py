@@ -45,7 +45,7 @@ def _batch(nd, n=4, channels=2, seed=0):
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(cfg_items):
     """One jitted augment per config (configs as hashable tuples), reused across tests."""
     cfg = ml_collections.ConfigDict()

@@ -17,7 +17,8 @@ def _arrays(n=10):
 
 @pytest.fixture
 def source(tmp_path):
-    return build_or_load("t", {"v": 1}, FEATURES, {"train": arrays_generator(_arrays())}, cache_dir=str(tmp_path))["train"]
+    splits = {"train": arrays_generator(_arrays())}
+    return build_or_load("t", {"v": 1}, FEATURES, splits, cache_dir=str(tmp_path))["train"]
 
 
 def test_cache_keeps_order_and_values(source):
@@ -81,7 +82,8 @@ def test_every_cached_key_reaches_the_batches(tmp_path):
     """A field-of-view mask stored with the examples travels with them (nothing is silently dropped)."""
     arrays = dict(_arrays(6), mask=(np.arange(6)[:, None, None] * np.ones((6, 4, 4)) > 2).astype(np.float32))
     features = dict(FEATURES, mask=((4, 4), np.float32))
-    source = build_or_load("m", {"v": 1}, features, {"train": arrays_generator(arrays)}, cache_dir=str(tmp_path))["train"]
+    splits = {"train": arrays_generator(arrays)}
+    source = build_or_load("m", {"v": 1}, features, splits, cache_dir=str(tmp_path))["train"]
     batch = next(GrainStream(source, 3, slice(0, 3), seed=0))
     assert set(batch) == {"image", "label", "mask", "index", "weight"}
     np.testing.assert_array_equal(batch["mask"][:, 0, 0], batch["label"] > 2)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from experiments.benchmarks import bench
-from experiments.benchmarks.gan_bench import run_gan_case
+from medjax.bench import bench
+from medjax.bench.gan_bench import run_gan_case
 
 
 def test_pix2pix_step_matches_torch_on_the_same_weights():

@@ -158,7 +158,7 @@ def test_errors_name_the_problem():
 
 
 def test_benchmark_smoke(tmp_path):
-    from experiments.benchmarks import sliding_window as bench
+    from medjax.bench import sliding_window as bench
 
     out = tmp_path / "bench.json"
     bench.main(["--size", "24", "--roi", "16", "--repeats", "1", "--out", str(out)])

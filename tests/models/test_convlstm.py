@@ -2,8 +2,8 @@
 with a PyTorch ConvLSTM through medjax.transfer.convlstm."""
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -11,8 +11,8 @@ import torch
 from medjax.errors import MedjaxError
 from medjax.models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMRegressor, ConvLSTMUNet, TimeDistributed
 from medjax.models.unet import UNet
-from tests.models.torch_convlstm import torch_convlstm_class
 from medjax.transfer.convlstm import import_torch_convlstm
+from tests.models.torch_convlstm import torch_convlstm_class
 
 
 def _seq(shape, seed=0):

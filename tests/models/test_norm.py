@@ -137,7 +137,7 @@ def test_no_reduce_window_left_in_training_step_of_a_norm_layer():
                                    (nn.InstanceNorm, norm.InstanceNorm, {})):
         variables = flax_cls(**kw).init(jax.random.key(0), x)
 
-        def step(module):
+        def step(module, variables=variables):
             def f(params, x):
                 vv = dict(variables, params=params)
                 out = module.apply(vv, x, mutable=["batch_stats"])[0] if "batch_stats" in vv else module.apply(vv, x)

@@ -47,7 +47,7 @@ def test_loss_uses_the_target_scale_and_errors_are_named():
 
 @pytest.mark.parametrize("variant,keys", [("ef", {"mae", "rmse", "r2"}), ("segmentation", {"dice_mean"})])
 def test_convlstm_trains_on_synthetic_cine(repo, tmp_path, variant, keys):
-    config = build_config(f"{repo}/experiments/cine_synthetic.py:{variant},tiny", [])
+    config = build_config(f"cine_synthetic:{variant},tiny", [])
     metrics = loop.train(config, str(tmp_path))
     assert keys <= set(metrics) and all(np.isfinite(metrics[k]) for k in keys)
     result = loop.evaluate(config, str(tmp_path), split="test")
@@ -63,7 +63,7 @@ def test_cine_folder_trains_on_clips_with_per_frame_metrics_and_targets_alone(re
     from tests.data.test_cine_io import _cases
 
     root = _cases(tmp_path / "cines", n=6)
-    config = build_config(f"{repo}/experiments/cine_synthetic.py:segmentation,tiny", [])
+    config = build_config("cine_synthetic:segmentation,tiny", [])
     config.data = ml_collections.ConfigDict(dict(name="cine_folder", root=str(root), num_classes=3, clip_length=3,
                                                  clip_stride=2, val_fraction=0.2, test_fraction=0.2,
                                                  class_names=("background", "lv_cavity", "myocardium")))
@@ -77,7 +77,7 @@ def test_cine_folder_trains_on_clips_with_per_frame_metrics_and_targets_alone(re
     shutil.rmtree(root / "labels")
     with pytest.raises(MedjaxError, match="split 'train' of dataset 'cine_folder' has no labels"):
         loop.setup(config, str(tmp_path / "unlabelled"))
-    config = build_config(f"{repo}/experiments/cine_synthetic.py:ef,tiny", [])
+    config = build_config("cine_synthetic:ef,tiny", [])
     config.data = ml_collections.ConfigDict(dict(name="cine_folder", root=str(root), val_fraction=0.2,
                                                  test_fraction=0.2))
     metrics = loop.train(config, str(tmp_path / "ef"))

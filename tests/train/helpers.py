@@ -9,7 +9,7 @@ from medjax.train.parallel import replicated_to_host
 
 
 def synthetic_config(repo, variant="segmentation", *overrides):
-    return build_config(str(repo / "experiments" / "synthetic.py") + f":{variant}", list(overrides))
+    return build_config(f"synthetic:{variant}", list(overrides))
 
 
 def run_steps(config, workdir, num_steps, devices=None):

@@ -101,7 +101,7 @@ def test_frozen_params_bitwise_unchanged_others_train(repo, tmp_path):
 def test_a_pattern_matching_nothing_is_an_error_naming_it(repo, tmp_path):
     for key, value in (("freeze", "stem_*,nothing/*"), ("groups", "stage9_*=0.1")):
         config = synthetic_config(repo, CLS, f"--config.finetune.{key}={value}")
-        with pytest.raises(MedjaxError, match=r"config\.finetune\.%s: pattern '(nothing/\*|stage9_\*)'" % key):
+        with pytest.raises(MedjaxError, match=rf"config\.finetune\.{key}: pattern '(nothing/\*|stage9_\*)'"):
             loop.setup(config, str(tmp_path))
     config = synthetic_config(repo, CLS, "--config.finetune.linear_probe_steps=2", "--config.finetune.head=fc/*")
     with pytest.raises(MedjaxError, match="config.finetune.head"):

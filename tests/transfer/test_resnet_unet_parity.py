@@ -67,7 +67,7 @@ def _channels_last(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, 1, -1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _medjax(case: str):
     """(model, variable shapes, jitted eval apply) for a case: compiled once, shared by its random/trained runs."""
     _, build, _, _, shape, _ = CASES[case]
