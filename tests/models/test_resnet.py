@@ -181,3 +181,22 @@ def test_bad_stem_overrides_raise_medjax_error():
         resnet18(2, stem_kernel="7")
     with pytest.raises(MedjaxError, match=r"stem_kernel \(3, 3\) has 2 entries for 3D input"):
         _shapes(resnet18(2, stem_kernel=(3, 3)), (1, 8, 8, 8, 1))
+
+
+def test_batchnorm_running_statistics_use_torchs_momentum():
+    """One training step moves the running mean 0.1 of the way to the batch mean (torch's momentum=0.1, flax's 0.9)
+    and the running variance to 0.9 * 1 + 0.1 * the biased batch variance; eval mode then uses them."""
+    from medjax.models import layers
+
+    x = jnp.asarray(np.arange(2 * 3 * 3 * 2, dtype=np.float32).reshape(2, 3, 3, 2))
+    bn = layers.norm("batch", train=True, name="bn")
+    variables = bn.init(jax.random.key(0), x)
+    _, updated = bn.apply(variables, x, mutable=["batch_stats"])
+    mean, var = np.asarray(x).reshape(-1, 2).mean(0), np.asarray(x).reshape(-1, 2).var(0)
+    np.testing.assert_allclose(updated["batch_stats"]["mean"], 0.1 * mean, rtol=1e-6)
+    np.testing.assert_allclose(updated["batch_stats"]["var"], 0.9 + 0.1 * var, rtol=1e-6)
+    np.testing.assert_allclose(updated["batch_stats"]["mean"], [1.7, 1.8], rtol=1e-6)  # channel means 17, 18
+    np.testing.assert_allclose(updated["batch_stats"]["var"], [0.9 + 0.1 * 323 / 3] * 2, rtol=1e-6)  # var 107.67
+    eval_out = layers.norm("batch", train=False, name="bn").apply(dict(variables, **updated), x)
+    expected = (np.asarray(x) - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + layers.NORM_EPSILON)
+    np.testing.assert_allclose(eval_out, expected, rtol=1e-5, atol=1e-6)
