@@ -19,7 +19,8 @@ experiment configs train on (`medjax.bench`; needs torch and monai: `pip install
 DIR/bench.json, bench.md, bench.png; with `--protocol`, a whole experiment in both frameworks, wall time and time to
 a target validation metric (`medjax/bench/protocol.py`) -> DIR/protocol.json, protocol.md.
 
-Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3.
+Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3; a
+disk that fills while a checkpoint is written exits 4 (the partial save removed, the last checkpoint intact).
 """
 
 from __future__ import annotations
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     from medjax import configure_cpu
 
     configure_cpu()  # before anything starts a JAX backend
+    from medjax.train.checkpoint import CheckpointDiskFull
     from medjax.train.loop import TrainingDiverged
 
     try:
@@ -302,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"medjax: error: {e}", file=sys.stderr)
         return 3
+    except CheckpointDiskFull as e:
+        print(f"medjax: error: {e}", file=sys.stderr)
+        return 4
     except MedjaxError as e:
         print(f"medjax: error: {e}", file=sys.stderr)
         return 2

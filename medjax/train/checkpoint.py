@@ -8,12 +8,51 @@ asynchronous; `wait()` blocks until they are on disk.
 
 from __future__ import annotations
 
+import errno
+import functools
+import glob
 import os
+import shutil
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 from medjax.errors import MedjaxError
+
+
+class CheckpointDiskFull(MedjaxError):
+    """A checkpoint could not be written for lack of disk space; the previous checkpoints are intact."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether `error`, or anything in its cause/context chain, is ENOSPC (Orbax wraps the OSError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def _reports_disk_full(method):
+    """Turn a disk-full failure of a save (or of waiting for an async one) into one `CheckpointDiskFull` naming
+    the workdir, the space one checkpoint needs and the last intact checkpoint, after removing the partial save."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            if not _disk_full(e):
+                raise
+            raise self.disk_full_error() from e
+
+    return wrapper
 
 
 def _manager(directory: str, name: str, **options: Any) -> ocp.CheckpointManager:
@@ -34,6 +73,7 @@ class Checkpoints:
             raise MedjaxError(f"config.checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
         common = dict(enable_async_checkpointing=True, cleanup_tmp_directories=not read_only,
                       create=not read_only, read_only=read_only)
+        self.workdir = workdir
         self.best_metric = best_metric
         self.best_mode = best_mode
         self._best_value: float | None = None  # the best value offered by this process (None after a restart)
@@ -48,11 +88,35 @@ class Checkpoints:
     def _args(state: Any, data_state: dict) -> ocp.args.Composite:
         return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
 
+    def disk_full_error(self) -> CheckpointDiskFull:
+        """Remove partial saves (Orbax's temporaries) and describe what is left, for the disk-full report."""
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                try:  # let saves still in flight finish (or fail) before their temporaries are removed
+                    manager.wait_until_finished()
+                except Exception:  # noqa: BLE001  (the disk-full error is the one to report)
+                    pass
+        for pattern in ("checkpoints/*.orbax-checkpoint-tmp*", "best/*.orbax-checkpoint-tmp*"):
+            for tmp in glob.glob(os.path.join(self.workdir, pattern)):
+                shutil.rmtree(tmp, ignore_errors=True)
+        steps = [int(d) for d in os.listdir(os.path.join(self.workdir, "checkpoints")) if d.isdigit()] \
+            if os.path.isdir(os.path.join(self.workdir, "checkpoints")) else []
+        last = max(steps, default=None)
+        need = _dir_bytes(os.path.join(self.workdir, "checkpoints", str(last))) if last is not None else 0
+        free = shutil.disk_usage(self.workdir).free
+        intact = f"step {last} in {os.path.join(self.workdir, 'checkpoints')}" if last is not None else "none"
+        return CheckpointDiskFull(
+            f"disk full while writing a checkpoint in {self.workdir}: one checkpoint needs about "
+            f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; the partial save was removed and the last "
+            f"intact checkpoint is {intact} (rerun the same command to resume once there is space)")
+
+    @_reports_disk_full
     def save(self, step: int, state: Any, data_state: dict) -> None:
         """Start an async save of the latest state (no-op if this step is already saved)."""
         if step not in self.latest.all_steps():
             self.latest.save(step, args=self._args(state, data_state), force=True)
 
+    @_reports_disk_full
     def save_best(self, step: int, state: Any, data_state: dict, metrics: dict) -> None:
         """Offer the state to the best-checkpoint manager; Orbax keeps it only if `best_metric` improved. A value
         worse than the best this process already offered is not written at all (writing a whole checkpoint that
@@ -88,6 +152,7 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["data"]), step, which
 
+    @_reports_disk_full
     def wait(self) -> None:
         self.latest.wait_until_finished()
         if self.best is not None:
