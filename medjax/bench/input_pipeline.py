@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from medjax import rng
+from medjax.bench.train_options import timed_steps
 from medjax.config import build_config
 from medjax.data.augment import make_augment
 from medjax.train.loop import make_train_stream, setup
@@ -103,17 +104,8 @@ def measure(config, workdir: str, steps: int) -> dict:
     for name, aug in (("step", None), ("step_aug", s.augment)):
         state = s.strategy.init_state(s.create)
         step = s.strategy.compile_train_step(make_train_step(s.task, s.tx, s.strategy.axis_name, aug))
-        t0 = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        results[f"{name}_compile_s"] = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            state, m = step(state, batch)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t)
-        results[f"{name}_ex_s"] = bs / statistics.median(times)
+        results[f"{name}_compile_s"], median, state = timed_steps(step, state, batch, steps)
+        results[f"{name}_ex_s"] = bs / median
         if aug is not None:  # the real loop body, stream included
             t = time.perf_counter()
             for _ in range(steps):

@@ -28,7 +28,7 @@ import sys
 import time
 
 
-def _timed_steps(step, state, batch, repeats: int) -> tuple[float, float, object]:
+def timed_steps(step, state, batch, repeats: int) -> tuple[float, float, object]:
     import jax
 
     t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def scaling_worker(case_name: str, strategy_name: str, repeats: int, shape: str 
     state = _state(tx, variables, strategy)
     step = strategy.compile_train_step(make_train_step(task, tx, strategy.axis_name))
     placed = strategy.put_batch(batch, len(batch["label"]))
-    first, median, _ = _timed_steps(step, state, placed, repeats)
+    first, median, _ = timed_steps(step, state, placed, repeats)
     return {"case": case_name, "strategy": strategy_name, "devices": jax.device_count(),
             "device_kind": jax.devices()[0].device_kind, "global_batch": len(batch["label"]),
             "first_step_s": first, "step_s": median, "examples_per_s": len(batch["label"]) / median}
@@ -99,8 +99,7 @@ def run_scaling(case_name: str, devices: list[int], strategy: str, repeats: int,
         env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n))
         code = (f"import json, medjax; medjax.configure_cpu(); from medjax.bench import train_options as t; "
                 f"print('RESULT', json.dumps(t.scaling_worker({case_name!r}, {strategy!r}, {repeats}, {shape!r})))")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
-                              cwd=pathlib.Path(__file__).resolve().parents[2])
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError(f"{n} devices failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.split("RESULT", 1)[1]))
@@ -138,7 +137,7 @@ def run_compute(case_name: str, repeats: int, options: list[str], batch_size: in
         step = strategy.compile_train_step(make_train_step(task, tx, None, accum_steps=accum))
         placed = strategy.put_batch(batch, len(batch["label"]))
         mem = step.lower(state, placed).compile().memory_analysis()
-        first, median, _ = _timed_steps(step, state, placed, repeats)
+        first, median, _ = timed_steps(step, state, placed, repeats)
         rows.append({"option": name, "precision": precision, "remat": remat, "grad_accum_steps": accum,
                      "case": case_name, "batch": len(batch["label"]), "step_s": median, "first_step_s": first,
                      "temp_bytes": getattr(mem, "temp_size_in_bytes", None),

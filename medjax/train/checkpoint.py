@@ -99,16 +99,18 @@ class Checkpoints:
         for pattern in ("checkpoints/*.orbax-checkpoint-tmp*", "best/*.orbax-checkpoint-tmp*"):
             for tmp in glob.glob(os.path.join(self.workdir, pattern)):
                 shutil.rmtree(tmp, ignore_errors=True)
-        steps = [int(d) for d in os.listdir(os.path.join(self.workdir, "checkpoints")) if d.isdigit()] \
-            if os.path.isdir(os.path.join(self.workdir, "checkpoints")) else []
+        latest_dir = os.path.join(self.workdir, "checkpoints")
+        steps = [int(d) for d in os.listdir(latest_dir) if d.isdigit()] if os.path.isdir(latest_dir) else []
         last = max(steps, default=None)
-        need = _dir_bytes(os.path.join(self.workdir, "checkpoints", str(last))) if last is not None else 0
-        free = shutil.disk_usage(self.workdir).free
-        intact = f"step {last} in {os.path.join(self.workdir, 'checkpoints')}" if last is not None else "none"
-        return CheckpointDiskFull(
-            f"disk full while writing a checkpoint in {self.workdir}: one checkpoint needs about "
-            f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; the partial save was removed and the last "
-            f"intact checkpoint is {intact} (rerun the same command to resume once there is space)")
+        free = f"{shutil.disk_usage(self.workdir).free / 2**20:.1f} MiB are free"
+        if last is None:
+            where = f"{free}; the partial save was removed and no checkpoint was written yet"
+        else:
+            need = _dir_bytes(os.path.join(latest_dir, str(last))) / 2**20
+            where = (f"one checkpoint needs about {need:.1f} MiB, {free}; the partial save was removed and the last "
+                     f"intact checkpoint is step {last} in {latest_dir}")
+        return CheckpointDiskFull(f"disk full while writing a checkpoint in {self.workdir}: {where} (rerun the "
+                                  "same command to resume once there is space)")
 
     @_reports_disk_full
     def save(self, step: int, state: Any, data_state: dict) -> None:

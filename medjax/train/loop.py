@@ -311,6 +311,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         if why is not None:
             raise diverged(why)
         now = time.perf_counter()
+        # "finite" is a GAN step's flag for non_finite(), already checked: not a curve to log
         record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1] if k != "finite"}
         record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
         record["wall_s"] = now - t_start

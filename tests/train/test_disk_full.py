@@ -33,6 +33,7 @@ def test_disk_full_is_one_line_exit_4_and_leaves_no_partial_save(tmp_path, monke
     assert code == 4
     assert len(err) == 1 and err[0].startswith(f"medjax: error: disk full while writing a checkpoint in {workdir}")
     assert f"the last intact checkpoint is step 2 in {workdir / 'checkpoints'}" in err[0] and "MiB" in err[0]
+    assert "one checkpoint needs about " in err[0] and " MiB are free" in err[0]
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
     assert cli.main(["train", "--config", "synthetic:segmentation", "--workdir", str(workdir), *STEPS]) == 0
