@@ -29,7 +29,7 @@ import time
 import ml_collections
 import numpy as np
 
-from medjax.config import optional_sections
+from medjax import schema
 from medjax.configs.gan_augmentation import CLASS_NAMES, get_config
 
 
@@ -40,9 +40,7 @@ def _config(arg: str, root: str, tiny: bool, **overrides) -> ml_collections.Conf
         c.num_train_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 4, 4
     for k, v in overrides.items():
         c[k] = v
-    optional_sections(c)
-    c.lock()
-    return c
+    return schema.complete(c)
 
 
 def save_npz(path: pathlib.Path, splits: dict) -> None:

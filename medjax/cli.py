@@ -1,7 +1,8 @@
-"""`medjax train | evaluate | import-weights | bench`: the command line.
+"""`medjax train | evaluate | keys | import-weights | bench`: the command line.
 
     medjax train --config quickstart --workdir runs/quickstart [--config.key=value ...]
     medjax evaluate --config quickstart --workdir runs/quickstart
+    medjax keys [SECTION] [--config quickstart]
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
         [--model.key=value ...] [--overwrite]
@@ -56,6 +57,12 @@ Rerunning the same command resumes from the latest checkpoint.
   then: medjax train ... --config.init.from=weights/resnet18 --config.init.layout=medjax
 
 Model keys go after the options as --model.KEY=VALUE (e.g. --model.stem=small).""",
+    "keys": """examples:
+  medjax keys                          every section's keys, defaults and docs
+  medjax keys optimizer                one section (task.segmentation, data.msd, ...)
+  medjax keys --config quickstart      every key of a config with its value there
+
+Each key can be set on train / evaluate as --config.KEY=VALUE.""",
     "bench": """examples:
   medjax bench --quick --out runs/bench
   medjax bench --quick --cases medmnist_r18_2d_1ch quickstart_unet --precision bfloat16 --out runs/bench_bf16
@@ -103,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inflate_mode", choices=("average", "center"), default="center",
                    help="2D -> 3D: repeat along depth and divide (average, I3D) or the middle slice (center)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p = _subparser(sub, "keys", "list the config keys: their defaults, one-line docs and a config's values")
+    p.add_argument("section", nargs="?", default=None, help="one section, e.g. optimizer, task.segmentation, data.msd")
+    p.add_argument("--config", default=None, help="show this config's value of every key (a name or file.py[:arg])")
     p = _subparser(sub, "bench", "benchmark medjax against PyTorch baselines -> DIR/bench.{json,md,png}")
     p.add_argument("--quick", action="store_true",
                    help="fewer warm-up and timed steps (or protocol steps), same shapes")
@@ -262,10 +272,27 @@ def bench_command(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def keys_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`medjax keys`: the schema's table, or a loaded config's values of its keys."""
+    from medjax import schema
+
+    if args.config is None:
+        if overrides:
+            raise MedjaxError(f"unrecognized arguments for keys: {' '.join(overrides)} (overrides need --config)")
+        print(schema.render_table(schema.table(args.section)))
+        return 0
+    from medjax.config import build_config
+
+    print(schema.render_values(build_config(args.config, overrides), args.section))
+    return 0
+
+
 def run(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
     if args.command == "bench":
         return bench_command(args, overrides)
+    if args.command == "keys":
+        return keys_command(args, overrides)
     if args.command == "import-weights":
         import absl.logging
 

@@ -6,11 +6,8 @@ may import and extend a shipped one). Overrides follow the
 ml_collections config-flag convention; an unknown key or a value of the wrong type is a `MedjaxError` that names
 the key, so a typo can never silently run the default.
 
-Two optional sections exist in every loaded config, filled with inactive defaults where the file leaves them out
-(so `--config.init.from=...` and `--config.finetune.freeze=...` work with any experiment), see `optional_sections`:
-`config.init` (start from pretrained weights, `medjax.train.init_from`), `config.finetune` (frozen groups,
-per-group learning rates, frozen BatchNorm statistics, linear probing; `medjax.train.finetune`) and
-`config.compute` (mixed precision, rematerialisation, gradient accumulation; `medjax.train.compute`).
+Every loaded config is completed by `medjax.schema.complete` before the overrides: each section's keys at their
+one default, so every documented key can be set from the command line (`medjax keys` lists them).
 """
 
 from __future__ import annotations
@@ -24,8 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from medjax import schema
 from medjax.errors import MedjaxError
-from medjax.train import compute
 
 
 def _import_config_module(spec: str):
@@ -62,63 +59,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise MedjaxError(f"{where}: {e}") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise MedjaxError(f"get_config() in {where} must return an ml_collections.ConfigDict")
-    optional_sections(config)
-    config.lock()
-    return config
-
-
-def init_defaults() -> ml_collections.ConfigDict:
-    """`config.init`: where the first step's weights come from (a resumed run ignores it).
-
-    from     path; "" = random initialisation. With layout "medjax": a medjax workdir (its best checkpoint, else
-             its latest), a directory written by `medjax import-weights`, or an .npz / .safetensors whose keys are
-             '/'-joined medjax paths ("params/stem_conv/kernel", "batch_stats/stem_bn/mean"). With "torchvision"
-             or "monai": a PyTorch weight file (.pt/.pth/.bin/.safetensors/.npz) mapped by that layout's table.
-    layout   "medjax" | "torchvision" | "monai"
-    skip     fnmatch patterns on medjax paths ("head/*" or "params/head/*") kept at their fresh initialisation,
-             e.g. the head when the number of classes differs; a pattern that matches nothing is an error
-    strict   every leaf of the model must get a value and every source entry must be used (outside `skip`)
-    adapt_input_channels  a kernel differing from the model's in its input channels only (RGB weights, grey
-             data) is adapted, keeping its sum over the input channels (3 -> 1: the sum), instead of failing
-    inflate  2D kernels for a 3D model are inflated along depth (mode `inflate_mode`) instead of failing
-    inflate_mode  "center" (default: middle slice, zeros elsewhere; keeps the 2D function exactly) | "average" (I3D)
-    """
-    c = ml_collections.ConfigDict()
-    c["from"] = ""  # `from` is a Python keyword: read it as config.init["from"]
-    c.layout = "medjax"
-    c.skip = ()
-    c.strict = True
-    c.adapt_input_channels = False
-    c.inflate = False
-    c.inflate_mode = "center"
-    return c
-
-
-def finetune_defaults() -> ml_collections.ConfigDict:
-    """`config.finetune`: the defaults train every parameter at the configured learning rate (today's behaviour,
-    bit for bit). Fields (see `medjax.train.finetune` for the mechanics):
-
-    freeze              fnmatch patterns on '/'-joined parameter paths without "params/" ("stem_*",
-                        "stage1_*/*"): zero updates, no weight decay, no optimizer state
-    groups              learning-rate multipliers, "pattern=factor" strings (("stem_*=0.1", "stage1_*=0.5")) or a
-                        dict; the first matching group wins; learning rate = schedule(step) * factor
-    freeze_batch_stats  BatchNorm normalises with its running statistics in training and never updates them
-    linear_probe_steps  N > 0: steps 0..N-1 train only the `head` (BatchNorm statistics frozen), then everything
-    head                patterns naming the head for the linear probe
-    """
-    c = ml_collections.ConfigDict()
-    c.freeze = ()
-    c.groups = ()
-    c.freeze_batch_stats = False
-    c.linear_probe_steps = 0
-    c.head = ("head/*", "final_conv/*", "classifier/*")
-    return c
-
-
-OPTIONAL_SECTIONS = {"init": init_defaults, "finetune": finetune_defaults, "compute": compute.defaults}
-# Top-level keys every config has. resume_mismatch_ok: resume a workdir whose stored config.json differs in a key
-# that defines the model or data (`medjax.train.run_config`).
-TOP_LEVEL_DEFAULTS = {"resume_mismatch_ok": False}
+    return schema.complete(config)
 
 
 def check_training_length(config: ml_collections.ConfigDict | dict) -> None:
@@ -128,24 +69,6 @@ def check_training_length(config: ml_collections.ConfigDict | dict) -> None:
         raise MedjaxError(
             f"config.num_train_steps={steps} and config.num_epochs={epochs} both set the length of training; "
             "set the other one to 0 (e.g. --config.num_epochs=0 --config.num_train_steps=60)")
-
-
-def optional_sections(config: ml_collections.ConfigDict) -> None:
-    """Add `config.init` / `config.finetune` / `config.compute` (and any field a file's own section leaves out) with
-    their defaults."""
-    with config.unlocked():
-        for key, value in TOP_LEVEL_DEFAULTS.items():
-            if key not in config:
-                config[key] = value
-        for name, defaults in OPTIONAL_SECTIONS.items():
-            if name not in config:
-                config[name] = defaults()
-            elif isinstance(config[name], ml_collections.ConfigDict):
-                section = config[name]
-                with section.unlocked():
-                    for key, value in defaults().items():
-                        if key not in section:
-                            section[key] = value
 
 
 def _parse_value(text: str) -> Any:

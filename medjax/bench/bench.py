@@ -299,17 +299,17 @@ def _torch_loss(case: Case, config) -> Callable:
         return lambda out, b: F.cross_entropy(out.float(), b["label"])
     if case.kind == "regression":
         t = config.task
-        offset, scale = float(t.get("target_offset", 0.0)), float(t.get("target_scale", 1.0))
+        offset, scale = float(t.target_offset), float(t.target_scale)
         return lambda out, b: ((out.float()[:, 0] - (b["target"] - offset) * scale) ** 2).mean()
-    loss_name = config.task.get("loss", "dice_ce")
+    loss_name = config.task.loss
     if loss_name == "ce":
         base = lambda logits, labels: F.cross_entropy(logits, labels)  # noqa: E731
-    elif loss_name == "dice_ce" and config.task.get("include_background", True):
+    elif loss_name == "dice_ce" and config.task.include_background:
         base = twins.dice_ce_loss(case.num_classes)
     else:
         from monai.losses import DiceCELoss, DiceLoss
 
-        kw = dict(softmax=True, to_onehot_y=True, include_background=config.task.get("include_background", True))
+        kw = dict(softmax=True, to_onehot_y=True, include_background=config.task.include_background)
         fn = DiceCELoss(**kw) if loss_name == "dice_ce" else DiceLoss(**kw)
         base = lambda logits, labels: fn(logits, labels[:, None])  # noqa: E731
 
@@ -419,13 +419,13 @@ def torch_optimizer(cfg, params: list):
     """`config.optimizer` in torch: Adam / AdamW (decoupled decay, as optax) / SGD at the base learning rate."""
     import torch
 
-    betas = (cfg.get("b1", 0.9), cfg.get("b2", 0.999))
+    betas = (cfg.b1, cfg.b2)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.learning_rate, betas=betas)
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=betas, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.get("momentum", 0.9),
-                           nesterov=cfg.get("nesterov", False))
+    return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov)
 
 
 def time_torch(forward: Callable, params: list, loss_fn: Callable, batch: dict, opt_cfg, compile_backend: str | None,
@@ -439,7 +439,7 @@ def time_torch(forward: Callable, params: list, loss_fn: Callable, batch: dict, 
     b = {k: v.to(device) for k, v in batch.items()}
     fwd = torch.compile(forward, backend=compile_backend, dynamic=False) if compile_backend else forward
     opt = torch_optimizer(opt_cfg, params)
-    clip = opt_cfg.get("grad_clip_norm", 0.0)
+    clip = opt_cfg.grad_clip_norm
 
     def autocast():  # torch's mixed precision: float32 weights, bfloat16 compute where autocast allows it
         if precision == "bfloat16":
@@ -541,7 +541,7 @@ def _common(case: Case, config, mode: str, warmup: int, repeats: int, precision:
             "input_shape_nc": nc, "input_shape_medjax": list(image.shape), "num_classes": case.num_classes,
             "frames": case.frames or None, "warmup": warmup, "repeats": repeats,
             "optimizer": f"{opt.name} lr {opt.learning_rate}" + (
-                f" clip {opt.grad_clip_norm}" if opt.get("grad_clip_norm", 0.0) else ""),
+                f" clip {opt.grad_clip_norm}" if opt.grad_clip_norm else ""),
             "loss": config.task.get("loss", "cross-entropy" if case.kind == "classification" else ""),
             "precision": precision, "mode": mode}
 
@@ -601,8 +601,8 @@ def run_sliding_window_case(case: Case, mode: str, warmup: int, repeats: int, fr
 
     config = case_config(case, mode, "float32")
     inf = config.inference
-    roi, overlap = tuple(inf.roi_size), float(inf.get("overlap", 0.5))
-    sigma, sw = float(inf.get("sigma_scale", 0.125)), int(config.get("eval_batch_size") or config.batch_size)
+    roi, overlap = tuple(inf.roi_size), float(inf.overlap)
+    sigma, sw = float(inf.sigma_scale), int(config.eval_batch_size or config.batch_size)
     volume_shape = tuple(2 * r for r in roi) if mode == "smoke" else case.volume
     volume = np.random.default_rng(1).standard_normal(volume_shape + (case.in_channels,)).astype(np.float32)
     models = build_models(case, config, {"image": volume[None]})

@@ -29,7 +29,7 @@ def _data(case, config, mode: str, seed: int = 0) -> dict[str, np.ndarray]:
     if config.task.name == "pix2pix":
         onehot = np.eye(case.num_classes, dtype=np.float32)[rng.integers(0, case.num_classes, (n, *spatial))]
         batch["target"] = onehot * 2 - 1
-    if config.task.get("conditional", False):
+    if config.task.conditional:
         batch["label"] = rng.integers(0, case.num_classes, n).astype(np.int32)
     return batch
 
@@ -144,7 +144,7 @@ def _check_supported(config) -> None:
     unsupported = []
     if t.name not in ("gan", "pix2pix"):
         unsupported.append(f"task {t.name!r}")
-    if t.get("r1_gamma", 0.0) or t.get("feature_weight", 0.0):
+    if t.r1_gamma or t.feature_weight:
         unsupported.append("R1 / feature matching")
     if d.name == "patchgan" and (d.get("spectral_norm", False) or d.get("norm", "instance") != "instance"):
         unsupported.append("PatchGAN without instance norm or with spectral norm")
@@ -175,7 +175,7 @@ def _run_medjax(config, task, batch_np, warmup, repeats, helpers) -> tuple[dict,
     if task.name == "gan":  # the latents the first step draws, for torch
         z = np.asarray(latents(jax.random.fold_in(mrng.from_data(state.rng), 0), batch_np["image"].shape[0],
                                task.latent_dim, None))
-    step = jax.jit(make_gan_step(task, g_tx, d_tx, float(config.task.get("ema_decay", 0.999)), None), donate_argnums=0)
+    step = jax.jit(make_gan_step(task, g_tx, d_tx, float(config.task.ema_decay), None), donate_argnums=0)
     holder = {"state": state}
 
     def train():
@@ -211,8 +211,8 @@ def _run_torch(config, task, batch_np, weights, z, compile_backend, warmup, repe
     ds = {k: v.to(device) for k, v in torch_weights(weights["d_stats"]).items()}
     ema = {k: v.detach().clone() for k, v in gp.items()}
     t = config.task
-    kind, l1, adv_w = t.loss, float(t.get("l1_weight", 0.0)), float(t.get("adversarial_weight", 1.0))
-    ema_decay = float(t.get("ema_decay", 0.999))
+    kind, l1, adv_w = t.loss, float(t.l1_weight), float(t.adversarial_weight)
+    ema_decay = float(t.ema_decay)
     image = torch.from_numpy(batch_np["image"].transpose(0, 3, 1, 2).copy()).to(device)
     labels = torch.from_numpy(batch_np["label"].astype(np.int64)).to(device) if "label" in batch_np else None
     if task.name == "gan":
@@ -232,7 +232,7 @@ def _run_torch(config, task, batch_np, weights, z, compile_backend, warmup, repe
         gen, disc = torch.compile(gen, backend=compile_backend), torch.compile(disc, backend=compile_backend)
 
     def adam(cfg, params):
-        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=(cfg.get("b1", 0.9), cfg.get("b2", 0.999)))
+        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2))
 
     opt_g, opt_d = adam(config.g_optimizer, gp.values()), adam(config.d_optimizer, dp.values())
 
@@ -300,7 +300,7 @@ def run_gan_case(case, mode: str, warmup: int, repeats: int, frameworks, log=pri
     batch = _data(case, config, mode)
     task = make_gan_task(config, batch, case.num_classes, None)
     common = helpers._common(case, config, mode, warmup, repeats, "float32", batch)
-    common.update(loss=config.task.loss + (f" + {config.task.l1_weight:g} L1" if config.task.get("l1_weight") else ""),
+    common.update(loss=config.task.loss + (f" + {config.task.l1_weight:g} L1" if config.task.l1_weight else ""),
                   optimizer=f"G adam lr {config.g_optimizer.learning_rate}, D adam lr "
                             f"{config.d_optimizer.learning_rate}, b1 {config.g_optimizer.get('b1', 0.9)}",
                   discriminator=config.discriminator.to_dict())

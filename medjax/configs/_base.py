@@ -1,7 +1,6 @@
 """Blocks every shipped config spells the same way: the optimizer, parallel and checkpoint sections.
 
-Only the keys a call passes are set, so each config keeps exactly the keys (and values) it had; the defaults of
-keys a config leaves out live with their readers (`medjax.train.optim`, `medjax.train.parallel`).
+Only the keys a call passes are set; every key a config leaves out takes its one default from `medjax.schema`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
+from medjax import schema
 from medjax.data import synthetic
 from medjax.data.npz import load_npz_splits
 from medjax.errors import MedjaxError
@@ -22,9 +23,9 @@ Splits = dict[str, dict[str, np.ndarray]]
 def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     from medjax.data.icbm152 import load_icbm152_slices
 
-    kwargs = {k: cfg[k] for k in ("root", "in_plane_mm", "max_slices_per_split", "plane", "max_train_slices")
-              if k in cfg}
-    out = load_icbm152_slices(**kwargs)
+    out = load_icbm152_slices(cfg.root or None, in_plane_mm=cfg.in_plane_mm,
+                              max_slices_per_split=cfg.max_slices_per_split, plane=cfg.plane,
+                              max_train_slices=cfg.max_train_slices)
     meta = out.pop("meta")
     return out, list(meta["class_names"])
 
@@ -32,8 +33,8 @@ def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 def _icbm152_patches(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     from medjax.data.icbm152_patches import CLASS_NAMES, load_icbm152_patches
 
-    keys = ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed", "in_plane_mm", "root")
-    return load_icbm152_patches(**{k: cfg[k] for k in keys if k in cfg}), list(CLASS_NAMES)
+    keys = ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed", "in_plane_mm")
+    return load_icbm152_patches(**{k: cfg[k] for k in keys}, root=cfg.root or None), list(CLASS_NAMES)
 
 
 def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
@@ -42,11 +43,8 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     `noise`, `speckle` and `ef_range` go to `beating_heart`."""
     from medjax.data.cine import CLASS_NAMES, cine_dataset
 
-    kwargs = dict(num_frames=cfg.get("num_frames", 16), size=cfg.get("size", 64),
-                  spatial_dims=cfg.get("spatial_dims", 2))
-    kwargs.update({k: cfg[k] for k in ("noise", "speckle") if k in cfg})  # image quality; defaults in beating_heart
-    if "ef_range" in cfg:
-        kwargs["ef_range"] = tuple(cfg.ef_range)
+    kwargs = dict(num_frames=cfg.num_frames, size=cfg.size, spatial_dims=cfg.spatial_dims,
+                  noise=cfg.noise, speckle=cfg.speckle, ef_range=tuple(cfg.ef_range))
     base = 1_000_000 * int(cfg.seed)
     counts = {"train": cfg.num_train, "val": cfg.num_eval, "test": cfg.num_eval}
     splits = {}
@@ -62,15 +60,15 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`, `num_classes`, `class_names`."""
     from medjax.data.cine_io import load_cine_folder
 
-    if not cfg.get("root"):
+    if not cfg.root:
         raise MedjaxError("config.data.root must name a folder with images/ (and labels/ or targets.csv) for "
                           "data.name='cine_folder'")
     keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
-    num_classes = int(cfg.get("num_classes") or 0) or None
-    data = load_cine_folder(cfg.root, num_classes=num_classes, **{k: cfg[k] for k in keys if k in cfg})
+    num_classes = int(cfg.num_classes or 0) or None
+    data = load_cine_folder(cfg.root, num_classes=num_classes, **{k: cfg[k] for k in keys})
     data.pop("cases")
     splits = split_by_case(data, cfg)
-    class_names = [str(c) for c in (cfg.get("class_names") or ())]
+    class_names = [str(c) for c in (cfg.class_names or ())]
     if not class_names and "label" in data:
         class_names = [f"class{i}" for i in range(num_classes or max(2, int(data["label"].max()) + 1))]
     return splits, class_names
@@ -78,7 +76,7 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 
 def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     splits = load_npz_splits(cfg.root)
-    return splits, [str(c) for c in cfg.get("class_names", ())]
+    return splits, [str(c) for c in cfg.class_names]
 
 
 def _medmnist(cfg: ml_collections.ConfigDict) -> Dataset:
@@ -87,8 +85,8 @@ def _medmnist(cfg: ml_collections.ConfigDict) -> Dataset:
     from medjax.data.cache import arrays_generator, build_or_load, file_fingerprint
     from medjax.data.medmnist import load_medmnist, medmnist_info, medmnist_path
 
-    info, size = medmnist_info(cfg.name), int(cfg.get("size", 28))
-    root = cfg.get("root") or None
+    info, size = medmnist_info(cfg.name), int(cfg.size)
+    root = cfg.root or None
     path = medmnist_path(root, info.name, size)
     loaded: dict = {}
 
@@ -107,7 +105,7 @@ def _medmnist(cfg: ml_collections.ConfigDict) -> Dataset:
     spec = {"source": "medmnist", "name": info.name, "size": size, "files": file_fingerprint([path])}
     sources = build_or_load(f"medmnist_{info.name}_{size}", spec, features,
                             {split: generator(split) for split in ("train", "val", "test")},
-                            cache_dir=cfg.get("cache_dir") or None)
+                            cache_dir=cfg.cache_dir or None)
     return Dataset(sources, list(info.class_names), info.multi_label)
 
 
@@ -119,14 +117,14 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     from medjax.data.cache import build_or_load, file_fingerprint
     from medjax.data.msd import load_msd_case, load_msd_index
 
-    if not cfg.get("root"):
+    if not cfg.root:
         raise MedjaxError("config.data.root must name a Decathlon task folder (with dataset.json) for data.name='msd'")
     index = load_msd_index(cfg.root)
-    split = case_split(len(index.training), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
-                        cfg.get("split_seed", 0))
-    spacing = tuple(float(v) for v in (cfg.get("spacing") or ())) or None
-    options = dict(normalize=cfg.get("normalize", "auto"), ct_level=float(cfg.get("ct_level", 40.0)),
-                   ct_width=float(cfg.get("ct_width", 400.0)))
+    split = case_split(len(index.training), cfg.val_fraction, cfg.test_fraction,
+                        cfg.split_seed)
+    spacing = tuple(float(v) for v in (cfg.spacing or ())) or None
+    options = dict(normalize=cfg.normalize, ct_level=float(cfg.ct_level),
+                   ct_width=float(cfg.ct_width))
 
     def generator(cases: list[int]):
         def gen():
@@ -142,13 +140,13 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
                                        *(p for case in index.training for p in case)])}
     name = "msd_" + "".join(ch if ch.isalnum() else "_" for ch in index.name)
     sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
-                            cache_dir=cfg.get("cache_dir") or None)
+                            cache_dir=cfg.cache_dir or None)
     return Dataset(sources, list(index.class_names))
 
 
 def _folder_option(cfg: ml_collections.ConfigDict, key: str, default: str | None) -> str | None:
     """`data.<key>` relative to `data.root` (absolute paths kept); unset -> `default` under the root."""
-    root = cfg.get("root") or ""
+    root = cfg.root or ""
     value = cfg.get(key)
     if value:
         return os.path.join(root, str(value))
@@ -157,7 +155,7 @@ def _folder_option(cfg: ml_collections.ConfigDict, key: str, default: str | None
 
 def _mask_values(cfg: ml_collections.ConfigDict) -> dict[int, int] | None:
     """`data.mask_values` as {stored value: class}: a mapping (keys may be numeric strings) or (value, class) pairs."""
-    given = cfg.get("mask_values")
+    given = cfg.mask_values
     if not given:
         return None
     if isinstance(given, ml_collections.ConfigDict):
@@ -182,7 +180,7 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     from medjax.data.image_folder import fov_weights, load_image_folder
 
     pairs_csv = _folder_option(cfg, "pairs_csv", None)
-    if pairs_csv is None and not (cfg.get("root") or cfg.get("images_dir")):
+    if pairs_csv is None and not (cfg.root or cfg.images_dir):
         raise MedjaxError("config.data.root must name a folder with images/ and masks/ (or set config.data."
                           "images_dir and masks_dir, or config.data.pairs_csv) for data.name='image_folder'")
     dirs: dict[str, str | None] = {}
@@ -191,22 +189,22 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
             if cfg.get(key):
                 raise MedjaxError(f"config.data.pairs_csv lists the files: leave config.data.{key} empty")
     else:
-        root_fov = os.path.join(cfg.get("root") or "", "fov")
+        root_fov = os.path.join(cfg.root or "", "fov")
         dirs = dict(images_dir=_folder_option(cfg, "images_dir", "images"),
                     masks_dir=_folder_option(cfg, "masks_dir", "masks"),
                     fov_dir=_folder_option(cfg, "fov_dir", "fov" if os.path.isdir(root_fov) else None))
         if dirs["masks_dir"] is None:
             raise MedjaxError("config.data.masks_dir (or config.data.root with a masks/ folder) is needed: "
                               "segmentation trains on masks")
-    class_names = [str(c) for c in (cfg.get("class_names") or ())]
-    num_classes = int(cfg.get("num_classes") or 0) or len(class_names) or None
+    class_names = [str(c) for c in (cfg.class_names or ())]
+    num_classes = int(cfg.num_classes or 0) or len(class_names) or None
     if class_names and num_classes != len(class_names):
         raise MedjaxError(f"config.data.num_classes={num_classes} but config.data.class_names names "
                           f"{len(class_names)} classes: {class_names}")
-    size = tuple(int(v) for v in (cfg.get("size") or ())) or None
-    data = load_image_folder(**dirs, pairs_csv=pairs_csv, color=cfg.get("color", "auto"),
-                             mask_values=_mask_values(cfg), size=size, mask_suffix=cfg.get("mask_suffix", ""),
-                             fov_suffix=cfg.get("fov_suffix", ""), num_classes=num_classes)
+    size = tuple(int(v) for v in (cfg.size or ())) or None
+    data = load_image_folder(**dirs, pairs_csv=pairs_csv, color=cfg.color,
+                             mask_values=_mask_values(cfg), size=size, mask_suffix=cfg.mask_suffix,
+                             fov_suffix=cfg.fov_suffix, num_classes=num_classes)
     arrays = {"image": data["image"], "label": data["label"]}
     if "fov" in data:
         arrays["mask"] = fov_weights(data["fov"])
@@ -220,8 +218,8 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 def split_by_case(arrays: dict[str, np.ndarray], cfg: ml_collections.ConfigDict) -> Splits:
     """In-memory arrays (one row per case) divided by `case_split` with `data.val_fraction`, `test_fraction` and
     `split_seed`."""
-    split = case_split(len(arrays["image"]), cfg.get("val_fraction", 0.2), cfg.get("test_fraction", 0.2),
-                       cfg.get("split_seed", 0))
+    split = case_split(len(arrays["image"]), cfg.val_fraction, cfg.test_fraction,
+                       cfg.split_seed)
     return {name: {k: v[np.asarray(idx, np.int64)] for k, v in arrays.items()} for name, idx in split.items()}
 
 
@@ -279,11 +277,9 @@ def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
     """Load every split named by the source."""
     from medjax.data.medmnist import MEDMNIST
 
+    cfg = schema.filled("data", cfg)
     if cfg.name in MEDMNIST:
         return _medmnist(cfg)
-    if cfg.name not in SOURCES:
-        raise MedjaxError(f"unknown dataset config.data.name={cfg.name!r}; known: {sorted(SOURCES)} and the "
-                          f"MedMNIST sets {sorted(MEDMNIST)}")
     result = SOURCES[cfg.name](cfg)
     if isinstance(result, Dataset):
         return result
@@ -299,15 +295,16 @@ def train_transform(cfg: ml_collections.ConfigDict):
     """The host-side per-example transform of the training stream, or None: clips of `cfg.clip_length` frames
     every `cfg.clip_stride` (image sequences, `medjax.data.clips`), then random patches of `cfg.patch_size` with
     foreground ratio `cfg.fg_ratio` (large volumes). Evaluation always sees whole examples."""
+    cfg = schema.data_common(cfg)
     steps = []
-    if cfg.get("clip_length"):
+    if cfg.clip_length:
         from medjax.data.clips import clip_transform
 
-        steps.append(clip_transform(int(cfg.clip_length), int(cfg.get("clip_stride", 1))))
-    elif cfg.get("clip_stride", 1) != 1:
+        steps.append(clip_transform(int(cfg.clip_length), int(cfg.clip_stride)))
+    elif cfg.clip_stride != 1:
         raise MedjaxError("config.data.clip_stride is set but config.data.clip_length is not: set both")
-    if cfg.get("patch_size"):
-        steps.append(_patch_transform(tuple(cfg.patch_size), cfg.get("fg_ratio", 0.33)))
+    if cfg.patch_size:
+        steps.append(_patch_transform(tuple(cfg.patch_size), cfg.fg_ratio))
     if not steps:
         return None
     if len(steps) == 1:

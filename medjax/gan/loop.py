@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from medjax import rng
+from medjax import rng, schema
 from medjax.data.batches import TrainStream
 from medjax.data.loader import materialize
 from medjax.data.sources import load_splits
@@ -67,8 +67,8 @@ class GANSetup:
 
     def checkpoints(self, read_only: bool = False) -> Checkpoints:
         c = self.config.checkpoint
-        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.get("best_metric") or None,
-                           best_mode=c.get("best_mode", "max"), read_only=read_only)
+        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.best_metric or None,
+                           best_mode=c.best_mode, read_only=read_only)
 
     def abstract_state(self) -> GANState:
         return self.strategy.abstract_canonical(jax.eval_shape(self.create))
@@ -89,7 +89,7 @@ class GANSetup:
         return TrainStream(self.splits["train"], bs, self.strategy.local_rows(bs), seed=self.config.seed)
 
     def train_step_fn(self):
-        return make_gan_step(self.task, self.g_tx, self.d_tx, float(self.config.task.get("ema_decay", 0.999)),
+        return make_gan_step(self.task, self.g_tx, self.d_tx, float(self.config.task.ema_decay),
                              self.strategy.axis_name)
 
     def validate(self, state: GANState, canonical: GANState, step: int) -> dict[str, float]:
@@ -105,8 +105,8 @@ class GANSetup:
 
     def check_record(self, step: int, record: dict[str, float]) -> str | None:
         """A discriminator loss pinned below `task.pinned_d_loss` for `task.pinned_patience` log intervals."""
-        pinned_below = float(self.config.task.get("pinned_d_loss", 1e-4))
-        patience = int(self.config.task.get("pinned_patience", 5))
+        pinned_below = float(self.config.task.pinned_d_loss)
+        patience = int(self.config.task.pinned_patience)
         if not (self.task.trains_discriminator and record["d_loss"] < pinned_below):
             self._pinned_since.clear()
             return None
@@ -129,20 +129,18 @@ def _check_unsupported(config: ml_collections.ConfigDict) -> None:
     """Sections the GAN trainer does not implement: refuse rather than silently ignore them."""
     if init_from.requested(config):
         raise MedjaxError("config.init.from is not supported for GAN tasks yet")
-    if finetune_lib.is_active(config.get("finetune")):
+    if finetune_lib.is_active(config.finetune):
         raise MedjaxError("config.finetune is not supported for GAN tasks")
-    compute = config.get("compute")
-    if compute is not None and (compute.get("precision", "float32") != "float32" or compute.get("remat", False)
-                                or compute.get("grad_accum_steps", 1) != 1):
+    if config.compute.to_dict() != schema.filled("compute", {}).to_dict():
         raise MedjaxError("config.compute (precision, remat, grad_accum_steps) is not supported for GAN tasks yet")
-    sampled = [k for k in ("clip_length", "patch_size") if config.data.get(k)]
+    sampled = [k for k in ("clip_length", "patch_size") if config.data[k]]
     if sampled:  # the GAN stream has no host transform: the whole example would silently be used instead
         raise MedjaxError(f"config.data.{sampled[0]} (host-side sampling) is not supported for GAN tasks yet")
 
 
 def intensity_range(config: ml_collections.ConfigDict, train_images: np.ndarray) -> tuple[float, float]:
     """`config.task.intensity_range`, or the training images' 0.5th and 99.5th percentiles."""
-    given = tuple(config.task.get("intensity_range", ()) or ())
+    given = tuple(config.task.intensity_range or ())
     if given:
         if len(given) != 2 or not float(given[1]) > float(given[0]):
             raise MedjaxError(f"config.task.intensity_range must be (lo, hi) with hi > lo, got {given}")
@@ -161,7 +159,7 @@ def to_unit_range(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def prepare_splits(config: ml_collections.ConfigDict, splits: dict, num_classes: int,
                    value_range: tuple[float, float]) -> dict:
     """Rescaled images, and pix2pix targets, per split (new arrays; the loaded data is not modified)."""
-    target = config.task.get("target", "label_onehot")
+    target = config.task.target
     out = {}
     for name, arrays in splits.items():
         arrays = dict(arrays)
@@ -179,7 +177,7 @@ def prepare_splits(config: ml_collections.ConfigDict, splits: dict, num_classes:
                 arrays["target"] = to_unit_range(arrays["target"], *value_range)
             else:
                 raise MedjaxError(f"unknown config.task.target={target!r}; use 'label_onehot' or 'image'")
-        if config.task.name != "gan" or not config.task.get("conditional", False):
+        if config.task.name != "gan" or not config.task.conditional:
             arrays.pop("label", None)  # unconditional: labels are not part of the batch
         out[name] = arrays
     return out
@@ -227,7 +225,7 @@ def evaluate_generator(s: GANSetup, state: GANState, split: str = "val", plot_pa
     sample grid PNG at `plot_path` (every task). Runs on this process's copy of the (replicated) weights."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
-    n = int(s.config.get("eval", {}).get("num_examples", 16))
+    n = int(schema.filled("eval", s.config.get("eval")).num_examples)
     arrays = {k: v[:n] for k, v in s.splits[split].items() if k in ("image", "label", "target")}
     ema, g_stats = replicated_to_host((state.ema_params, state.g_stats))
     key = jax.random.fold_in(rng.key(s.config.seed), 10**6)  # fixed latents: samples comparable across steps
@@ -240,7 +238,7 @@ def evaluate_generator(s: GANSetup, state: GANState, split: str = "val", plot_pa
         if min(real.shape[1:-1]) >= 11:
             metrics["ssim"] = float(np.mean(ssim(fake, real, DATA_RANGE)))
         metrics["l1"] = float(np.mean(np.abs(fake - real)))
-    if task.name == "pix2pix" and s.config.task.get("target", "label_onehot") == "label_onehot":
+    if task.name == "pix2pix" and s.config.task.target == "label_onehot":
         metrics.update(tissue_dice(fake.argmax(-1), task.real(arrays).argmax(-1), fake.shape[-1]))
     if task.name == "super_resolution":
         base = np.asarray(bicubic_upsample(downsample(arrays["image"], task.scale), task.scale))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from medjax import schema
 from medjax.errors import MedjaxError
 from medjax.gan import losses
 from medjax.image_metrics import bicubic_upsample, downsample
@@ -134,22 +135,22 @@ class GANTask:
 def make_gan_task(config: ml_collections.ConfigDict, example: dict, num_classes: int,
                   axis_name: str | None) -> GANTask:
     """Build the networks from `config.generator` / `config.discriminator` and the data's shapes."""
-    t = config.task
-    if t.name not in TASKS:
-        raise MedjaxError(f"unknown GAN config.task.name={t.name!r}; known: {list(TASKS)}")
+    if config.task.name not in TASKS:
+        raise MedjaxError(f"unknown GAN config.task.name={config.task.name!r}; known: {list(TASKS)}")
+    t = schema.filled("task", config.task)
     losses.check_kind(t.loss)
     image = example["image"]
     spatial, channels = tuple(image.shape[1:-1]), int(image.shape[-1])
     fixed_g: dict[str, Any] = {}
     if config.generator.name == "dcgan":
         fixed_g = dict(image_size=spatial, channels=channels, bn_axis_name=axis_name,
-                       num_classes=num_classes if t.get("conditional", False) else 0)
+                       num_classes=num_classes if t.conditional else 0)
     elif config.generator.name == "pix2pix":
         target = example.get("target")
         fixed_g = dict(channels=int(target.shape[-1]) if target is not None else channels, bn_axis_name=axis_name)
     elif config.generator.name == "sr":
         fixed_g = dict(channels=channels, scale=int(t.scale))
-    fixed_d = {"num_classes": num_classes if t.get("conditional", False) else 0} \
+    fixed_d = {"num_classes": num_classes if t.conditional else 0} \
         if config.discriminator.name == "dcgan" else {}
     if t.name == "gan" and config.generator.name != "dcgan":
         raise MedjaxError(f"config.task.name='gan' needs config.generator.name='dcgan', got "
@@ -164,11 +165,11 @@ def make_gan_task(config: ml_collections.ConfigDict, example: dict, num_classes:
         generator=_build(GENERATORS, config.generator, "generator", **fixed_g),
         discriminator=_build(DISCRIMINATORS, config.discriminator, "discriminator", **fixed_d),
         loss=t.loss,
-        latent_dim=int(t.get("latent_dim", 0)),
-        conditional=bool(t.get("conditional", False)),
-        scale=int(t.get("scale", 1)),
-        l1_weight=float(t.get("l1_weight", 0.0)),
-        adversarial_weight=float(t.get("adversarial_weight", 1.0)),
-        feature_weight=float(t.get("feature_weight", 0.0)),
-        r1_gamma=float(t.get("r1_gamma", 0.0)),
+        latent_dim=int(t.latent_dim),
+        conditional=bool(t.conditional),
+        scale=int(t.scale),
+        l1_weight=float(t.l1_weight),
+        adversarial_weight=float(t.adversarial_weight),
+        feature_weight=float(t.feature_weight),
+        r1_gamma=float(t.r1_gamma),
     )

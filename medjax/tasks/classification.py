@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import losses, metrics
+from medjax import losses, metrics, schema
 from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
 
@@ -19,8 +19,9 @@ class ClassificationTask:
 
     def __init__(self, cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                  class_names: Sequence[str], axis_name: str | None = None):
+        cfg = schema.filled("task", cfg, name="classification")
         self.num_classes = cfg.num_classes
-        self.multi_label = cfg.get("multi_label", False)
+        self.multi_label = cfg.multi_label
         self.class_names = list(class_names)
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import losses
+from medjax import losses, schema
 from medjax.errors import MedjaxError
 from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
@@ -31,11 +31,12 @@ class RegressionTask:
 
     def __init__(self, cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                  class_names: Sequence[str], axis_name: str | None = None):
-        self.num_outputs = int(cfg.get("num_outputs", 1))
-        self.target_key = cfg.get("target_key", "target")
-        self.loss_name = cfg.get("loss", "mse")
-        self.scale = float(cfg.get("target_scale", 1.0))
-        self.offset = float(cfg.get("target_offset", 0.0))
+        cfg = schema.filled("task", cfg, name="regression")
+        self.num_outputs = int(cfg.num_outputs)
+        self.target_key = cfg.target_key
+        self.loss_name = cfg.loss
+        self.scale = float(cfg.target_scale)
+        self.offset = float(cfg.target_offset)
         if not (np.isfinite(self.scale) and self.scale != 0 and np.isfinite(self.offset)):
             raise MedjaxError(f"config.task.target_scale must be finite and non-zero and target_offset finite, got "
                               f"{self.scale} and {self.offset}")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import losses, metrics
+from medjax import losses, metrics, schema
 from medjax.errors import MedjaxError
 from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
@@ -40,6 +40,7 @@ class SegmentationTask:
 
     def __init__(self, cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                  class_names: Sequence[str], axis_name: str | None = None):
+        cfg = schema.filled("task", cfg, name="segmentation")
         if cfg.loss not in LOSSES:
             raise MedjaxError(f"unknown config.task.loss={cfg.loss!r}; known: {list(LOSSES)}")
         self.num_classes = cfg.num_classes
@@ -48,13 +49,13 @@ class SegmentationTask:
             raise MedjaxError(f"config.task.num_classes={self.num_classes} but the data names "
                               f"{len(self.class_names)} classes: {self.class_names}")
         self.loss_name = cfg.loss
-        self.include_background = cfg.get("include_background", True)
-        self.dice_average = cfg.get("dice_average", "voxels")
+        self.include_background = cfg.include_background
+        self.dice_average = cfg.dice_average
         if self.dice_average not in DICE_AVERAGES:
             raise MedjaxError(f"unknown config.task.dice_average={self.dice_average!r}; known: {list(DICE_AVERAGES)}")
-        self.per_frame = bool(cfg.get("per_frame", False))
-        self.ef_class = cfg.get("ef_class", None)
-        self.ef_exponent = float(cfg.get("ef_exponent", 1.0))
+        self.per_frame = bool(cfg.per_frame)
+        self.ef_class = cfg.ef_class
+        self.ef_exponent = float(cfg.ef_exponent)
         if self.ef_class is not None and not self.per_frame:
             raise MedjaxError("config.task.ef_class measures EF over frames: set config.task.per_frame=True")
         if self.ef_class is not None and not 0 < self.ef_class < self.num_classes:  # before training, not after

@@ -24,17 +24,11 @@ from medjax.errors import MedjaxError
 PRECISIONS = ("float32", "bfloat16")
 
 
-def defaults() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.precision = "float32"
-    c.remat = False
-    c.grad_accum_steps = 1
-    return c
-
-
 def of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config.compute`, or the defaults for a config built without `medjax.config.load_config`."""
-    return config.compute if "compute" in config else defaults()
+    """`config.compute` at the schema's defaults for the keys it leaves out (`medjax.schema.COMPUTE`)."""
+    from medjax import schema
+
+    return schema.filled("compute", config.get("compute"))
 
 
 def check(compute: ml_collections.ConfigDict, batch_size: int | None = None, num_devices: int = 1) -> None:

@@ -52,6 +52,10 @@ def family_of(config: ml_collections.ConfigDict) -> str:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> RunSetup:
-    """The setup of `config`'s family (`devices` restricts the mesh; default every device)."""
+    """The setup of `config`'s family (`devices` restricts the mesh; default every device), on the config
+    completed by the schema (a config built in Python may leave any defaulted key out)."""
+    from medjax import schema
+
+    config = schema.complete(config)
     module, _, function = FAMILIES[family_of(config)].partition(":")
     return getattr(importlib.import_module(module), function)(config, workdir, devices)

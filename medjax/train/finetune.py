@@ -1,6 +1,6 @@
 """Fine-tuning: frozen parameter groups, per-group learning rates, frozen BatchNorm statistics, linear probing.
 
-`config.finetune` (defaults in `medjax.config.finetune_defaults`; with the defaults, or without the section, the
+`config.finetune` (keys and defaults in `medjax.schema.FINETUNE`; with the defaults, or without the section, the
 trainer builds exactly the optimizer and step it always did, so numbers are bit-for-bit those of a plain run):
 
     freeze              fnmatch patterns on '/'-joined parameter paths without the "params/" prefix (as
@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from medjax import schema
 from medjax.errors import MedjaxError
 from medjax.train.optim import make_base_optimizer, make_schedule
 
@@ -113,10 +114,8 @@ def parse_groups(groups: Any) -> list[tuple[str, float]]:
 
 def is_active(cfg: ml_collections.ConfigDict | None) -> bool:
     """Whether `config.finetune` asks for anything beyond plain training."""
-    if not cfg:
-        return False
-    return bool(cfg.get("freeze") or cfg.get("groups") or cfg.get("freeze_batch_stats", False)
-                or cfg.get("linear_probe_steps", 0))
+    cfg = schema.filled("finetune", cfg)
+    return bool(cfg.freeze or cfg.groups or cfg.freeze_batch_stats or cfg.linear_probe_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +188,7 @@ def make_plan(cfg: ml_collections.ConfigDict | None, params: Any) -> Plan | None
     or head pattern that matches no parameter is an error naming it (and showing what paths look like)."""
     if not is_active(cfg):
         return None
+    cfg = schema.filled("finetune", cfg)
     paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     if not paths:
         raise MedjaxError("config.finetune: the model has no parameters")
@@ -199,12 +199,12 @@ def make_plan(cfg: ml_collections.ConfigDict | None, params: Any) -> Plan | None
             raise MedjaxError(f"config.finetune.{what}: pattern {pattern!r} matches no parameter of this model "
                               f"(paths look like {example}, ...)")
 
-    freeze = tuple(cfg.get("freeze", ()) or ())
+    freeze = tuple(cfg.freeze or ())
     if isinstance(freeze, str):
         freeze = (freeze,)
     for pattern in freeze:
         check("freeze", pattern)
-    raw_groups = cfg.get("groups", ())
+    raw_groups = cfg.groups
     groups = parse_groups(raw_groups)
     for pattern, _ in groups:
         check("groups", pattern)
@@ -214,10 +214,10 @@ def make_plan(cfg: ml_collections.ConfigDict | None, params: Any) -> Plan | None
             if len(hits) > 1:
                 raise MedjaxError(f"config.finetune.groups: {p!r} matches several patterns {hits}; a dict has no "
                                   f"order, so use 'pattern=factor' strings (the first match wins) or disjoint ones")
-    probe_steps = int(cfg.get("linear_probe_steps", 0) or 0)
+    probe_steps = int(cfg.linear_probe_steps or 0)
     if probe_steps < 0:
         raise MedjaxError(f"config.finetune.linear_probe_steps must be >= 0, got {probe_steps}")
-    head = tuple(cfg.get("head", ()) or ())
+    head = tuple(cfg.head or ())
     if isinstance(head, str):
         head = (head,)
     if probe_steps and not any(matches(p, h) for p in paths for h in head):
@@ -236,7 +236,7 @@ def make_plan(cfg: ml_collections.ConfigDict | None, params: Any) -> Plan | None
         if probe_steps and not any(matches(p, h) for h in head):
             label += PROBE_SUFFIX
         labels[p] = label
-    return Plan(labels, factors, probe_steps, bool(cfg.get("freeze_batch_stats", False)))
+    return Plan(labels, factors, probe_steps, bool(cfg.freeze_batch_stats))
 
 
 class GatedState(NamedTuple):
@@ -282,6 +282,7 @@ def mask_frozen(plan: Plan) -> optax.GradientTransformation:
 def make_finetune_optimizer(cfg: ml_collections.ConfigDict, plan: Plan, num_train_steps: int
                             ) -> optax.GradientTransformation:
     """`config.optimizer` split by the plan's labels (see the module docstring): mask -> clip -> multi_transform."""
+    cfg = schema.filled("optimizer", cfg)
     schedule = make_schedule(cfg, num_train_steps)
     transforms: dict[str, optax.GradientTransformation] = {}
     for label in sorted(set(plan.labels.values())):
@@ -297,7 +298,7 @@ def make_finetune_optimizer(cfg: ml_collections.ConfigDict, plan: Plan, num_trai
         else:
             transforms[label] = make_base_optimizer(cfg, scaled)
     parts = [mask_frozen(plan)]
-    if cfg.get("grad_clip_norm", 0.0):
+    if cfg.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
     parts.append(optax.multi_transform(transforms, plan.label_tree))
     return optax.chain(*parts)

@@ -1,6 +1,6 @@
 """`config.init`: start a run from pretrained weights instead of a random initialisation.
 
-Fields (defaults in `medjax.config.init_defaults`):
+Fields (keys and defaults in `medjax.schema.INIT`):
 
     from    path; "" (default) = random initialisation
     layout  "medjax" (default): `from` is
@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 from flax.traverse_util import flatten_dict
 
+from medjax import schema
 from medjax.errors import MedjaxError
 from medjax.transfer import adapt
 from medjax.transfer.convert import ImportReport
@@ -140,24 +141,23 @@ def _strict_error(name: str, report: ImportReport) -> None:
 
 def requested(config: ml_collections.ConfigDict) -> bool:
     """Whether `config.init.from` names a source."""
-    cfg = config.get("init")
-    return bool(cfg and str(cfg.get("from", "") or ""))
+    return bool(str(schema.filled("init", config.get("init"))["from"] or ""))
 
 
 def load_init(config: ml_collections.ConfigDict, abstract_variables: Mapping[str, Any], verbose: bool = True
               ) -> dict[str, np.ndarray] | None:
     """{'/'-joined variable path: array} for the leaves `config.init` fills, or None without `config.init.from`.
     `abstract_variables` is the fresh {"params", "batch_stats"} tree (ShapeDtypeStructs are enough)."""
-    cfg = config.get("init")
-    path = str(cfg.get("from", "") or "") if cfg else ""
+    cfg = schema.filled("init", config.get("init"))
+    path = str(cfg["from"] or "")
     if not path:
         return None
-    layout = cfg.get("layout", "medjax")
+    layout = cfg.layout
     if layout not in LAYOUTS:
         raise MedjaxError(f"unknown config.init.layout={layout!r}; known: {list(LAYOUTS)}")
-    skip = cfg.get("skip", ()) or ()
+    skip = cfg.skip or ()
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
-    strict = bool(cfg.get("strict", True))
+    strict = bool(cfg.strict)
     if not os.path.exists(path):
         raise MedjaxError(f"config.init.from: {path} does not exist")
     target = flat_variables({k: v for k, v in abstract_variables.items() if k in ("params", "batch_stats")})
@@ -165,11 +165,11 @@ def load_init(config: ml_collections.ConfigDict, abstract_variables: Mapping[str
         if not any(_skip_match(p, (pattern,)) for p in target):
             raise MedjaxError(f"config.init.skip: pattern {pattern!r} matches nothing in this model (paths look "
                               f"like {', '.join(list(target)[:3])}, ...)")
-    adapt_channels = bool(cfg.get("adapt_input_channels", False))
-    inflate_mode = str(cfg.get("inflate_mode", "center") or "center")
+    adapt_channels = bool(cfg.adapt_input_channels)
+    inflate_mode = str(cfg.inflate_mode or "center")
     if inflate_mode not in adapt.INFLATE_MODES:
         raise MedjaxError(f"unknown config.init.inflate_mode={inflate_mode!r}; known: {list(adapt.INFLATE_MODES)}")
-    inflate = inflate_mode if bool(cfg.get("inflate", False)) else None
+    inflate = inflate_mode if bool(cfg.inflate) else None
     target_shapes = {p: tuple(v.shape) for p, v in target.items()}
     if layout == "medjax":
         source, name = read_medjax_source(path)

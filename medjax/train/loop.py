@@ -168,7 +168,7 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
     example = _first_train_image(splits["train"], config)
     init_variables = lambda key: task.init_variables(key, example)  # noqa: E731
     plan = None
-    if finetune_lib.is_active(config.get("finetune")):
+    if finetune_lib.is_active(config.finetune):
         params = jax.eval_shape(init_variables, rng.key(config.seed))["params"]
         plan = finetune_lib.make_plan(config.finetune, params)
     if plan is None or not plan.splits_optimizer:
@@ -176,7 +176,7 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
     else:
         tx = finetune_lib.make_finetune_optimizer(config.optimizer, plan, config.num_train_steps)
     create = functools.partial(create_state, init_variables, tx, config.seed)
-    augment = make_augment(config.get("augment"), spatial_shape=example.shape[1:-1])
+    augment = make_augment(config.augment, spatial_shape=example.shape[1:-1])
     return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan)
 
 
@@ -185,7 +185,7 @@ def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.Co
     `task.multi_label='auto'` -> the dataset's, `num_epochs>0` -> `num_train_steps`, and `eval_every` /
     `checkpoint_every` <= 0 -> once per epoch."""
     d = config.to_dict()  # a plain dict: resolved values may change a field's type ('auto' -> bool)
-    if d["task"].get("num_classes", 0) == 0:
+    if d["task"].get("num_classes") == 0:  # tasks with classes
         d["task"]["num_classes"] = len(data.class_names)
     if d["task"].get("multi_label") == "auto":
         d["task"]["multi_label"] = data.multi_label
@@ -205,7 +205,7 @@ def resolve_schedule(d: dict, num_train: int) -> None:
     / `log_every` <= 0 -> once per epoch of `num_train` examples."""
     steps_per_epoch = max(1, math.ceil(num_train / d["batch_size"]))
     check_training_length(d)
-    if d.get("num_epochs", 0) > 0:
+    if d["num_epochs"] > 0:
         d["num_train_steps"] = int(d["num_epochs"] * steps_per_epoch)
     for key in ("eval_every", "checkpoint_every", "log_every"):
         if d[key] <= 0:
@@ -226,7 +226,7 @@ def make_train_stream(s: Setup) -> Any:
     if isinstance(train, dict):
         return TrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data))
     return GrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data),
-                       num_threads=config.data.get("num_threads", 2), prefetch=config.data.get("prefetch", 4))
+                       num_threads=config.data.num_threads, prefetch=config.data.prefetch)
 
 
 def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> dict[str, float]:
@@ -242,7 +242,7 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     # A split smaller than the eval batch is one batch of its own size (rounded up to the devices), not padded
     # to eval_batch_size: MedMNIST's 78 validation images would otherwise cost 256 images' compute every epoch.
     n, devices = len(next(iter(arrays.values()))), s.strategy.num_devices
-    bs = min(s.config.get("eval_batch_size") or s.config.batch_size, -(-n // devices) * devices)
+    bs = min(s.config.eval_batch_size or s.config.batch_size, -(-n // devices) * devices)
     rows = s.strategy.local_rows(bs)
     chunks = []
     for batch in eval_batches(arrays, bs, rows):
@@ -372,14 +372,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
 def _progress(config: ml_collections.ConfigDict, start: int, enabled: bool):
     """A tqdm bar on process 0; plain tqdm when disabled, so notebooks without ipywidgets get no warning."""
-    show = enabled and config.get("progress", True)
+    show = enabled and config.progress
     if show:
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
 
     return tqdm(total=config.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
-                disable=not (enabled and config.get("progress", True)), desc="train")
+                disable=not (enabled and config.progress), desc="train")
 
 
 def restore_checkpoint(s: Any, workdir: str, which: str = "best") -> tuple[Any, int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from medjax import schema
 from medjax.errors import MedjaxError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -14,8 +15,9 @@ SCHEDULES = ("constant", "cosine", "piecewise")
 def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
     """`constant`, `cosine` (to 0 at the last step) or `piecewise` (x`decay_factor` at each fraction of
     `decay_at`, e.g. (0.5, 0.75) as in the MedMNIST protocol); optional linear warm-up of `warmup_steps`."""
+    cfg = schema.filled("optimizer", cfg)
     lr = cfg.learning_rate
-    warmup = cfg.get("warmup_steps", 0)
+    warmup = cfg.warmup_steps
     if cfg.schedule == "constant":
         main = optax.constant_schedule(lr)
     elif cfg.schedule == "cosine":
@@ -33,21 +35,23 @@ def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax
 def make_base_optimizer(cfg: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule
                         ) -> optax.GradientTransformation:
     """The optimizer named by `cfg.name` at `learning_rate` (a number or a schedule), without clipping."""
-    betas = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))  # GANs usually want b1=0.5 (DCGAN) or 0
+    cfg = schema.filled("optimizer", cfg)
+    betas = dict(b1=cfg.b1, b2=cfg.b2)  # GANs usually want b1=0.5 (DCGAN) or 0
     if cfg.name == "adam":
         return optax.adam(learning_rate, **betas)
     if cfg.name == "adamw":
         return optax.adamw(learning_rate, weight_decay=cfg.weight_decay, **betas)
     if cfg.name == "sgd":
-        return optax.sgd(learning_rate, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+        return optax.sgd(learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov)
     raise MedjaxError(f"unknown config.optimizer.name={cfg.name!r}; known: {list(OPTIMIZERS)}")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.GradientTransformation:
     """The optimizer named by `cfg.name`, with the schedule and optional global-norm gradient clipping.
     (`medjax.train.finetune.make_finetune_optimizer` builds the per-group variant from the same pieces.)"""
+    cfg = schema.filled("optimizer", cfg)
     schedule = make_schedule(cfg, num_train_steps)
     tx = make_base_optimizer(cfg, schedule)
-    if cfg.get("grad_clip_norm", 0.0):
+    if cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx

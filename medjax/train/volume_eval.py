@@ -24,13 +24,12 @@ from medjax.inference.sliding_window import sliding_window_volume
 
 
 def uses_windows(config) -> bool:
-    inference = config.get("inference")
-    return bool(inference and inference.get("roi_size"))
+    return bool(config.inference.roi_size)
 
 
 def window_predictor(s, state: Any) -> Callable[[np.ndarray], np.ndarray]:
     """`windows (B, *roi, C) -> class probabilities (B, *roi, K)` on every device, B = the eval batch size."""
-    bs = s.config.get("eval_batch_size") or s.config.batch_size
+    bs = s.config.eval_batch_size or s.config.batch_size
     rows = s.strategy.local_rows(bs)
     if s.window_step is None:
         task = s.task
@@ -50,9 +49,9 @@ def window_predictor(s, state: Any) -> Callable[[np.ndarray], np.ndarray]:
 def predict_volume(s, predict: Callable, image: np.ndarray) -> np.ndarray:
     """Class probabilities (*spatial, K) of one volume (*spatial, C)."""
     inf = s.config.inference
-    bs = s.config.get("eval_batch_size") or s.config.batch_size
-    return sliding_window_volume(predict, image, tuple(inf.roi_size), overlap=inf.get("overlap", 0.5),
-                                 mode=inf.get("mode", "gaussian"), sigma_scale=inf.get("sigma_scale", 0.125),
+    bs = s.config.eval_batch_size or s.config.batch_size
+    return sliding_window_volume(predict, image, tuple(inf.roi_size), overlap=inf.overlap,
+                                 mode=inf.mode, sigma_scale=inf.sigma_scale,
                                  sw_batch_size=bs, padding_value=float(np.min(image)) if image.size else 0.0)
 
 
