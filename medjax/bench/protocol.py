@@ -284,14 +284,14 @@ def run(name: str, out: str | os.PathLike, quick: bool = False, target: float | 
     medjax_result = run_medjax(config, workdir, p, target)
     log(f"  medjax: {_describe(medjax_result, p)}")
 
-    from medjax.data.loader import materialize
     from medjax.data.sources import load_splits
+    from medjax.data.stream import as_arrays
     from medjax.tasks import make_task
     from medjax.train.loop import resolve_config
 
     data = load_splits(config.data)
     resolved = resolve_config(config, data)
-    splits = {k: (v if isinstance(v, dict) else materialize(v)) for k, v in data.splits.items()}
+    splits = {k: as_arrays(v) for k, v in data.splits.items()}
     task = make_task(resolved, data.class_names)
     torch_dir = out / "torch"
     torch_dir.mkdir(exist_ok=True)

@@ -15,6 +15,7 @@ import numpy as np
 from medjax import schema
 from medjax.data import synthetic
 from medjax.data.npz import load_npz_splits
+from medjax.data.stream import as_source
 from medjax.errors import MedjaxError
 
 Splits = dict[str, dict[str, np.ndarray]]
@@ -269,8 +270,7 @@ class Dataset:
     multi_label: bool = False
 
     def num_examples(self, split: str) -> int:
-        data = self.splits[split]
-        return len(data["image"]) if isinstance(data, dict) else len(data)
+        return len(as_source(self.splits[split]))
 
 
 def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:

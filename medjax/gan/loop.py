@@ -30,9 +30,8 @@ import ml_collections
 import numpy as np
 
 from medjax import rng, schema
-from medjax.data.batches import TrainStream
-from medjax.data.loader import materialize
 from medjax.data.sources import load_splits
+from medjax.data.stream import TrainStream, as_arrays
 from medjax.errors import MedjaxError
 from medjax.gan.step import GANState, create_gan_state, latents, make_gan_step
 from medjax.gan.task import GANTask, apply, make_gan_task
@@ -187,7 +186,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> GANS
     _check_unsupported(config)
     strategy = make_strategy(config.parallel.strategy, devices)
     data = load_splits(config.data)
-    splits = {k: (v if isinstance(v, dict) else materialize(v)) for k, v in data.splits.items()}
+    splits = {k: as_arrays(v) for k, v in data.splits.items()}  # rescaled in memory below
     if "train" not in splits:
         raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
     num_classes = len(data.class_names)

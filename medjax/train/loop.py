@@ -24,10 +24,9 @@ import numpy as np
 from medjax import rng
 from medjax.config import check_training_length
 from medjax.data.augment import make_augment
-from medjax.data.batches import TrainStream, eval_batches
-from medjax.data.loader import GrainStream, materialize
 from medjax.data.prefetch import DevicePrefetch
 from medjax.data.sources import load_splits, train_transform
+from medjax.data.stream import TrainStream, as_source, eval_batches
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
 from medjax.train import compute, init_from, run_config, volume_eval
@@ -215,17 +214,15 @@ def resolve_schedule(d: dict, num_train: int) -> None:
 def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
     """One training input as the model will see it (after the host transform, e.g. patch sampling)."""
     transform = train_transform(config.data)
-    example = {k: v[0] for k, v in train.items()} if isinstance(train, dict) else train[0]
+    example = as_source(train, "train split")[0]
     return np.asarray((transform(example, np.random.default_rng(0)) if transform else example)["image"])[None]
 
 
 def make_train_stream(s: Setup) -> Any:
-    """In-memory splits stream with TrainStream; cached sources with grain (threads, prefetch, host transform)."""
-    config, train = s.config, s.splits["train"]
-    rows = s.strategy.local_rows(config.batch_size)
-    if isinstance(train, dict):
-        return TrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data))
-    return GrainStream(train, config.batch_size, rows, seed=config.seed, transform=train_transform(config.data),
+    """The training stream of any split (in memory or cached), with the host transform and grain's threads."""
+    config = s.config
+    return TrainStream(s.splits["train"], config.batch_size, s.strategy.local_rows(config.batch_size),
+                       seed=config.seed, transform=train_transform(config.data),
                        num_threads=config.data.num_threads, prefetch=config.data.prefetch)
 
 
@@ -236,16 +233,14 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     if volume_eval.uses_windows(s.config):
         return volume_eval.evaluate_volumes(s, state, split)[0]
     eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
-    arrays = s.splits[split]
-    if not isinstance(arrays, dict):
-        arrays = materialize(arrays)
+    source = as_source(s.splits[split], f"split {split!r}")
     # A split smaller than the eval batch is one batch of its own size (rounded up to the devices), not padded
     # to eval_batch_size: MedMNIST's 78 validation images would otherwise cost 256 images' compute every epoch.
-    n, devices = len(next(iter(arrays.values()))), s.strategy.num_devices
+    n, devices = len(source), s.strategy.num_devices
     bs = min(s.config.eval_batch_size or s.config.batch_size, -(-n // devices) * devices)
     rows = s.strategy.local_rows(bs)
     chunks = []
-    for batch in eval_batches(arrays, bs, rows):
+    for batch in eval_batches(source, bs, rows):
         chunks.append(s.strategy.outputs_to_host(eval_step(state, s.strategy.put_batch(batch, bs))))
     outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     return s.task.summarize(outputs)

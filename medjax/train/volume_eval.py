@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax import metrics
+from medjax.data.stream import as_source
 from medjax.errors import MedjaxError
 from medjax.inference.sliding_window import sliding_window_volume
 
@@ -60,15 +61,15 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None)
     `preview_path`, the middle slice of the first case (image, reference, prediction) is saved there."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
-    source = s.splits[split]
-    cases = len(source["image"]) if isinstance(source, dict) else len(source)
+    source = as_source(s.splits[split], f"split {split!r}")
+    cases = len(source)
     if cases == 0:
         raise MedjaxError(f"split {split!r} is empty")
     predict = window_predictor(s, state)
     counts, records = [], []
     num_classes = s.task.num_classes
     for i in range(cases):
-        example = {k: source[k][i] for k in source} if isinstance(source, dict) else source[i]
+        example = source[i]
         image, label = np.asarray(example["image"]), np.asarray(example["label"])
         pred = predict_volume(s, predict, image).argmax(-1)
         mask = None if example.get("mask") is None else jnp.asarray(np.asarray(example["mask"])[None])

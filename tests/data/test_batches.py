@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medjax.data.batches import TrainStream, eval_batches, global_indices
+from medjax.data.stream import TrainStream, eval_batches, global_indices
 from medjax.errors import MedjaxError
 
 

@@ -4,9 +4,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from medjax.data.batches import TrainStream
 from medjax.data.clips import check_clip, clip_starts, sample_clip, take_clip
 from medjax.data.sources import train_transform
+from medjax.data.stream import TrainStream
 from medjax.errors import MedjaxError
 
 

@@ -3,8 +3,8 @@ checkpoints that counts only the batches taken (so a resume is exact)."""
 
 import numpy as np
 
-from medjax.data.batches import TrainStream
 from medjax.data.prefetch import DevicePrefetch
+from medjax.data.stream import TrainStream
 from medjax.train.parallel import make_strategy
 
 

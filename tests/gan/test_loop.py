@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medjax.config import build_config
-from medjax.data.batches import TrainStream
+from medjax.data.stream import TrainStream
 from medjax.errors import MedjaxError
 from medjax.gan import loop
 from medjax.gan.step import make_gan_step

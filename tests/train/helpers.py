@@ -3,7 +3,7 @@
 import jax
 
 from medjax.config import build_config
-from medjax.data.batches import TrainStream
+from medjax.data.stream import TrainStream
 from medjax.train.loop import setup
 from medjax.train.parallel import replicated_to_host
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from medjax.data.batches import TrainStream
+from medjax.data.stream import TrainStream
 from medjax.errors import MedjaxError
 from medjax.tasks.base import model_from_config
 from medjax.train import finetune as ft
