@@ -21,13 +21,16 @@ DIR/bench.json, bench.md, bench.png; with `--protocol`, a whole experiment in bo
 a target validation metric (`medjax/bench/protocol.py`) -> DIR/protocol.json, protocol.md.
 
 Errors a user can cause print one line `medjax: error: ...` and exit with status 2; a diverged run exits 3; a
-disk that fills while a checkpoint is written exits 4 (the partial save removed, the last checkpoint intact).
+disk that fills while a checkpoint is written exits 4 (the partial save removed, the last checkpoint intact); when
+a process of a multi-process run is lost, every other process prints which one and how to resume, and exits 5
+(`medjax.train.supervisor`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from medjax.errors import MedjaxError
@@ -305,8 +308,14 @@ def run(argv: list[str]) -> int:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax's INFO/WARNING chatter is not for CLI users
-    from medjax.train import distributed
+    from medjax.train import distributed, supervisor
 
+    which = distributed.requested(args.coordinator_address, args.num_processes, args.process_id)
+    if which is not None and not os.environ.get(supervisor.SUPERVISED_VAR):
+        import shlex
+
+        return supervisor.supervise([sys.executable, "-m", "medjax", *argv], *which, args.workdir,
+                                    "medjax " + shlex.join(argv))
     distributed.configure_devices(args.num_cpu_devices)
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     from medjax.train import loop  # one loop; the config's task family is picked by medjax.train.family
@@ -337,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     except MedjaxError as e:
         print(f"medjax: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from medjax.train import distributed, supervisor
+
+        if supervisor.is_worker() and supervisor.collective_failed(e):  # a peer is gone: the supervisor reports
+            return supervisor.await_verdict(e, distributed.lost_timeout_s() + 30)
+        raise
 
 
 if __name__ == "__main__":

@@ -170,6 +170,42 @@ def test_two_processes_match_one_process(repo, tmp_path):
             assert x["dice_mean"] == pytest.approx(y["dice_mean"], abs=1e-6)
 
 
+@pytest.mark.serial
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_lost_process_ends_the_other_with_one_line(repo, tmp_path, victim):
+    """Kill one process of a 2-process run (SIGKILL to its supervisor, which takes its worker along): the other
+    prints one line naming it, the last checkpoint and the resume command, and exits 5 within the timeout."""
+    timeout_s = 5
+    args = ["train", "--config", SYNTH, "--workdir", str(tmp_path), "--config.num_train_steps=100000",
+            "--config.checkpoint_every=2", "--config.progress=False", "--num_cpu_devices", "1"]
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "medjax.cli", *args], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                            JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), MEDJAX_LOST_PROCESS_TIMEOUT_S=str(timeout_s)))
+        for i in range(2)]
+    survivor = procs[1 - victim]
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (tmp_path / "checkpoints" / "2").exists():
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+            time.sleep(0.1)
+        procs[victim].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        _, err = survivor.communicate(timeout=timeout_s + 60)
+        took = time.time() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
+    lines = err.splitlines()
+    assert survivor.returncode == 5 and len(lines) == 1, err[-3000:]
+    lost = "process 0 of 2 (the coordinator)" if victim == 0 else "process 1 of 2"
+    assert lines[0].startswith(f"medjax: error: {lost} stopped responding; process {1 - victim} stops too"), err
+    assert f"resume by running on every process: medjax {' '.join(args)}" in lines[0]
+    assert (tmp_path / "logs" / f"process_{1 - victim}_fatal.log").exists()
+    assert took < timeout_s + 30, took
+
+
 # ---------------------------------------------------------------- import-weights and config.init.from
 
 UNET_FEATURES = "(4,4,8,8,16,4)"

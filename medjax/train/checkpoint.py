@@ -35,6 +35,14 @@ def _disk_full(error: BaseException) -> bool:
     return False
 
 
+def last_intact_step(workdir: str) -> int | None:
+    """The newest finished checkpoint's step under `workdir` (Orbax renames a save into place when it is
+    complete: a partial one is still named *.orbax-checkpoint-tmp*), or None."""
+    latest_dir = os.path.join(workdir, "checkpoints")
+    steps = [int(d) for d in os.listdir(latest_dir) if d.isdigit()] if os.path.isdir(latest_dir) else []
+    return max(steps, default=None)
+
+
 def _dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
@@ -100,8 +108,7 @@ class Checkpoints:
             for tmp in glob.glob(os.path.join(self.workdir, pattern)):
                 shutil.rmtree(tmp, ignore_errors=True)
         latest_dir = os.path.join(self.workdir, "checkpoints")
-        steps = [int(d) for d in os.listdir(latest_dir) if d.isdigit()] if os.path.isdir(latest_dir) else []
-        last = max(steps, default=None)
+        last = last_intact_step(self.workdir)
         free = f"{shutil.disk_usage(self.workdir).free / 2**20:.1f} MiB are free"
         if last is None:
             where = f"{free}; the partial save was removed and no checkpoint was written yet"
