@@ -36,9 +36,10 @@ from medjax.errors import MedjaxError
 from medjax.gan.step import GANState, create_gan_state, latents, make_gan_step
 from medjax.gan.task import GANTask, apply, make_gan_task
 from medjax.image_metrics import bicubic_upsample, downsample, psnr, ssim
+from medjax.metrics import dice_counts, dice_from_counts
 from medjax.train import finetune as finetune_lib
 from medjax.train import init_from
-from medjax.train.checkpoint import Checkpoints
+from medjax.train.family import SetupBase
 from medjax.train.loop import _write_json, resolved
 from medjax.train.optim import make_optimizer
 from medjax.train.parallel import make_strategy, replicated_to_host
@@ -48,7 +49,7 @@ DATA_RANGE = 2.0  # images live in [-1, 1]
 
 
 @dataclasses.dataclass
-class GANSetup:
+class GANSetup(SetupBase):
     config: ml_collections.ConfigDict
     workdir: str
     strategy: Any
@@ -59,18 +60,6 @@ class GANSetup:
     d_tx: Any
     create: Any
     _pinned_since: list = dataclasses.field(default_factory=list, repr=False)  # steps of consecutive pinned D loss
-
-    @property
-    def is_main(self) -> bool:
-        return jax.process_index() == 0
-
-    def checkpoints(self, read_only: bool = False) -> Checkpoints:
-        c = self.config.checkpoint
-        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.best_metric or None,
-                           best_mode=c.best_mode, read_only=read_only)
-
-    def abstract_state(self) -> GANState:
-        return self.strategy.abstract_canonical(jax.eval_shape(self.create))
 
     # --- medjax.train.family.RunSetup ---
     def initial_state(self) -> GANState:
@@ -202,13 +191,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> GANS
 
 
 def tissue_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Dice per foreground class (1..) of label maps, pooled over all images, and their mean (`dice_mean`).
-    A class absent from both maps scores 1."""
-    out = {}
-    for c in range(1, num_classes):
-        p, t = pred == c, label == c
-        denominator = p.sum() + t.sum()
-        out[f"dice_{c}"] = float(2 * np.logical_and(p, t).sum() / denominator) if denominator else 1.0
+    """Dice per foreground class (1..) of label maps, pooled over all images (`metrics.dice_counts`), and their
+    mean (`dice_mean`). A class absent from both maps scores 1 (`ignore_empty=False`)."""
+    dice = dice_from_counts(*dice_counts(pred, label, num_classes), ignore_empty=False)
+    out = {f"dice_{c}": float(dice[c]) for c in range(1, num_classes)}
     out["dice_mean"] = float(np.mean(list(out.values()))) if out else float("nan")
     return out
 

@@ -44,6 +44,30 @@ class RunSetup(Protocol):
     def evaluate_checkpoint(self, canonical: Any, step: int, split: str) -> dict[str, Any]: ...
 
 
+class SetupBase:
+    """What every family's setup does the same way from its `config`, `workdir`, `strategy` and `create` (the pure
+    function that builds a fresh state): process 0 writes, checkpoints from `config.checkpoint`, the canonical
+    state's shapes."""
+
+    @property
+    def is_main(self) -> bool:
+        import jax
+
+        return jax.process_index() == 0
+
+    def checkpoints(self, read_only: bool = False) -> Any:
+        from medjax.train.checkpoint import Checkpoints
+
+        c = self.config.checkpoint
+        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.best_metric or None,
+                           best_mode=c.best_mode, read_only=read_only)
+
+    def abstract_state(self) -> Any:
+        import jax
+
+        return self.strategy.abstract_canonical(jax.eval_shape(self.create))
+
+
 def family_of(config: ml_collections.ConfigDict) -> str:
     """`gan` for the GAN tasks (gan, pix2pix, super_resolution), `supervised` for every other task."""
     from medjax.gan.task import TASKS as GAN_TASKS

@@ -32,6 +32,7 @@ from medjax.tasks import make_task
 from medjax.train import compute, init_from, run_config, volume_eval
 from medjax.train import finetune as finetune_lib
 from medjax.train.checkpoint import Checkpoints
+from medjax.train.family import SetupBase
 from medjax.train.logging import MetricLog
 from medjax.train.optim import make_optimizer
 from medjax.train.parallel import make_strategy, replicated_to_host
@@ -44,7 +45,7 @@ class TrainingDiverged(MedjaxError):
 
 
 @dataclasses.dataclass
-class Setup:
+class Setup(SetupBase):
     """Everything built from a config, before any step runs."""
 
     config: ml_collections.ConfigDict
@@ -58,18 +59,6 @@ class Setup:
     window_step: Any = None  # the compiled sliding-window predictor, built on first use (volume_eval)
     finetune: Any = None  # medjax.train.finetune.Plan from config.finetune, None for plain training
     _eval_step: Any = dataclasses.field(default=None, repr=False)  # compiled on first validation
-
-    @property
-    def is_main(self) -> bool:
-        return jax.process_index() == 0
-
-    def checkpoints(self, read_only: bool = False) -> Checkpoints:
-        c = self.config.checkpoint
-        return Checkpoints(self.workdir, max_to_keep=c.max_to_keep, best_metric=c.best_metric or None,
-                           best_mode=c.best_mode, read_only=read_only)
-
-    def abstract_state(self) -> TrainState:
-        return self.strategy.abstract_canonical(jax.eval_shape(self.create))
 
     def train_step_fn(self):
         """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan)."""

@@ -2,12 +2,13 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from medjax.train import loop
 from medjax.train.logging import read_records
-from tests.train.helpers import synthetic_config
+from tests.train.helpers import sklearn_classification_metrics, synthetic_config
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,16 @@ def test_rerun_of_finished_run_is_a_no_op(trained):
 
 
 def test_classification_run(repo, tmp_path):
+    """evaluate()'s accuracy, AUC and loss equal scikit-learn's on the restored model's own test predictions."""
     config = synthetic_config(repo, "classification")
     val = loop.train(config, str(tmp_path))
     assert set(val) == {"acc", "auc", "loss"}
     result = loop.evaluate(config, str(tmp_path))
-    assert 0.0 <= result["acc"] <= 1.0 and 0.0 <= result["auc"] <= 1.0
+    reference = sklearn_classification_metrics(config, tmp_path)
+    assert result["step"] == reference["step"] == config.num_train_steps
+    assert result["acc"] == pytest.approx(reference["acc"], abs=1e-7)
+    assert result["auc"] == pytest.approx(reference["auc"], abs=1e-6)
+    assert result["loss"] == pytest.approx(reference["loss"], rel=1e-4)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(repo, tmp_path):
@@ -84,7 +90,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(repo, tmp_path):
     s = loop.setup(config, str(tmp_path))
     state, _, step, _ = s.checkpoints(read_only=True).restore(s.abstract_state())
     assert step == bad_step - 1
-    leaves = [np.asarray(x.addressable_data(0)) for x in __import__("jax").tree.leaves(state.params)]
+    leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
     assert all(np.isfinite(x).all() for x in leaves)
     assert f"at step {bad_step}" in str(info.value) and f"step {bad_step - 1}" in str(info.value)
 
