@@ -177,6 +177,12 @@ _CLASSES: Spec = {
     "num_classes": Key(0, "label classes; 0 = the largest label found + 1"),
     "class_names": Key((), "class names; () = class0, class1, ..."),
 }
+_HDF5: Spec = {
+    "hdf5_image_key": Key("image", "HDF5 files: the image dataset (fastMRI: reconstruction_rss)"),
+    "hdf5_label_key": Key("label", "HDF5 files: the label dataset"),
+    "hdf5_axes": Key("zyx", "HDF5 files: the stored axis order, letters x y z and c or t (slice first: zyx)"),
+    "hdf5_spacing_attr": Key("spacing", "HDF5 files: the attribute holding (x, y, z) mm; absent = 1 mm"),
+}
 _SYNTHETIC: Spec = {
     "num_train": Key(REQUIRED, "training examples"),
     "num_eval": Key(REQUIRED, "validation and test examples each"),
@@ -190,7 +196,12 @@ DATA: dict[str, Spec] = {
             "spacing": Key((), "resample to this voxel spacing (mm); () = each case's grid"),
             "normalize": Key("auto", "auto (CT window for CT, z-score otherwise) | ct | zscore | none"),
             "ct_level": Key(40.0, "CT window level (HU)"), "ct_width": Key(400.0, "CT window width (HU)"),
-            **_SPLIT},
+            "images_dir": Key("imagesTr", "without dataset.json: images folder under root, paired by file name"),
+            "labels_dir": Key("labelsTr", "without dataset.json: labels folder under root (may be images_dir)"),
+            "label_suffix": Key("", "without dataset.json: a label is named <image stem><label_suffix>.<ext>"),
+            "class_names": Key((), "without dataset.json: class names, background first"),
+            "modalities": Key((), "without dataset.json: one modality per image channel (CT -> CT window)"),
+            **_HDF5, **_SPLIT},
     "image_folder": {"root": _ROOT,
                      "images_dir": Key("", "images folder under root; '' = images"),
                      "masks_dir": Key("", "masks folder under root; '' = masks"),
@@ -207,7 +218,7 @@ DATA: dict[str, Spec] = {
                     "labels_dir": Key("labels", "4D label NIfTI folder under root"),
                     "targets_csv": Key("targets.csv", "per-case targets (e.g. EF) under root"),
                     "normalize": Key("zscore", "zscore | minmax | none over all frames of a case"),
-                    **_CLASSES, **_SPLIT},
+                    **_HDF5, **_CLASSES, **_SPLIT},
     "npz": {"root": Key(REQUIRED, "folder with train.npz, val.npz, test.npz"),
             "class_names": Key((), "class names")},
     "icbm152": {"root": Key("", "folder with the ICBM 152 files; '' = the templateflow package copy"),

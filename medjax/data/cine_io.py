@@ -1,12 +1,12 @@
-"""Image sequences from disk: 4D NIfTI (x, y, z, t) and cine DICOM, as a ``Cine``: (T, X, Y, Z, C) RAS+ frames.
+"""Image sequences from disk: 4D files (x, y, z, t) and cine DICOM, as a ``Cine``: (T, X, Y, Z, C) RAS+ frames.
 
 Every frame follows the ``Volume`` conventions (``medjax.data.volume``: channels-last, RAS+, affine to world mm)
 with time first, so a frame is ``cine.array[t]`` and a 2D cine (one slice) has Z = 1. Data on disk is only read.
 
-NIfTI
-    A 4D image is (X, Y, Z, T); a 5D one (X, Y, Z, T, C) keeps C channels. The frame interval is pixdim[4] in the
-    header's time unit (converted to ms; unknown or 0 -> no frame times). A label sequence is (X, Y, Z, T) whole
-    numbers (``nifti.check_label_values``).
+NIfTI, ITK, HDF5, TIFF (read by ``formats.read_array``, with each format's geometry rules)
+    A 4D image is (X, Y, Z, T); a 5D one (X, Y, Z, T, C) keeps C channels. NIfTI's frame interval is pixdim[4]
+    in the header's time unit (converted to ms; unknown or 0 -> no frame times); the other formats store none.
+    A label sequence is (X, Y, Z, T) whole numbers (``volume.check_label_values``).
 Cine DICOM
     * one multi-frame file (ultrasound / echo loops, multi-frame MR or XA): its frames are time points. Frame
       times come from FrameTimeVector (ms between frames) or FrameTime (ms); geometry from ImagePositionPatient /
@@ -27,7 +27,9 @@ import os
 
 import numpy as np
 
-from medjax.data.volume import as_ras, reason, voxel_sizes
+from medjax.data.formats import case_files, case_name, find_case, format_of, read_array
+from medjax.data.hdf5 import DEFAULT_LAYOUT, Hdf5Layout
+from medjax.data.volume import LPS_TO_RAS, as_ras, check_label_values, reason, voxel_sizes
 from medjax.errors import MedjaxError
 
 TIME_UNIT_MS = {"sec": 1000.0, "msec": 1.0, "usec": 1e-3}
@@ -50,7 +52,7 @@ class Cine:
         return int(self.array.shape[0])
 
 
-# ---------------------------------------------------------------------------------------------------- NIfTI
+# ------------------------------------------------------------------------------------- NIfTI, ITK, HDF5, TIFF
 
 def _nifti_frame_times(img, num_frames: int) -> np.ndarray | None:
     zooms = img.header.get_zooms()
@@ -70,45 +72,49 @@ def _interval_notes(times: np.ndarray | None) -> tuple[str, ...]:
     return ()
 
 
-def _open_4d(path: str, what: str, dtype) -> tuple[np.ndarray, np.ndarray, object]:
-    import nibabel as nib
-
-    from medjax.data.nifti import _open
-
-    data, affine = _open(path, what, dtype)
-    if data.ndim == 3:
-        raise MedjaxError(f"{path}: a cine {what} needs a 4th (time) axis, got a 3D array of shape {data.shape}")
+def _open_4d(path: str, what: str, dtype, hdf5: Hdf5Layout, key: str | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """(data (X, Y, Z, T[, C]), affine, frame times or None, notes) of a NIfTI / ITK / HDF5 / TIFF file."""
+    data, affine, notes = read_array(path, what, dtype, hdf5=hdf5, key=key)
+    if data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1):
+        raise MedjaxError(f"{path}: a cine {what} needs a 4th (time) axis of several frames, got shape {data.shape}")
     if data.ndim not in (4, 5):
         raise MedjaxError(f"{path}: expected a 4D (X, Y, Z, T) or 5D (X, Y, Z, T, C) {what}, got shape {data.shape}")
-    return data, affine, nib.load(path)
+    times = None
+    if format_of(path) == "nifti":  # only NIfTI headers carry a frame interval
+        import nibabel as nib
+
+        times = _nifti_frame_times(nib.load(path), data.shape[3])
+    return data, affine, times, notes
 
 
-def load_nifti_cine(path: str, *, canonical: bool = True, dtype=np.float32) -> Cine:
-    """A 4D (X, Y, Z, T) or 5D (X, Y, Z, T, C) NIfTI image as a (T, X, Y, Z, C) ``Cine``."""
+def load_cine_file(path: str, *, canonical: bool = True, dtype=np.float32, hdf5: Hdf5Layout = DEFAULT_LAYOUT
+                   ) -> Cine:
+    """A 4D (X, Y, Z, T) or 5D (X, Y, Z, T, C) image file (NIfTI, ITK, HDF5 ``hdf5.image_key``, TIFF: see
+    ``formats``) as a (T, X, Y, Z, C) ``Cine``; frame times come from NIfTI headers only."""
     path = os.fspath(path)
-    data, affine, img = _open_4d(path, "image", np.dtype(dtype))
+    data, affine, times, notes = _open_4d(path, "image", np.dtype(dtype), hdf5, None)
     if data.ndim == 4:
         data = data[..., None]
     if canonical:
         data, affine = as_ras(data, affine)
     array = np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=dtype)
-    times = _nifti_frame_times(img, array.shape[0])
-    return Cine(array, affine, voxel_sizes(affine), times, path, _interval_notes(times))
+    return Cine(array, affine, voxel_sizes(affine), times, path, notes + _interval_notes(times))
 
 
-def load_nifti_cine_label(path: str, num_classes: int | None = None, *, canonical: bool = True) -> Cine:
-    """A 4D (X, Y, Z, T) NIfTI label sequence as (T, X, Y, Z) int32 class indices."""
-    from medjax.data.nifti import check_label_values
-
+def load_cine_label(path: str, num_classes: int | None = None, *, canonical: bool = True,
+                    hdf5: Hdf5Layout = DEFAULT_LAYOUT) -> Cine:
+    """A 4D (X, Y, Z, T) label sequence file (any ``load_cine_file`` format; HDF5 ``hdf5.label_key``) as
+    (T, X, Y, Z) int32 class indices."""
     path = os.fspath(path)
-    data, affine, img = _open_4d(path, "label", None)
+    data, affine, times, notes = _open_4d(path, "label", None, hdf5, hdf5.label_key)
     if data.ndim == 5:
         raise MedjaxError(f"{path}: a label sequence must be 4D (X, Y, Z, T), got shape {data.shape}")
     check_label_values(data, path, num_classes)
     if canonical:
         data, affine = as_ras(data, affine)
     array = np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=np.int32)
-    return Cine(array, affine, voxel_sizes(affine), _nifti_frame_times(img, array.shape[0]), path)
+    return Cine(array, affine, voxel_sizes(affine), times, path, notes)
 
 
 # ---------------------------------------------------------------------------------------------------- DICOM
@@ -151,16 +157,16 @@ def _luminance(pixels: np.ndarray, ds, path: str) -> np.ndarray:
 def _multi_frame_cine(path: str) -> Cine:
     import pydicom
 
-    from medjax.data.dicom import LPS_TO_RAS, _floats, _plane, _scale
+    from medjax.data.dicom import _floats, _plane, _scale, decode_pixels
 
     try:
         ds = pydicom.dcmread(path)
         n = int(ds.get("NumberOfFrames", 1) or 1)
-        pixels = np.asarray(ds.pixel_array)
     except MemoryError:
         raise
-    except Exception as e:  # not DICOM, truncated, or no decoder for the transfer syntax
+    except Exception as e:  # not DICOM, or truncated
         raise MedjaxError(f"cannot read DICOM cine {path}: {reason(e)}") from e
+    pixels = decode_pixels(ds, path)
     if "GridFrameOffsetVector" in ds:
         raise MedjaxError(f"{path}: frames placed by GridFrameOffsetVector are slices of one volume, not time "
                           f"points: read it with medjax.data.dicom.load_dicom_series")
@@ -255,27 +261,20 @@ def load_dicom_cine(path: str, series_uid: str | None = None) -> Cine:
     return _single_frame_cine(path, files)
 
 
-def load_cine(path: str) -> Cine:
-    """A cine image from a NIfTI file (.nii, .nii.gz), a DICOM file (.dcm) or a DICOM folder."""
+def load_cine(path: str, *, hdf5: Hdf5Layout = DEFAULT_LAYOUT) -> Cine:
+    """A cine image from a DICOM file (.dcm) or folder, or any 4D file ``formats`` reads (NIfTI, ITK, HDF5,
+    TIFF)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MedjaxError(f"cine file not found: {path}")
-    if os.path.isdir(path) or path.lower().endswith((".dcm", ".dicom")):
+    if format_of(path) == "dicom":
         return load_dicom_cine(path)
-    return load_nifti_cine(path)
+    return load_cine_file(path, hdf5=hdf5)
 
 
 # ---------------------------------------------------------------------------------------------- a folder of cases
 
-CINE_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom")
 NORMALIZE = ("zscore", "minmax", "none")
-
-
-def _case_name(name: str) -> str:
-    for suffix in CINE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _read_targets(path: str, cases: list[str]) -> np.ndarray:
@@ -320,9 +319,10 @@ def _normalize(array: np.ndarray, how: str, path: str) -> np.ndarray:
 
 def load_cine_folder(root: str, *, images_dir: str = "images", labels_dir: str = "labels",
                      targets_csv: str = "targets.csv", num_classes: int | None = None,
-                     normalize: str = "zscore") -> dict:
-    """Every case of `root`: `images/<case>` (4D NIfTI, a cine DICOM file or folder), optionally
-    `labels/<case>.nii[.gz]` (4D label sequences) and `targets.csv` (`case,<target>...`, e.g. EF).
+                     normalize: str = "zscore", hdf5: Hdf5Layout = DEFAULT_LAYOUT) -> dict:
+    """Every case of `root`: `images/<case>` (a 4D file of any ``formats`` type, a cine DICOM file or folder),
+    optionally `labels/<case>.<ext>` (4D label sequences; an HDF5 case may hold both under `hdf5`'s keys, with
+    labels_dir = images_dir) and `targets.csv` (`case,<target>...`, e.g. EF).
 
     Returns {"image" (N, T, X, Y[, Z], C) float32, "label" (N, T, X, Y[, Z]) int32 if labelled, "target" (N, K)
     if targets exist, "cases" [names]}; Z is dropped when every case is one slice (2D cine). Each image is
@@ -333,11 +333,11 @@ def load_cine_folder(root: str, *, images_dir: str = "images", labels_dir: str =
     image_root = os.path.join(root, images_dir)
     if not os.path.isdir(image_root):
         raise MedjaxError(f"cine image folder not found: {image_root}")
-    names = sorted(n for n in os.listdir(image_root) if not n.startswith("."))
+    names = case_files(image_root)
     if not names:
         raise MedjaxError(f"{image_root} holds no cases")
-    cases = [_case_name(n) for n in names]
-    images = [load_cine(os.path.join(image_root, n)) for n in names]
+    cases = [case_name(n) for n in names]
+    images = [load_cine(os.path.join(image_root, n), hdf5=hdf5) for n in names]
     shapes = {c: im.array.shape for c, im in zip(cases, images)}
     if len(set(shapes.values())) > 1:
         shown = "; ".join(f"{c}: {s}" for c, s in list(shapes.items())[:6])
@@ -349,13 +349,13 @@ def load_cine_folder(root: str, *, images_dir: str = "images", labels_dir: str =
     if os.path.isdir(label_root):
         labels = []
         for case, image in zip(cases, images):
-            found = [os.path.join(label_root, case + s) for s in (".nii.gz", ".nii")
-                     if os.path.isfile(os.path.join(label_root, case + s))]
-            if not found:
-                raise MedjaxError(f"no label for case {case!r}: expected {os.path.join(label_root, case)}.nii.gz")
-            label = load_nifti_cine_label(found[0], num_classes)
+            found = find_case(label_root, case)
+            if found is None:
+                raise MedjaxError(f"no label for case {case!r}: expected {os.path.join(label_root, case)}.nii.gz "
+                                  f"(or another supported extension)")
+            label = load_cine_label(found, num_classes, hdf5=hdf5)
             if label.array.shape != image.array.shape[:-1]:
-                raise MedjaxError(f"label {found[0]} has shape (T, X, Y, Z) {label.array.shape} but its image "
+                raise MedjaxError(f"label {found} has shape (T, X, Y, Z) {label.array.shape} but its image "
                                   f"{image.path} has {image.array.shape[:-1]}")
             labels.append(label.array)
         out["label"] = np.stack(labels)

@@ -1,8 +1,10 @@
-"""A DICOM series (one folder of single-slice files) as a ``Volume``: (X, Y, Z, 1) float32, RAS+, like NIfTI.
+"""A DICOM series (one folder of single-slice files, or one multi-frame file) as a ``Volume``: (X, Y, Z, 1)
+float32, RAS+, like NIfTI.
 
 Reading
-    Every file directly in the folder is tried (no recursion; macOS ``._*`` files skipped); files pydicom cannot
-    parse or that hold no image (DICOMDIR, reports) are skipped, and it is an error only if no image is left.
+    A path to one file reads that file alone. For a folder, every file directly in it is tried (no recursion;
+    macOS ``._*`` files skipped); files pydicom cannot parse or that hold no image (DICOMDIR, reports) are
+    skipped, and it is an error only if no image is left.
     Images are grouped by SeriesInstanceUID; with several series, ``series_uid`` must pick one.
 Geometry (DICOM PS3.3 C.7.6.2, patient coordinates are LPS)
     ImageOrientationPatient gives the row direction r (along which the column index grows) and the column
@@ -16,8 +18,15 @@ Values
     stored * RescaleSlope + RescaleIntercept per slice (Hounsfield units for CT), times DoseGridScaling for
     RT dose (Gy). Modality LUT sequences and vendor-private scalings are not applied.
 Multi-frame
-    A single multi-frame file whose frames are placed by GridFrameOffsetVector (RT dose, some NM) is read; other
-    multi-frame files (enhanced CT/MR with per-frame functional groups) raise "not supported yet".
+    Enhanced CT/MR (PS3.3 C.7.6.16): each frame's PlanePositionSequence, PlaneOrientationSequence,
+    PixelMeasuresSequence and PixelValueTransformationSequence are taken from its per-frame functional groups,
+    else the shared ones, and the frames are then stacked by exactly the rules above (ordered along the normal,
+    even gaps, one orientation; per-frame rescale). Frames placed by GridFrameOffsetVector (RT dose, some NM)
+    are read too.
+Compressed pixel data
+    Decoded by pydicom's plugins: RLE needs nothing, JPEG Lossless / JPEG-LS / JPEG 2000 need the ``dicom``
+    extra (``pip install 'medjax[dicom]'``: pylibjpeg-openjpeg, pyjpegls, python-gdcm); a file whose transfer
+    syntax has no installed decoder is an error naming both.
 """
 
 from __future__ import annotations
@@ -26,18 +35,19 @@ import os
 
 import numpy as np
 
-from medjax.data.volume import Volume, as_ras, reason, voxel_sizes
+from medjax.data.volume import LPS_TO_RAS, Volume, as_ras, reason, voxel_sizes
 from medjax.errors import MedjaxError
 
 SPACING_RTOL = 0.01  # slice gaps may differ by 1% (scanner rounding of positions), not more
 ORIENTATION_ATOL = 1e-4
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _scan(folder: str) -> tuple[dict[str, list], list[tuple[str, str]]]:
     """{series uid: [(path, header without pixels)]} of the image files, and [(path, why skipped)]."""
     import pydicom
 
+    if os.path.isfile(folder):
+        return _scan_file(folder)
     if not os.path.isdir(folder):
         raise MedjaxError(f"DICOM folder not found: {folder}")
     names = sorted(n for n in os.listdir(folder) if not n.startswith("._") and os.path.isfile(os.path.join(folder, n)))
@@ -64,6 +74,21 @@ def _scan(folder: str) -> tuple[dict[str, list], list[tuple[str, str]]]:
         why = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in skipped[:3])
         raise MedjaxError(f"no readable DICOM image in {folder} ({len(skipped)} file(s) skipped, e.g. {why})")
     return series, skipped
+
+
+def _scan_file(path: str) -> tuple[dict[str, list], list[tuple[str, str]]]:
+    """`_scan` of one file: it must be a DICOM image."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise MedjaxError(f"cannot read DICOM file {path}: {reason(e)}") from e
+    if "Rows" not in ds or "Columns" not in ds:
+        raise MedjaxError(f"{path} is not a DICOM image (no Rows/Columns; {ds.get('Modality', '?')} object)")
+    return {str(ds.get("SeriesInstanceUID", "")): [(path, ds)]}, []
 
 
 def _choose(folder: str, series: dict[str, list], series_uid: str | None) -> str:
@@ -108,16 +133,33 @@ def _plane(ds, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row / np.linalg.norm(row), col / np.linalg.norm(col), spacing
 
 
-def _pixels(ds, path: str) -> np.ndarray:
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise MedjaxError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not supported yet")
+def decode_pixels(ds, path: str) -> np.ndarray:
+    """``ds.pixel_array``; a compressed transfer syntax without an installed decoder is named with the extra
+    that brings one, and every other failure (truncated or corrupt pixel data) names the file."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts.is_compressed:
+        from pydicom.pixels import get_decoder
+
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError as e:  # pydicom has no decoder for it at all: no package helps
+            raise MedjaxError(f"{path}: pixel data compressed as {ts.name} ({ts}), which pydicom cannot decode; "
+                              f"convert the file to an uncompressed transfer syntax") from e
+        if not available:
+            raise MedjaxError(f"{path}: pixel data compressed as {ts.name} ({ts}) and no decoder for it is "
+                              f"installed: pip install 'medjax[dicom]'")
     try:
         return np.asarray(ds.pixel_array)
     except MemoryError:
         raise
-    except Exception as e:  # missing decoder for a compressed transfer syntax, truncated pixel data, ...
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
+    except Exception as e:  # truncated or corrupt pixel data, a codec error
         raise MedjaxError(f"{path}: cannot decode pixel data (transfer syntax {ts}): {reason(e)}") from e
+
+
+def _pixels(ds, path: str) -> np.ndarray:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise MedjaxError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not supported yet")
+    return decode_pixels(ds, path)
 
 
 def _scale(ds) -> tuple[float, float]:
@@ -185,35 +227,84 @@ def _read_full(path: str):
         raise MedjaxError(f"cannot read DICOM file {path}: {reason(e)}") from e
 
 
-def _single_frames(folder: str, files: list) -> Volume:
-    planes = [_plane(ds, path) for path, ds in files]
+def _stack(where: str, frames: list) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(order of the frames along the slice normal, voxel -> RAS affine, (Rows, Columns)) of [(name, header)]
+    (files of a series, or the flattened frames of an enhanced file), after checking they form one even stack."""
+    planes = [_plane(ds, name) for name, ds in frames]
     row, col, pixel_spacing = planes[0]
-    for (path, _), (r, c, s) in zip(files, planes):
+    for (name, _), (r, c, s) in zip(frames, planes):
         if np.abs(r - row).max() > ORIENTATION_ATOL or np.abs(c - col).max() > ORIENTATION_ATOL:
-            raise MedjaxError(f"{folder}: slices have different ImageOrientationPatient (e.g. {files[0][0]} and "
-                              f"{path}); a series must be one stack of parallel slices")
+            raise MedjaxError(f"{where}: slices have different ImageOrientationPatient (e.g. {frames[0][0]} and "
+                              f"{name}); a series must be one stack of parallel slices")
         if np.abs(s - pixel_spacing).max() > 1e-4 * pixel_spacing.max():
-            raise MedjaxError(f"{folder}: PixelSpacing differs between {files[0][0]} ({list(pixel_spacing)}) and "
-                              f"{path} ({list(s)})")
-    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in files}
+            raise MedjaxError(f"{where}: PixelSpacing differs between {frames[0][0]} ({list(pixel_spacing)}) and "
+                              f"{name} ({list(s)})")
+    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in frames}
     if len(sizes) > 1:
-        raise MedjaxError(f"{folder}: slices have different sizes (Rows, Columns) {sorted(sizes)}")
-    positions = np.stack([_floats(ds, "ImagePositionPatient", 3, path) for path, ds in files])
+        raise MedjaxError(f"{where}: slices have different sizes (Rows, Columns) {sorted(sizes)}")
+    positions = np.stack([_floats(ds, "ImagePositionPatient", 3, name) for name, ds in frames])
     normal = np.cross(row, col)
     order = np.argsort(positions @ normal, kind="stable")
-    positions = positions[order]
-    files = [files[k] for k in order]
-    step = _slice_step(folder, positions, normal, _fallback_thickness(files[0][1]))
-    rows, cols = sizes.pop()
+    step = _slice_step(where, positions[order], normal, _fallback_thickness(frames[order[0]][1]))
+    return order, _affine(row, col, pixel_spacing, positions[order[0]], step), sizes.pop()
+
+
+def _single_frames(folder: str, files: list) -> Volume:
+    order, affine, (rows, cols) = _stack(folder, files)
     slices = np.empty((len(files), rows, cols), np.float32)  # float32 from the start: HU need no more
-    for k, (path, _) in enumerate(files):
+    for k, i in enumerate(order):
+        path = files[i][0]
         ds = _read_full(path)
         slope, intercept = _scale(ds)
         pixels = _pixels(ds, path)
         if pixels.shape != (rows, cols):
             raise MedjaxError(f"{path}: expected one {rows}x{cols} frame, got pixel data of shape {pixels.shape}")
         slices[k] = pixels * np.float32(slope) + np.float32(intercept)
-    return _finish(folder, slices, _affine(row, col, pixel_spacing, positions[0], step))
+    return _finish(folder, slices, affine)
+
+
+# Functional group -> the attributes read from it (PS3.3 C.7.6.16), looked up per frame, then shared, then top level.
+FUNCTIONAL_GROUPS = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+}
+
+
+def _frame_headers(ds, path: str) -> list:
+    """One flat header per frame of an enhanced multi-frame file, holding what a single-frame file would."""
+    from pydicom.dataset import Dataset
+
+    n = int(ds.NumberOfFrames)
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != n:
+        raise MedjaxError(f"{path}: PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} frames")
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else Dataset()
+    frames = []
+    for item in per_frame:
+        flat = Dataset()
+        flat.Rows, flat.Columns = ds.Rows, ds.Columns
+        for group, keywords in FUNCTIONAL_GROUPS.items():
+            sources = [g[group][0] for g in (item, shared) if group in g and len(g[group].value)] + [ds]
+            for keyword in keywords:
+                found = next((src[keyword] for src in sources if keyword in src), None)
+                if found is not None:
+                    flat.add(found)
+        frames.append(flat)
+    return frames
+
+
+def _enhanced(folder: str, path: str, header) -> Volume:
+    frames = _frame_headers(header, path)
+    order, affine, (rows, cols) = _stack(folder, [(f"{path} frame {k + 1}", f) for k, f in enumerate(frames)])
+    pixels = _pixels(_read_full(path), path)
+    if pixels.size != len(frames) * rows * cols:
+        raise MedjaxError(f"{path}: pixel data of shape {pixels.shape} is not {len(frames)} frames of {rows}x{cols}")
+    scale = np.asarray([_scale(frames[i]) for i in order], np.float32)  # (n, 2): slope, intercept per frame
+    values = pixels.reshape(len(frames), rows, cols)[order].astype(np.float32)
+    return _finish(folder, values * scale[:, :1, None] + scale[:, 1:, None], affine)
 
 
 def _multi_frame(folder: str, files: list) -> Volume:
@@ -221,9 +312,11 @@ def _multi_frame(folder: str, files: list) -> Volume:
         raise MedjaxError(f"{folder}: a series of {len(files)} files with multi-frame ones among them is not supported "
                           f"yet (only one multi-frame file, or single-frame slices)")
     path, header = files[0]
+    if "PerFrameFunctionalGroupsSequence" in header:
+        return _enhanced(folder, path, header)
     if "GridFrameOffsetVector" not in header:
-        raise MedjaxError(f"{path}: multi-frame DICOM without GridFrameOffsetVector (e.g. enhanced CT/MR with "
-                          f"per-frame functional groups) is not supported yet")
+        raise MedjaxError(f"{path}: multi-frame DICOM with neither per-frame functional groups (enhanced CT/MR) "
+                          f"nor GridFrameOffsetVector: its frames have no positions (a cine? see cine_io)")
     row, col, pixel_spacing = _plane(header, path)
     normal = np.cross(row, col)
     ipp = _floats(header, "ImagePositionPatient", 3, path)
@@ -246,8 +339,9 @@ def _multi_frame(folder: str, files: list) -> Volume:
 
 
 def load_dicom_series(folder: str, series_uid: str | None = None) -> Volume:
-    """The series in ``folder`` (or the one named ``series_uid``) as (X, Y, Z, 1) float32 physical values (HU
-    for CT) in RAS+; ``spacing`` in mm from PixelSpacing and the slice positions (see the module docstring)."""
+    """The series in ``folder`` (or the one named ``series_uid``), or the one file ``folder`` names, as
+    (X, Y, Z, 1) float32 physical values (HU for CT) in RAS+; ``spacing`` in mm from PixelSpacing and the slice
+    positions (see the module docstring)."""
     folder = os.fspath(folder)
     series, _ = _scan(folder)
     files = series[_choose(folder, series, series_uid)]

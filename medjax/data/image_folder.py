@@ -12,6 +12,8 @@ Pairing
 
 Images -> float32 in [0, 1], (N, H, W, C)
     8-bit / 255, 16-bit / 65535 (float TIFFs must already be in [0, 1]); alpha is dropped; palettes are expanded.
+    16-bit colour PNGs are decoded by medjax itself (zlib + the PNG filters) at full depth, since Pillow would
+    reduce them to 8 bits; an interlaced one is refused by name, as is a 16-bit colour PNG mask.
     ``color="auto"`` gives C=1 if every image is grey (grey mode, or R == G == B everywhere), else C=3 with grey
     images repeated; ``"gray"`` forces C=1 (ITU-R 601 luma for colour); ``"rgb"`` forces C=3.
     EXIF orientation is ignored (pixels as stored), so an image stays aligned with its mask.
@@ -182,8 +184,18 @@ def find_pairs(images_dir: str | os.PathLike | None = None, masks_dir: str | os.
 
 
 def _decode(path: str, what: str, convert: Callable[[Image.Image, str], np.ndarray]) -> np.ndarray:
-    """Open, fully decode (so truncation shows here) and convert one file; Pillow's errors name the file."""
+    """Open, fully decode (so truncation shows here) and convert one file; Pillow's errors name the file.
+    16-bit colour PNGs, which Pillow reduces to 8 bits, are decoded here at full depth (``_png16_colour``)."""
     try:
+        header = _png_header(path)
+        if header is not None and header[2] == 16 and header[3] in PNG16_COLOUR_CHANNELS:
+            if convert is not _image_array:
+                raise MedjaxError(f"{what} {path} is a 16-bit colour PNG; save class values as a grey or palette "
+                                  f"(indexed) image")
+            if header[4]:
+                raise MedjaxError(f"image {path} is an interlaced 16-bit colour PNG, which medjax does not decode "
+                                  f"(Pillow would reduce it to 8 bits); save it non-interlaced or as a 16-bit TIFF")
+            return _png16_colour(path)
         with Image.open(path) as im:
             if im.format == "TIFF" and getattr(im, "n_frames", 1) > 1:
                 raise MedjaxError(f"{what} {path} is a {im.n_frames}-page TIFF stack; this reader takes 2D images")
@@ -193,6 +205,82 @@ def _decode(path: str, what: str, convert: Callable[[Image.Image, str], np.ndarr
         raise
     except _DECODE_ERRORS as e:
         raise MedjaxError(f"cannot read {what} {path} (unreadable, truncated or not an image): {e}") from e
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG16_COLOUR_CHANNELS = {2: 3, 6: 4}  # PNG colour type -> samples per pixel: RGB, RGBA
+
+
+def _png_header(path: str) -> tuple[int, int, int, int, int] | None:
+    """(width, height, bit depth, colour type, interlace) from a PNG's IHDR; None for any other file."""
+    with open(path, "rb") as f:
+        head = f.read(29)
+    if len(head) < 29 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    return width, height, depth, colour, interlace
+
+
+def _png_chunks(data: bytes) -> tuple[tuple, bytes]:
+    """(IHDR fields, the concatenated IDAT payload) of a PNG file's bytes; every chunk's CRC is checked."""
+    pos, header, idat = 8, None, []
+    while True:
+        if pos + 8 > len(data):
+            raise ValueError("the file ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body, crc = data[pos + 8:pos + 8 + length], data[pos + 8 + length:pos + 12 + length]
+        if len(body) != length or len(crc) != 4:
+            raise ValueError(f"chunk {kind!r} is cut short")
+        if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
+            raise ValueError(f"chunk {kind!r} fails its CRC check")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            return header, b"".join(idat)
+        pos += 12 + length
+
+
+def _unfilter(filters: np.ndarray, rows: np.ndarray, bpp: int) -> np.ndarray:
+    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth; PNG spec section 9) on (H, W * bpp) bytes.
+
+    Each byte depends on its left, upper and upper-left neighbours, so pixels are reconstructed one
+    anti-diagonal at a time, all pixels of a diagonal (and all bytes of a pixel) at once: H + W - 1 numpy steps.
+    """
+    if filters.size and filters.max() > 4:
+        raise ValueError(f"unknown PNG filter type {int(filters.max())}")
+    h, n = rows.shape
+    w = n // bpp
+    x = rows.reshape(h, w, bpp).astype(np.int16)
+    out = np.zeros((h + 1, w + 1, bpp), np.int16)  # row 0 / column 0: the zero bytes before the image
+    kind = filters.astype(np.int16)
+    for d in range(h + w - 1):
+        r = np.arange(max(0, d - w + 1), min(d, h - 1) + 1)
+        c = d - r
+        a, b, ul = out[r + 1, c], out[r, c + 1], out[r, c]  # left, up, upper-left
+        p = a + b - ul
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - ul)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, ul))
+        t = kind[r][:, None]
+        pred = np.select([t == 1, t == 2, t == 3, t == 4], [a, b, (a + b) >> 1, paeth], 0)
+        out[r + 1, c + 1] = (x[r, c] + pred) & 255
+    return out[1:, 1:].reshape(h, n).astype(np.uint8)
+
+
+def _png16_colour(path: str) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1] of a non-interlaced 16-bit RGB / RGBA PNG, at full depth (alpha dropped)."""
+    with open(path, "rb") as f:
+        header, idat = _png_chunks(f.read())
+    width, height, _, colour, _, _, _ = header
+    bpp = 2 * PNG16_COLOUR_CHANNELS[colour]
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8)
+    if raw.size != height * (1 + width * bpp):
+        raise ValueError(f"{raw.size} bytes of pixel data for a {width}x{height} image (expected "
+                         f"{height * (1 + width * bpp)})")
+    rows = raw.reshape(height, 1 + width * bpp)
+    data = _unfilter(rows[:, 0], rows[:, 1:], bpp).reshape(height, width, bpp // 2, 2).astype(np.uint16)
+    return ((data[..., 0] << 8) | data[..., 1])[..., :3].astype(np.float32) / 65535.0
 
 
 def _image_array(im: Image.Image, path: str) -> np.ndarray:

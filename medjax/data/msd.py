@@ -7,9 +7,15 @@ Layout (as the MSD tarballs unpack, e.g. ``Task04_Hippocampus/``)::
                     "test": ["./imagesTs/y.nii.gz", ...]}
     imagesTr/  labelsTr/  imagesTs/
 
-The index comes from ``dataset.json`` only (folders are not scanned, so stray files such as the macOS
-AppleDouble ``._*`` copies in the tarballs are ignored; listed ``._*`` entries are dropped too). Every listed file
-must exist. The official test images have no labels, so ``split_cases`` carves a validation set out of training.
+The index comes from ``dataset.json`` (folders are not scanned, so stray files such as the macOS AppleDouble
+``._*`` copies in the tarballs are ignored; listed ``._*`` entries are dropped too). Every listed file must exist.
+The official test images have no labels, so ``split_cases`` carves a validation set out of training.
+
+Without ``dataset.json`` (other challenges' layouts: PROMISE12, LUNA16 lung masks, preprocessed ACDC ``.h5``),
+``images_dir`` and ``labels_dir`` are paired by file name: the label of ``<stem>.<ext>`` is
+``<labels_dir>/<stem><label_suffix>.<any ext>`` (both folders may be one; an HDF5 file with an empty suffix is its
+own label, under another key), and ``class_names`` / ``modalities`` replace what dataset.json would say.
+Files of every format ``formats.load_volume`` reads may be listed (NIfTI, NRRD, MetaImage, HDF5, TIFF).
 
 Intensity normalisation (``normalize="auto"``), chosen per channel from the modality name:
     "CT"      -> ``ct_window(level=40, width=400)``: HU are absolute, so a fixed soft-tissue window maps the same
@@ -29,7 +35,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medjax.data.nifti import check_pair, load_nifti, load_nifti_label
+from medjax.data.formats import load_label, load_volume
+from medjax.data.hdf5 import DEFAULT_LAYOUT, Hdf5Layout
+from medjax.data.nifti import check_pair
 from medjax.data.volume import Volume, check_finite, ct_window, resample_to_spacing, zscore
 from medjax.errors import MedjaxError
 
@@ -38,7 +46,7 @@ NORMALIZE = ("auto", "ct", "zscore", "none")
 
 @dataclasses.dataclass(frozen=True)
 class MsdIndex:
-    """What ``dataset.json`` promises, with every path made absolute and checked to exist."""
+    """What ``dataset.json`` (or the folders paired by file name) promises, every path absolute and existing."""
 
     root: str
     name: str
@@ -69,14 +77,19 @@ def _is_appledouble(entry: str) -> bool:
     return os.path.basename(entry).startswith("._")
 
 
-def load_msd_index(root: str) -> MsdIndex:
-    """Read and check ``<root>/dataset.json`` (see the module docstring); no image is opened."""
+def load_msd_index(root: str, *, images_dir: str = "imagesTr", labels_dir: str = "labelsTr", label_suffix: str = "",
+                   class_names: Sequence[str] = (), modalities: Sequence[str] = ()) -> MsdIndex:
+    """Read and check ``<root>/dataset.json``, or pair ``images_dir`` with ``labels_dir`` by file name when there
+    is none (see the module docstring); no image is opened."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise MedjaxError(f"MSD task folder not found: {root}")
     dataset_json = os.path.join(root, "dataset.json")
     if not os.path.isfile(dataset_json):
-        raise MedjaxError(f"{root} is not an MSD task folder: no dataset.json (found: {sorted(os.listdir(root))[:10]})")
+        if os.path.isdir(os.path.join(root, images_dir)):
+            return _index_from_folders(root, images_dir, labels_dir, label_suffix, class_names, modalities)
+        raise MedjaxError(f"{root} is not an MSD task folder: no dataset.json (found: {sorted(os.listdir(root))[:10]})"
+                          f" and no {images_dir}/ folder to pair with {labels_dir}/ by file name")
     try:
         with open(dataset_json, encoding="utf-8") as f:
             meta = json.load(f)
@@ -123,6 +136,40 @@ def load_msd_index(root: str) -> MsdIndex:
                     class_names=class_names, modalities=modalities, training=tuple(cases), test=test)
 
 
+def _index_from_folders(root: str, images_dir: str, labels_dir: str, label_suffix: str,
+                        class_names: Sequence[str], modalities: Sequence[str]) -> MsdIndex:
+    from medjax.data.formats import case_files, case_name, find_case, format_of
+
+    if not class_names or not modalities:
+        raise MedjaxError(f"{root} has no dataset.json: set config.data.class_names (background first) and "
+                          f"config.data.modalities (one per image channel, e.g. CT or MR) to pair {images_dir}/ with "
+                          f"{labels_dir}/ by file name")
+    image_root, label_root = os.path.join(root, images_dir), os.path.join(root, labels_dir)
+    if not os.path.isdir(label_root):
+        raise MedjaxError(f"label folder not found: {label_root} (config.data.labels_dir)")
+    same_folder = os.path.realpath(image_root) == os.path.realpath(label_root)
+    cases, lacking = [], []
+    for name in case_files(image_root):
+        image, stem = os.path.join(image_root, name), case_name(name)
+        if os.path.isdir(image) or (same_folder and label_suffix and stem.endswith(label_suffix)):
+            continue  # a DICOM folder is no volume file here; a label beside its image is not a case
+        label = find_case(label_root, stem + label_suffix)
+        if label is None:
+            lacking.append(name)
+        elif label == image and format_of(image) != "hdf5":
+            raise MedjaxError(f"{image} would be its own label: set config.data.label_suffix (e.g. _segmentation) "
+                              f"or config.data.labels_dir")
+        else:
+            cases.append((image, label))
+    if lacking:
+        raise MedjaxError(f"{len(lacking)} image(s) in {image_root} without a label "
+                          f"{os.path.join(label_root, '<stem>' + label_suffix)}.<ext>, e.g. {lacking[:3]}")
+    if not cases:
+        raise MedjaxError(f"no image files in {image_root} (NIfTI, NRRD, MetaImage, HDF5 or TIFF)")
+    return MsdIndex(root=root, name=os.path.basename(os.path.normpath(root)), class_names=tuple(map(str, class_names)),
+                    modalities=tuple(map(str, modalities)), training=tuple(cases), test=())
+
+
 def _normalize(image: Volume, modalities: Sequence[str], normalize: str, ct_level: float, ct_width: float) -> Volume:
     if normalize not in NORMALIZE:
         raise MedjaxError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
@@ -144,6 +191,7 @@ def load_msd_case(
     *,
     ct_level: float = 40.0,
     ct_width: float = 400.0,
+    hdf5: Hdf5Layout = DEFAULT_LAYOUT,
 ) -> tuple[Volume, Volume]:
     """Training case ``i``: image (X, Y, Z, C) float32 normalised, label (X, Y, Z) int32, both RAS+, checked
     (finite image, channels == modalities, labels in 0..num_classes-1, same grid), then resampled to
@@ -152,11 +200,11 @@ def load_msd_case(
     if not (isinstance(i, (int, np.integer)) and 0 <= i < n):
         raise MedjaxError(f"{index.root}: case {i!r} does not exist; training cases are 0..{n - 1}")
     image_path, label_path = index.training[int(i)]
-    image = check_finite(load_nifti(image_path))
+    image = check_finite(load_volume(image_path, hdf5=hdf5))
     if image.array.shape[3] != len(index.modalities):
         raise MedjaxError(f"{image_path} has {image.array.shape[3]} channel(s) but dataset.json lists "
                           f"{len(index.modalities)} modalities {list(index.modalities)}")
-    label = load_nifti_label(label_path, num_classes=index.num_classes)
+    label = load_label(label_path, num_classes=index.num_classes, hdf5=hdf5)
     check_pair(image, label)
     image = _normalize(image, index.modalities, normalize, ct_level, ct_width)
     if spacing is not None:

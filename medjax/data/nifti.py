@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from medjax.data.volume import Volume, as_ras, reason, voxel_sizes
+from medjax.data.volume import Volume, image_volume, label_volume, reason
 from medjax.errors import MedjaxError
 
 PAIR_ATOL_MM = 1e-3  # image and label grids may differ by float32 header rounding, not by real geometry
@@ -41,70 +41,22 @@ def _open(path: str, what: str, dtype=None):
     return data, affine
 
 
-def _spatial(data: np.ndarray, path: str, what: str) -> np.ndarray:
-    """(X, Y, Z) or (X, Y, Z, C); NIfTI vector images (X, Y, Z, 1, C) lose their empty time axis."""
-    if data.ndim == 5 and data.shape[3] == 1:
-        data = data[:, :, :, 0, :]
-    if data.ndim not in (3, 4):
-        raise MedjaxError(f"{path}: expected a 3D or 4D (X, Y, Z, C) {what}, got shape {data.shape}")
-    return data
-
-
 def load_nifti(path: str, *, canonical: bool = True, dtype=np.float32) -> Volume:
     """An image as (X, Y, Z, C) ``dtype``: 3D files gain C = 1, 4D files keep their 4th axis as channels
     (MSD multi-modal images, or fMRI time points). ``canonical`` reorients to RAS+ (world coordinates kept)."""
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise MedjaxError(f"load_nifti dtype must be a floating type, got {np.dtype(dtype)} ({path})")
     data, affine = _open(path, "image", np.dtype(dtype))
-    data = _spatial(data, path, "image")
-    if data.ndim == 3:
-        data = data[..., None]
-    if canonical:
-        data, affine = as_ras(data, affine)
-    array = np.ascontiguousarray(data, dtype=dtype)
-    return Volume(array, affine, voxel_sizes(affine), os.fspath(path))
+    return image_volume(data, affine, os.fspath(path), canonical=canonical, dtype=dtype)
 
 
 def load_nifti_label(path: str, num_classes: int | None = None, *, canonical: bool = True) -> Volume:
-    """A segmentation as (X, Y, Z) int32 class indices; float-stored labels must hold whole numbers.
-
-    Values outside 0 .. num_classes-1 (or negative ones when ``num_classes`` is None) are errors: a label map
-    with an unexpected class is a dataset bug that would otherwise surface as a silent one-hot out-of-range.
-    """
+    """A segmentation as (X, Y, Z) int32 class indices; float-stored labels must hold whole numbers in
+    0..num_classes-1 (``volume.check_label_values``)."""
     if num_classes is not None and int(num_classes) < 1:
         raise MedjaxError(f"num_classes must be >= 1, got {num_classes} (reading {path})")
     data, affine = _open(path, "label")
-    data = _spatial(data, path, "label")
-    if data.ndim == 4:
-        if data.shape[3] != 1:
-            raise MedjaxError(f"{path}: a label must be 3D (X, Y, Z), got shape {data.shape}")
-        data = data[..., 0]
-    check_label_values(data, path, num_classes)
-    if canonical:
-        data, affine = as_ras(data, affine)
-    array = np.ascontiguousarray(data, dtype=np.int32)
-    return Volume(array, affine, voxel_sizes(affine), os.fspath(path))
-
-
-def check_label_values(data: np.ndarray, path: str, num_classes: int | None) -> None:
-    """Raise unless a label array holds whole numbers in 0..num_classes-1 (non-negative when None)."""
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
-        finite = np.isfinite(data)
-        if not finite.all():
-            raise MedjaxError(f"{path}: label has {int((~finite).sum())} non-finite voxels (NaN/inf)")
-        frac = data != np.round(data)
-        if frac.any():
-            bad = np.unique(data[frac])[:5]
-            raise MedjaxError(f"{path}: label values must be whole numbers, found {int(frac.sum())} voxels with "
-                              f"fractional values, e.g. {[float(v) for v in bad]}")
-    hi = np.inf if num_classes is None else num_classes - 1
-    if data.size and (data.min() < 0 or data.max() > hi):  # min/max first: np.unique sorts the whole volume
-        outside = (data < 0) | (data > hi)
-        bad = np.unique(data[outside])
-        allowed = "non-negative" if num_classes is None else f"in 0..{num_classes - 1}"
-        shown = [int(v) for v in bad[:10]]
-        raise MedjaxError(f"{path}: label values must be {allowed}, found {shown}"
-                          f"{' ...' if bad.size > 10 else ''} ({int(outside.sum())} voxels)")
+    return label_volume(data, affine, os.fspath(path), num_classes, canonical=canonical)
 
 
 def _corners(shape: tuple[int, ...]) -> np.ndarray:

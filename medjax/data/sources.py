@@ -56,9 +56,10 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 
 
 def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
-    """Cine cases from `data.root` (`medjax.data.cine_io.load_cine_folder`: 4D NIfTI or cine DICOM images,
-    4D NIfTI labels, targets.csv), split by `case_split` (`val_fraction`, `test_fraction`, `split_seed`).
-    Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`, `num_classes`, `class_names`."""
+    """Cine cases from `data.root` (`medjax.data.cine_io.load_cine_folder`: 4D files of any `formats` type or
+    cine DICOM images, 4D labels, targets.csv), split by `case_split` (`val_fraction`, `test_fraction`,
+    `split_seed`). Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`, `num_classes`, `class_names`,
+    `hdf5_*`."""
     from medjax.data.cine_io import load_cine_folder
 
     if not cfg.root:
@@ -66,7 +67,7 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
                           "data.name='cine_folder'")
     keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
     num_classes = int(cfg.num_classes or 0) or None
-    data = load_cine_folder(cfg.root, num_classes=num_classes, **{k: cfg[k] for k in keys})
+    data = load_cine_folder(cfg.root, num_classes=num_classes, hdf5=hdf5_layout(cfg), **{k: cfg[k] for k in keys})
     data.pop("cases")
     splits = split_by_case(data, cfg)
     class_names = [str(c) for c in (cfg.class_names or ())]
@@ -110,35 +111,51 @@ def _medmnist(cfg: ml_collections.ConfigDict) -> Dataset:
     return Dataset(sources, list(info.class_names), info.multi_label)
 
 
+def hdf5_layout(cfg: ml_collections.ConfigDict):
+    """`data.hdf5_*` as the `Hdf5Layout` the readers take."""
+    from medjax.data.hdf5 import Hdf5Layout
+
+    return Hdf5Layout(image_key=cfg.hdf5_image_key, label_key=cfg.hdf5_label_key, axes=cfg.hdf5_axes,
+                      spacing_attr=cfg.hdf5_spacing_attr)
+
+
 def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
-    """A Decathlon task folder (`data.root`): labelled cases split into train / val / test by a seeded
-    permutation (the official imagesTs have no labels), normalised and resampled once, cached as array_record
-    volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid), `normalize`, `ct_level`,
-    `ct_width`, `val_fraction`, `test_fraction` (of all labelled cases), `split_seed`, `cache_dir`."""
+    """A Decathlon task folder (`data.root`), or any folder of image / label files paired by name (`images_dir`,
+    `labels_dir`, `label_suffix`, `class_names`, `modalities` when there is no dataset.json), in any format
+    `medjax.data.formats` reads (`hdf5_*` name HDF5 keys): labelled cases split into train / val / test by a
+    seeded permutation (the official imagesTs have no labels), normalised and resampled once, cached as
+    array_record volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid), `normalize`,
+    `ct_level`, `ct_width`, `val_fraction`, `test_fraction` (of all labelled cases), `split_seed`, `cache_dir`."""
     from medjax.data.cache import build_or_load, file_fingerprint
+    from medjax.data.formats import data_files
     from medjax.data.msd import load_msd_case, load_msd_index
 
     if not cfg.root:
         raise MedjaxError("config.data.root must name a Decathlon task folder (with dataset.json) for data.name='msd'")
-    index = load_msd_index(cfg.root)
+    index = load_msd_index(cfg.root, images_dir=cfg.images_dir, labels_dir=cfg.labels_dir,
+                           label_suffix=cfg.label_suffix, class_names=tuple(cfg.class_names),
+                           modalities=tuple(cfg.modalities))
     split = case_split(len(index.training), cfg.val_fraction, cfg.test_fraction,
                         cfg.split_seed)
     spacing = tuple(float(v) for v in (cfg.spacing or ())) or None
     options = dict(normalize=cfg.normalize, ct_level=float(cfg.ct_level),
                    ct_width=float(cfg.ct_width))
+    layout = hdf5_layout(cfg)
 
     def generator(cases: list[int]):
         def gen():
             for i in cases:
-                image, label = load_msd_case(index, i, spacing, **options)
+                image, label = load_msd_case(index, i, spacing, **options, hdf5=layout)
                 yield {"image": image.array, "label": label.array}
         return gen
 
     features = {"image": ((None, None, None, len(index.modalities)), np.float32),
                 "label": ((None, None, None), np.int32)}
+    dataset_json = os.path.join(index.root, "dataset.json")
+    files = {f for case in index.training for p in case for f in data_files(p)}  # .mhd/.nhdr data files too
     spec = {"source": "msd", "root": os.path.abspath(cfg.root), "split": split, "spacing": spacing, **options,
-            "files": file_fingerprint([os.path.join(index.root, "dataset.json"),
-                                       *(p for case in index.training for p in case)])}
+            "hdf5": dataclasses.asdict(layout), "class_names": index.class_names, "modalities": index.modalities,
+            "files": file_fingerprint([*([dataset_json] if os.path.isfile(dataset_json) else []), *files])}
     name = "msd_" + "".join(ch if ch.isalnum() else "_" for ch in index.name)
     sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
                             cache_dir=cfg.cache_dir or None)

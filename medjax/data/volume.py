@@ -1,6 +1,6 @@
 """A 3D volume with its geometry, and the pure helpers every reader shares.
 
-Conventions (all readers: NIfTI, DICOM, MSD)
+Conventions (all readers: NIfTI, DICOM, ITK, HDF5, TIFF, MSD; ``image_volume`` / ``label_volume`` finish them)
     image arrays are (X, Y, Z, C) float32, label arrays (X, Y, Z) int32, both in RAS+ voxel order after
     ``as_ras`` (the closest canonical orientation, as ``nibabel.as_closest_canonical``): index x grows towards
     the subject's Right, y towards Anterior, z towards Superior (the closest axes, for oblique data).
@@ -23,6 +23,8 @@ import numpy as np
 
 from medjax.errors import MedjaxError
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM / ITK patient coordinates (LPS) -> NIfTI's RAS
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
 class Volume:
@@ -32,6 +34,7 @@ class Volume:
     affine: np.ndarray  # (4, 4) voxel index -> RAS world mm
     spacing: tuple[float, float, float]  # mm between voxel centres along each array axis
     path: str  # the file or folder it was read from: every error message names it
+    notes: tuple[str, ...] = ()  # what the reader had to assume (e.g. "no spacing stored: 1 mm")
 
     def __post_init__(self):
         if np.shape(self.affine) != (4, 4):
@@ -69,6 +72,73 @@ def as_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
         return array, affine
     out = ornt_mod.apply_orientation(array, ornt)
     return np.ascontiguousarray(out), affine @ ornt_mod.inv_ornt_aff(ornt, array.shape[:3])
+
+
+def image_volume(data: np.ndarray, affine: np.ndarray, path: str, *, canonical: bool = True, dtype=np.float32,
+                 notes: tuple[str, ...] = ()) -> Volume:
+    """(X, Y, Z[, C]) voxels + their voxel -> RAS affine, from any reader, as an (X, Y, Z, C) ``dtype`` Volume:
+    3D data gains C = 1, vector images (X, Y, Z, 1, C) lose their empty 4th axis; ``canonical`` -> RAS+."""
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise MedjaxError(f"an image's dtype must be a floating type, got {np.dtype(dtype)} ({path})")
+    data = _spatial(data, path, "image")
+    if data.ndim == 3:
+        data = data[..., None]
+    if canonical:
+        data, affine = as_ras(data, affine)
+    array = np.ascontiguousarray(data, dtype=dtype)
+    return Volume(array, np.asarray(affine, np.float64), voxel_sizes(affine), path, notes)
+
+
+def label_volume(data: np.ndarray, affine: np.ndarray, path: str, num_classes: int | None = None, *,
+                 canonical: bool = True, notes: tuple[str, ...] = ()) -> Volume:
+    """(X, Y, Z[, 1]) class values from any reader as an (X, Y, Z) int32 Volume, checked by
+    ``check_label_values`` before anything else sees them; ``canonical`` -> RAS+."""
+    if num_classes is not None and int(num_classes) < 1:
+        raise MedjaxError(f"num_classes must be >= 1, got {num_classes} (reading {path})")
+    data = _spatial(data, path, "label")
+    if data.ndim == 4:
+        if data.shape[3] != 1:
+            raise MedjaxError(f"{path}: a label must be 3D (X, Y, Z), got shape {data.shape}")
+        data = data[..., 0]
+    check_label_values(data, path, num_classes)
+    if canonical:
+        data, affine = as_ras(data, affine)
+    array = np.ascontiguousarray(data, dtype=np.int32)
+    return Volume(array, np.asarray(affine, np.float64), voxel_sizes(affine), path, notes)
+
+
+def _spatial(data: np.ndarray, path: str, what: str) -> np.ndarray:
+    """(X, Y, Z) or (X, Y, Z, C); NIfTI vector images (X, Y, Z, 1, C) lose their empty time axis."""
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim not in (3, 4):
+        raise MedjaxError(f"{path}: expected a 3D or 4D (X, Y, Z, C) {what}, got shape {data.shape}")
+    return data
+
+
+def check_label_values(data: np.ndarray, path: str, num_classes: int | None) -> None:
+    """Raise unless a label array holds whole numbers in 0..num_classes-1 (non-negative when None).
+
+    Values outside the range are errors: a label map with an unexpected class is a dataset bug that would
+    otherwise surface as a silent one-hot out-of-range.
+    """
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise MedjaxError(f"{path}: label has {int((~finite).sum())} non-finite voxels (NaN/inf)")
+        frac = data != np.round(data)
+        if frac.any():
+            bad = np.unique(data[frac])[:5]
+            raise MedjaxError(f"{path}: label values must be whole numbers, found {int(frac.sum())} voxels with "
+                              f"fractional values, e.g. {[float(v) for v in bad]}")
+    hi = np.inf if num_classes is None else num_classes - 1
+    if data.size and (data.min() < 0 or data.max() > hi):  # min/max first: np.unique sorts the whole volume
+        outside = (data < 0) | (data > hi)
+        bad = np.unique(data[outside])
+        allowed = "non-negative" if num_classes is None else f"in 0..{num_classes - 1}"
+        shown = [int(v) for v in bad[:10]]
+        raise MedjaxError(f"{path}: label values must be {allowed}, found {shown}"
+                          f"{' ...' if bad.size > 10 else ''} ({int(outside.sum())} voxels)")
 
 
 def _spacing3(spacing: float | Sequence[float], what: str) -> np.ndarray:
@@ -110,7 +180,7 @@ def resample_to_spacing(volume: Volume, spacing: float | Sequence[float], is_lab
     scale = np.diag([*ratio, 1.0])
     scale[:3, 3] = offset
     affine = np.asarray(volume.affine, np.float64) @ scale
-    return Volume(out, affine, voxel_sizes(affine), volume.path)
+    return Volume(out, affine, voxel_sizes(affine), volume.path, volume.notes)
 
 
 def ct_window(x: np.ndarray, level: float = 40.0, width: float = 400.0) -> np.ndarray:

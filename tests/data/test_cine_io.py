@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from medjax.data.cine import beating_heart
-from medjax.data.cine_io import load_cine, load_cine_folder, load_dicom_cine, load_nifti_cine, load_nifti_cine_label
+from medjax.data.cine_io import load_cine, load_cine_file, load_cine_folder, load_cine_label, load_dicom_cine
 from medjax.data.dicom import load_dicom_series
 from medjax.data.sources import load_splits
 from medjax.data.volume import as_ras
@@ -35,15 +35,15 @@ def _save_nifti(path, data, affine=LPS, dt=None, unit="msec"):
 
 def test_4d_nifti_is_time_first_ras_with_frame_times(tmp_path):
     data = np.random.default_rng(0).normal(size=(6, 5, 1, 4)).astype(np.float32)
-    cine = load_nifti_cine(_save_nifti(tmp_path / "c.nii.gz", data, dt=0.04, unit="sec"))
+    cine = load_cine_file(_save_nifti(tmp_path / "c.nii.gz", data, dt=0.04, unit="sec"))
     assert cine.array.shape == (4, 6, 5, 1, 1) and cine.array.dtype == np.float32
     for t in range(4):
         np.testing.assert_array_equal(cine.array[t, ..., 0], as_ras(data[..., t], LPS)[0])
     np.testing.assert_allclose(cine.frame_times_ms, [0, 40, 80, 120])
     assert cine.spacing == pytest.approx((1.5, 1.5, 8.0)) and cine.num_frames == 4
-    assert load_nifti_cine(_save_nifti(tmp_path / "n.nii", data)).frame_times_ms is None  # no interval stored
+    assert load_cine_file(_save_nifti(tmp_path / "n.nii", data)).frame_times_ms is None  # no interval stored
     with pytest.raises(MedjaxError, match=r"3d.nii: a cine image needs a 4th \(time\) axis"):
-        load_nifti_cine(_save_nifti(tmp_path / "3d.nii", data[..., 0]))
+        load_cine_file(_save_nifti(tmp_path / "3d.nii", data[..., 0]))
 
 
 def test_real_4d_fmri_frames_equal_the_volume_reader_channels():
@@ -66,11 +66,11 @@ def test_real_4d_fmri_frames_equal_the_volume_reader_channels():
 def test_4d_nifti_labels_are_checked(tmp_path):
     label = np.zeros((6, 5, 1, 4), np.int16)
     label[1:3, 1:3, 0, :] = 1
-    out = load_nifti_cine_label(_save_nifti(tmp_path / "l.nii.gz", label), num_classes=2)
+    out = load_cine_label(_save_nifti(tmp_path / "l.nii.gz", label), num_classes=2)
     assert out.array.shape == (4, 6, 5, 1) and out.array.dtype == np.int32
     np.testing.assert_array_equal(out.array[2], as_ras(label[..., 2], LPS)[0])
     with pytest.raises(MedjaxError, match=r"bad.nii: label values must be in 0..1, found \[3\]"):
-        load_nifti_cine_label(_save_nifti(tmp_path / "bad.nii", label * 3), num_classes=2)
+        load_cine_label(_save_nifti(tmp_path / "bad.nii", label * 3), num_classes=2)
 
 
 def test_real_rgb_multiframe_dicom_becomes_a_luminance_cine():

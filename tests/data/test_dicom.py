@@ -137,8 +137,8 @@ def test_real_multiframe_rt_dose(tmp_path):
     other = tmp_path / "rgb"
     other.mkdir()
     shutil.copy(get_testdata_file("SC_rgb_rle_2frame.dcm"), other)
-    with pytest.raises(MedjaxError, match=r"SC_rgb_rle_2frame.dcm: multi-frame DICOM without GridFrameOffsetVector "
-                                          r".* is not supported yet"):
+    with pytest.raises(MedjaxError, match=r"SC_rgb_rle_2frame.dcm: multi-frame DICOM with neither per-frame "
+                                          r"functional groups \(enhanced CT/MR\) nor GridFrameOffsetVector"):
         load_dicom_series(str(other))
 
 
