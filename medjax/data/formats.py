@@ -4,7 +4,7 @@
     ITK (.nrrd, .nhdr, .mha, .mhd, .gipl, .gipl.gz, .vtk, ...)        SimpleITK      ``itk.read_itk``      [itk]
     HDF5 (.h5, .hdf5, .hdf)                                         h5py           ``hdf5.read_hdf5``    [hdf5]
     TIFF stacks (.tif, .tiff, .ome.tif)                             tifffile       ``tiff.read_tiff``    [pathology]
-    DICOM (a series folder, or one .dcm file)                       pydicom        ``dicom.load_dicom_series``
+    DICOM (a series folder, or one file: .dcm or 'DICM' at byte 128) pydicom       ``dicom.load_dicom_series``
 
 Every reader hands (voxels, voxel -> RAS affine) to ``volume.image_volume`` / ``label_volume``, so every format
 gives the same ``Volume``: (X, Y, Z, C) float32 or (X, Y, Z) int32, closest RAS+, spacing from the affine.
@@ -32,14 +32,20 @@ SUFFIXES = {
 
 
 def format_of(path: str) -> str | None:
-    """'nifti' | 'itk' | 'hdf5' | 'tiff' | 'dicom' by extension (a folder is a DICOM series); None if unknown."""
+    """'nifti' | 'itk' | 'hdf5' | 'tiff' | 'dicom' by extension; a folder is a DICOM series, and a file without a
+    known extension is DICOM if it has the 'DICM' marker at byte 128 (PACS exports rarely name files .dcm)."""
     if os.path.isdir(path):
         return "dicom"
     name = os.path.basename(path).lower()
     for kind, suffixes in SUFFIXES.items():
         if name.endswith(suffixes):
             return kind
-    return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return "dicom" if f.read(4) == b"DICM" else None
+    except OSError:
+        return None
 
 
 def _kind(path: str, what: str) -> str:
@@ -85,25 +91,31 @@ def find_case(folder: str, stem: str) -> str | None:
 
 
 def data_files(path: str) -> list[str]:
-    """``path`` and the files its header points to (MetaImage ElementDataFile, NRRD 'data file', Analyze .img),
-    so a cache fingerprint notices when only the voxel data changes."""
+    """``path`` and the file its header points to (MetaImage ElementDataFile, NRRD 'data file', Analyze .img),
+    so a cache fingerprint notices when only the voxel data changes; a missing data file is an error naming it.
+    Multi-file data (LIST, printf patterns) is not followed."""
     path = os.fspath(path)
-    out = [path]
-    lower = path.lower()
+    lower, target = path.lower(), None
     if lower.endswith((".mhd", ".nhdr")):
-        key = "elementdatafile" if lower.endswith(".mhd") else "data file"
+        mhd = lower.endswith(".mhd")
         try:
             with open(path, encoding="latin-1") as f:
                 for line in f:
-                    name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
-                    if sep and name.strip().lower() == key and value.strip().upper() != "LOCAL":
-                        out.append(os.path.join(os.path.dirname(path), value.strip()))
+                    name, sep, value = line.partition("=" if mhd else ":")
+                    if sep and name.strip().lower() == ("elementdatafile" if mhd else "data file"):
+                        value = value.strip()
+                        if value.upper() != "LOCAL" and not value.upper().startswith("LIST") and "%" not in value:
+                            target = os.path.join(os.path.dirname(path), value)
                         break
         except OSError as e:
             raise MedjaxError(f"cannot read header {path}: {e}") from e
     elif lower.endswith(".hdr"):
-        out.append(path[:-4] + ".img")
-    return [p for p in out if os.path.isfile(p)] or [path]
+        target = path[:-4] + ".img"
+    if target is None:
+        return [path]
+    if not os.path.isfile(target):
+        raise MedjaxError(f"{path}: its data file {target} is missing")
+    return [path, target]
 
 
 def read_array(path: str, what: str, dtype=None, *, hdf5: Hdf5Layout = DEFAULT_LAYOUT, key: str | None = None

@@ -230,9 +230,9 @@ def _png_chunks(data: bytes) -> tuple[tuple, bytes]:
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body, crc = data[pos + 8:pos + 8 + length], data[pos + 8 + length:pos + 12 + length]
         if len(body) != length or len(crc) != 4:
-            raise ValueError(f"chunk {kind!r} is cut short")
+            raise ValueError(f"chunk {kind.decode('latin-1')} is cut short")
         if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
-            raise ValueError(f"chunk {kind!r} fails its CRC check")
+            raise ValueError(f"chunk {kind.decode('latin-1')} fails its CRC check")
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":

@@ -14,11 +14,19 @@ Arrays
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from medjax.data.volume import LPS_TO_RAS, reason
 from medjax.errors import MedjaxError
+
+
+def _itk_reason(e: BaseException) -> str:
+    """ITK's own complaint without SimpleITK's source-file and object-address preamble."""
+    text = reason(e)
+    found = re.search(r"ITK ERROR: \w+\(0x[0-9a-fA-F]+\): (.*)", text)
+    return found.group(1) if found else text
 
 
 def read_itk(path: str, what: str, dtype=None) -> tuple[np.ndarray, np.ndarray]:
@@ -27,8 +35,11 @@ def read_itk(path: str, what: str, dtype=None) -> tuple[np.ndarray, np.ndarray]:
         import SimpleITK as sitk
     except ImportError as e:
         raise MedjaxError(f"reading {path} needs SimpleITK: pip install 'medjax[itk]'") from e
+    from medjax.data.formats import data_files
+
     if not os.path.isfile(path):
         raise MedjaxError(f"{what} file not found: {path}")
+    data_files(path)  # a detached header's missing data file, named plainly
     try:
         image = sitk.ReadImage(path)
         array = sitk.GetArrayViewFromImage(image)  # (k, j, i[, component]); the data file is read by now
@@ -39,7 +50,7 @@ def read_itk(path: str, what: str, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     except MemoryError:
         raise
     except Exception as e:  # SimpleITK raises RuntimeError for unreadable/truncated files and missing data files
-        raise MedjaxError(f"cannot read {what} file {path}: {reason(e)}") from e
+        raise MedjaxError(f"cannot read {what} file {path}: {_itk_reason(e)}") from e
     if dim not in (2, 3, 4) or (dim == 4 and components > 1):
         raise MedjaxError(f"{path}: expected a 2D, 3D or 4D image, got {dim}D with {components} component(s)")
     spatial = min(dim, 3)

@@ -220,3 +220,33 @@ def test_cine_folder_errors_name_the_case(tmp_path):
         load_cine_folder(str(root), normalize="robust")
     with pytest.raises(MedjaxError, match="cine image folder not found"):
         load_cine_folder(str(tmp_path / "nowhere"))
+
+
+def test_cines_in_other_formats_read_like_the_nifti(tmp_path):
+    """The same sequence as a 4D NRRD (SimpleITK, LPS) and as an HDF5 file (time first) gives the NIfTI's frames."""
+    import h5py
+    import SimpleITK as sitk
+
+    from medjax.data.hdf5 import Hdf5Layout
+
+    data = np.random.default_rng(0).normal(size=(6, 5, 1, 4)).astype(np.float32)  # (x, y, z, t), stored LPS
+    ref = load_cine_file(_save_nifti(tmp_path / "c.nii.gz", data, affine=np.diag([-1.0, -1.0, 8.0, 1.0])))
+    itk = sitk.JoinSeries([sitk.GetImageFromArray(np.transpose(data[..., t], (2, 1, 0))) for t in range(4)])
+    itk.SetSpacing((1.0, 1.0, 8.0, 1.0))  # index (i, j, k) -> LPS (i, j, 8 k) = RAS (-i, -j, 8 k)
+    sitk.WriteImage(itk, str(tmp_path / "c.nrrd"))
+    nrrd = load_cine(str(tmp_path / "c.nrrd"))
+    np.testing.assert_array_equal(nrrd.array, ref.array)
+    np.testing.assert_allclose(nrrd.affine, ref.affine)
+    assert nrrd.frame_times_ms is None  # only NIfTI stores a frame interval
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("image", data=np.transpose(data, (3, 2, 1, 0)))  # (t, z, y, x)
+        f.create_dataset("label", data=(np.transpose(data, (3, 2, 1, 0)) > 0).astype(np.uint8))
+        f.create_dataset("still", data=np.transpose(data[..., 0], (2, 1, 0)))  # one frame: (z, y, x)
+    h5 = load_cine(str(tmp_path / "c.h5"), hdf5=Hdf5Layout(axes="tzyx"))
+    np.testing.assert_array_equal(h5.array, load_cine_file(_save_nifti(tmp_path / "eye.nii", data, np.eye(4))).array)
+    label = load_cine_label(str(tmp_path / "c.h5"), num_classes=2, hdf5=Hdf5Layout(axes="tzyx"))
+    assert label.array.shape == (4, 6, 5, 1)
+    np.testing.assert_array_equal(label.array, (h5.array[..., 0] > 0).astype(np.int32))
+    with pytest.raises(MedjaxError, match=r"c.h5: a cine image needs a 4th \(time\) axis of several frames, got "
+                                          r"shape \(6, 5, 1\)"):
+        load_cine(str(tmp_path / "c.h5"), hdf5=Hdf5Layout(image_key="still"))

@@ -228,3 +228,146 @@ def test_files_on_disk_are_unchanged(tmp_path):
     load_dicom_series(folder)
     load_dicom_series(CT5N)
     assert (_fingerprints(folder), _fingerprints(CT5N)) == before
+
+
+# ------------------------------------------------------------------------------------------- compressed pixel data
+
+LOSSLESS_TWINS = [  # pydicom's shipped compressed copies of MR_small.dcm, with their transfer syntaxes
+    ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5"),  # RLE Lossless: pydicom's own numpy decoder
+    ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80"),  # JPEG-LS Lossless: pyjpegls / gdcm
+    ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90"),  # JPEG 2000 Lossless: pylibjpeg-openjpeg / gdcm
+]
+
+
+@pytest.mark.parametrize("name, syntax", LOSSLESS_TWINS)
+def test_lossless_compressed_files_read_exactly_as_their_uncompressed_twin(name, syntax):
+    from medjax.data.formats import load_volume
+
+    assert pydicom.dcmread(get_testdata_file(name)).file_meta.TransferSyntaxUID == syntax
+    plain, packed = load_volume(get_testdata_file("MR_small.dcm")), load_volume(get_testdata_file(name))
+    assert packed.array.shape == (64, 64, 1, 1)
+    np.testing.assert_array_equal(packed.array, plain.array)
+    np.testing.assert_array_equal(packed.affine, plain.affine)
+    assert plain.spacing == pytest.approx((0.3125, 0.3125, 0.8))  # one slice: SliceThickness as the third step
+
+
+def test_rle_multiframe_dose_and_jpeg_lossless_pixels():
+    from medjax.data.dicom import decode_pixels
+    from medjax.data.formats import load_volume
+
+    plain, packed = load_volume(get_testdata_file("rtdose.dcm")), load_volume(get_testdata_file("rtdose_rle.dcm"))
+    np.testing.assert_array_equal(packed.array, plain.array)
+    np.testing.assert_array_equal(packed.affine, plain.affine)
+    # JPEG Lossless (process 14 SV1) has no grey twin here: the RGB screenshot must decode exactly as its RLE copy
+    # (neither has patient geometry, so they are compared as pixels).
+    jpeg, rle = get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), get_testdata_file("SC_rgb_rle.dcm")
+    assert pydicom.dcmread(jpeg).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    a, b = decode_pixels(pydicom.dcmread(jpeg), jpeg), decode_pixels(pydicom.dcmread(rle), rle)
+    assert a.shape == (100, 100, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) == 10  # the test card's colours
+
+
+def test_a_compressed_file_without_its_decoder_names_the_extra(monkeypatch, tmp_path):
+    from pydicom.pixels import get_decoder
+
+    from medjax.data.formats import load_volume
+
+    decoder = get_decoder("1.2.840.10008.1.2.4.80")
+    monkeypatch.setattr(decoder, "_available", {})  # as if neither pyjpegls nor gdcm were installed
+    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
+    with pytest.raises(MedjaxError, match=r"MR_small_jpeg_ls_lossless.dcm: pixel data compressed as JPEG-LS Lossless "
+                                          r"Image Compression \(1.2.840.10008.1.2.4.80\) and no decoder for it is "
+                                          r"installed: pip install 'medjax\[dicom\]'$"):
+        load_volume(path)
+    shutil.copy(path, tmp_path)
+    with pytest.raises(MedjaxError, match=r"pip install 'medjax\[dicom\]'"):  # the same from a series folder
+        load_dicom_series(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------ enhanced multi-frame CT/MR
+
+def _enhanced_mr(path, slices=range(N), orientation_per_frame=False):
+    """An Enhanced MR Image Storage file built from scratch with the synthetic series' geometry: frames stored out
+    of spatial order, positions and rescale per frame, orientation and pixel measures shared (or per frame)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.9.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID = "MR", "1.2.826.0.1.3680043.2.1125.9"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = ROWS, COLS, len(slices)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [f"{v:.6f}" for v in [*ROW_DIR, *COL_DIR]]
+    measures = Dataset()
+    measures.PixelSpacing = [str(v) for v in PIXEL_SPACING]
+    measures.SliceThickness = "2.5"
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    if not orientation_per_frame:
+        shared.PlaneOrientationSequence = [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    order = [slices[i] for i in np.random.default_rng(1).permutation(len(slices))]
+    frames = []
+    for s in order:
+        position, rescale, frame = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in ORIGIN + s * STEP * NORMAL]
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = str(_slope(s)), "-1024", "US"
+        frame.PlanePositionSequence, frame.PixelValueTransformationSequence = [position], [rescale]
+        if orientation_per_frame:
+            frame.PlaneOrientationSequence = [orientation]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = np.stack([_stored(s) for s in order]).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("orientation_per_frame", [False, True])
+def test_enhanced_multiframe_equals_the_single_frame_series(tmp_path, orientation_per_frame):
+    from medjax.data.formats import load_volume
+
+    series = load_dicom_series(_write_series(tmp_path / "series"))
+    enhanced = load_volume(_enhanced_mr(tmp_path / "enhanced.dcm", orientation_per_frame=orientation_per_frame))
+    assert enhanced.array.shape == (COLS, N, ROWS, 1)
+    np.testing.assert_array_equal(enhanced.array, series.array)
+    np.testing.assert_array_equal(enhanced.affine, series.affine)
+    assert enhanced.array[0, 0, 0, 0] == 457 * 1.0 - 1024.0  # as the series test: col 7, slice 4, row 5
+
+
+def test_enhanced_multiframe_errors(tmp_path):
+    path = _enhanced_mr(tmp_path / "gap.dcm", slices=[0, 1, 3, 4])
+    with pytest.raises(MedjaxError, match=r"gap.dcm: inconsistent slice spacing \(mm between consecutive slices: "
+                                          r"\[2.5, 5.0\]\)"):
+        load_dicom_series(path)
+    path = _enhanced_mr(tmp_path / "echoes.dcm", slices=[0, 1, 1, 2])  # two echoes at one position
+    with pytest.raises(MedjaxError, match=r"echoes.dcm: 2 slices share a position along the slice normal"):
+        load_dicom_series(path)
+    ds = pydicom.dcmread(_enhanced_mr(tmp_path / "short.dcm"))
+    del ds.PerFrameFunctionalGroupsSequence[0]
+    ds.save_as(str(tmp_path / "short.dcm"))
+    with pytest.raises(MedjaxError, match=r"short.dcm: PerFrameFunctionalGroupsSequence has 4 items for 5 frames"):
+        load_dicom_series(str(tmp_path / "short.dcm"))
+
+
+def test_dispatcher_reads_a_folder_or_one_file_and_names_bad_ones():
+    from medjax.data.formats import load_label, load_volume
+
+    np.testing.assert_array_equal(load_volume(CT5N).array, load_dicom_series(CT5N).array)
+    one = sorted(os.listdir(CT5N))[0]
+    single = load_volume(os.path.join(CT5N, one))  # one slice of the series, read alone
+    assert single.array.shape == (16, 16, 1, 1)
+    with pytest.raises(MedjaxError, match=r"MR_truncated.dcm: cannot decode pixel data \(transfer syntax "
+                                          r"1.2.840.10008.1.2.1\)"):
+        load_volume(get_testdata_file("MR_truncated.dcm"))
+    with pytest.raises(MedjaxError, match=r"rtplan.dcm is not a DICOM image \(no Rows/Columns; RTPLAN object\)"):
+        load_volume(get_testdata_file("rtplan.dcm"))
+    with pytest.raises(MedjaxError, match=r"CT_small.dcm: DICOM labels \(SEG / RTSTRUCT\) are not read"):
+        load_label(get_testdata_file("CT_small.dcm"))

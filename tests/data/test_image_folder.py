@@ -327,3 +327,79 @@ def test_bad_fov_masks(tmp_path, pictures):
 def test_bad_arguments(drive, kwargs, match):
     with pytest.raises(MedjaxError, match=match):
         load_image_folder(drive / "images", **kwargs)
+
+
+def _png16(path, pixels, interlace=0):
+    """A 16-bit RGB (or RGBA) PNG written by hand, cycling through all five row filters (PNG spec section 9), so
+    the reader's unfiltering meets each one; `pixels` is (H, W, 3 or 4) uint16."""
+    import struct
+    import zlib
+
+    h, w, c = pixels.shape
+    bpp = 2 * c
+    raw = pixels.astype(">u2").view(np.uint8).reshape(h, w * bpp).astype(np.int64)
+    rows, prev = [], np.zeros(w * bpp, np.int64)
+    for r in range(h):
+        cur = raw[r]
+        left = np.concatenate([np.zeros(bpp, np.int64), cur[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int64), prev[:-bpp]])
+        p = left + prev - upleft
+        pa, pb, pc = np.abs(p - left), np.abs(p - prev), np.abs(p - upleft)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        kind = r % 5
+        filtered = cur - [0, left, prev, (left + prev) // 2, paeth][kind]
+        rows.append(bytes([kind]) + (filtered % 256).astype(np.uint8).tobytes())
+        prev = cur
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, interlace)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_sixteen_bit_rgb_png_keeps_its_low_byte(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 65536, (11, 7, 3)).astype(np.uint16)
+    rgb[0, 0], rgb[0, 1] = (0x0102, 0x0103, 0x01FF), (0x01FF, 0x0100, 0x0101)  # equal high bytes: 8 bits would merge
+    rgba = np.concatenate([rgb, np.full((11, 7, 1), 40000, np.uint16)], axis=-1)
+    _png16(tmp_path / "images/a.png", rgb)
+    _png16(tmp_path / "images/b.png", rgba)  # alpha is dropped, as for 8-bit images
+    out = load_image_folder(tmp_path / "images")
+    assert out["image"].shape == (2, 11, 7, 3)
+    np.testing.assert_array_equal(out["image"][0], rgb.astype(np.float32) / 65535.0)
+    np.testing.assert_array_equal(out["image"][1], out["image"][0])
+    assert out["image"][0, 0, 0].tolist() == [np.float32(258 / 65535), np.float32(259 / 65535), np.float32(511 / 65535)]
+    assert np.asarray(Image.open(tmp_path / "images/a.png"))[0, 0].tolist() == [1, 1, 1]  # what Pillow would give
+
+
+def test_png_unfiltering_matches_pillow_on_a_real_photo(tmp_path, pictures):
+    """Pillow (zlib + adaptive filters) writes the fundus photo; medjax's unfiltering of its rows gives Pillow's
+    decoded pixels exactly."""
+    from medjax.data.image_folder import _png_chunks, _unfilter
+
+    path = _save(tmp_path / "retina.png", pictures["retina"])
+    header, idat = _png_chunks(path.read_bytes())
+    rows = np.frombuffer(__import__("zlib").decompress(idat), np.uint8).reshape(S, 1 + S * 3)
+    assert set(np.unique(rows[:, 0]).tolist()) >= {1, 2, 4}  # Sub, Up and Paeth rows (Average: the test above)
+    np.testing.assert_array_equal(_unfilter(rows[:, 0], rows[:, 1:], 3).reshape(S, S, 3), pictures["retina"])
+
+
+def test_sixteen_bit_colour_pngs_refused_by_name(tmp_path):
+    rgb = np.full((4, 5, 3), 300, np.uint16)
+    _png16(tmp_path / "a/images/x.png", rgb, interlace=1)
+    with pytest.raises(MedjaxError, match=r"image .*x.png is an interlaced 16-bit colour PNG"):
+        load_image_folder(tmp_path / "a/images")
+    _png16(tmp_path / "b/images/x.png", rgb)
+    _png16(tmp_path / "b/masks/x.png", rgb)
+    with pytest.raises(MedjaxError, match=r"mask .*masks/x.png is a 16-bit colour PNG; save class values as a grey"):
+        load_image_folder(tmp_path / "b/images", tmp_path / "b/masks")
+    data = bytearray(_png16(tmp_path / "c/images/x.png", rgb).read_bytes())
+    data[45] ^= 0xFF  # a flipped byte inside the IDAT chunk's data
+    (tmp_path / "c/images/x.png").write_bytes(bytes(data))
+    with pytest.raises(MedjaxError, match=r"cannot read image .*x.png \(unreadable, truncated or not an image\): "
+                                          r"chunk IDAT fails its CRC check"):
+        load_image_folder(tmp_path / "c/images")

@@ -268,3 +268,86 @@ def test_loading_leaves_the_folder_unchanged(ct_task):
     for i in range(len(index.training)):
         load_msd_case(index, i, spacing=1.0)
     assert snapshot() == before
+
+
+# ----------------------------------------------------------------- other challenges' layouts, without dataset.json
+
+def _promise12(root, n=3):
+    """PROMISE12's layout: TrainingData/CaseNN.mhd (+ .raw) and CaseNN_segmentation.mhd (+ .raw), one folder."""
+    import SimpleITK as sitk
+
+    folder = os.path.join(root, "TrainingData")
+    os.makedirs(folder)
+    for i in range(n):
+        image = (np.arange(6 * 7 * 5).reshape(5, 7, 6) * (i + 1)).astype(np.int16)  # (z, y, x)
+        label = (image % 3 == 0).astype(np.uint8)
+        for name, array in ((f"Case{i:02d}.mhd", image), (f"Case{i:02d}_segmentation.mhd", label)):
+            itk = sitk.GetImageFromArray(array)
+            itk.SetSpacing((0.625, 0.625, 3.6))
+            itk.SetOrigin((-50.0, 30.0, 12.0))
+            sitk.WriteImage(itk, os.path.join(folder, name))
+    return str(root), folder
+
+
+PROMISE12 = dict(images_dir="TrainingData", labels_dir="TrainingData", label_suffix="_segmentation",
+                 class_names=("background", "prostate"), modalities=("MR",))
+
+
+def test_promise12_metaimage_folder_pairs_by_name(tmp_path):
+    from medjax.data.formats import load_label, load_volume
+
+    root, folder = _promise12(tmp_path / "PROMISE12")
+    index = load_msd_index(root, **PROMISE12)
+    assert index.training == tuple((os.path.join(folder, f"Case{i:02d}.mhd"),
+                                    os.path.join(folder, f"Case{i:02d}_segmentation.mhd")) for i in range(3))
+    assert index.class_names == ("background", "prostate") and index.modalities == ("MR",) and index.test == ()
+    image, label = load_msd_case(index, 1, normalize="none")
+    np.testing.assert_array_equal(image.array, load_volume(index.training[1][0]).array)
+    np.testing.assert_array_equal(label.array, load_label(index.training[1][1]).array)
+    assert image.spacing == pytest.approx((0.625, 0.625, 3.6)) and image.array[0, 0, 0, 0] == 2 * 41  # x,y flipped
+    with pytest.raises(MedjaxError, match=r"PROMISE12 has no dataset.json: set config.data.class_names"):
+        load_msd_index(root, images_dir="TrainingData")
+    os.remove(os.path.join(folder, "Case02_segmentation.mhd"))
+    with pytest.raises(MedjaxError, match=r"1 image\(s\) in .*TrainingData without a label .*TrainingData/"
+                                          r"<stem>_segmentation.<ext>, e.g. \['Case02.mhd'\]"):
+        load_msd_index(root, **PROMISE12)
+    with pytest.raises(MedjaxError, match=r"Case00.mhd would be its own label: set config.data.label_suffix"):
+        load_msd_index(root, **{**PROMISE12, "label_suffix": ""})
+
+
+def test_acdc_h5_files_hold_image_and_label(tmp_path):
+    import h5py
+
+    from medjax.data.hdf5 import Hdf5Layout
+
+    data = tmp_path / "ACDC" / "data"
+    data.mkdir(parents=True)
+    for i in (1, 2):
+        with h5py.File(data / f"patient{i:03d}_frame01.h5", "w") as f:
+            f.create_dataset("image", data=np.full((3, 8, 6), float(i), np.float32))
+            f.create_dataset("label", data=np.eye(8, 6, dtype=np.uint8)[None].repeat(3, 0) * 3)
+    index = load_msd_index(str(tmp_path / "ACDC"), images_dir="data", labels_dir="data",
+                           class_names=("background", "rv", "myo", "lv"), modalities=("MR",))
+    assert [a == b for a, b in index.training] == [True, True]  # each file is its own label, under another key
+    image, label = load_msd_case(index, 1, normalize="none", hdf5=Hdf5Layout())
+    assert image.array.shape == (6, 8, 3, 1) and float(image.array.max()) == 2.0
+    assert label.array.shape == (6, 8, 3) and int(label.array.sum()) == 3 * 6 * 3
+
+
+def test_msd_source_reads_a_metaimage_folder_and_sees_its_raw_files(tmp_path):
+    import ml_collections
+
+    from medjax.data.sources import load_splits
+
+    root, folder = _promise12(tmp_path / "PROMISE12", n=5)
+    cfg = ml_collections.ConfigDict(dict(name="msd", root=root, cache_dir=str(tmp_path / "cache"), **PROMISE12))
+    data = load_splits(cfg)
+    assert {k: data.num_examples(k) for k in ("train", "val", "test")} == {"train": 3, "val": 1, "test": 1}
+    assert data.class_names == ["background", "prostate"]
+    assert len(list((tmp_path / "cache").glob("msd_PROMISE12/*/spec.json"))) == 1
+    raw = os.path.join(folder, "Case04.raw")  # only the voxel data changes: the cache must be rebuilt
+    with open(raw, "r+b") as f:
+        f.write(b"\x01\x00")
+    os.utime(raw, ns=(1, 1))
+    load_splits(cfg)
+    assert len(list((tmp_path / "cache").glob("msd_PROMISE12/*/spec.json"))) == 2
