@@ -13,8 +13,10 @@ The official test images have no labels, so ``split_cases`` carves a validation 
 
 Without ``dataset.json`` (other challenges' layouts: PROMISE12, LUNA16 lung masks, preprocessed ACDC ``.h5``),
 ``images_dir`` and ``labels_dir`` are paired by file name: the label of ``<stem>.<ext>`` is
-``<labels_dir>/<stem><label_suffix>.<any ext>`` (both folders may be one; an HDF5 file with an empty suffix is its
-own label, under another key), and ``class_names`` / ``modalities`` replace what dataset.json would say.
+``<labels_dir>/<stem><label_suffix>.<any ext>``. ``images_dir`` may be a glob pattern (``subset*``,
+``TrainingData_Part*``); ``labels_dir`` equal to ``images_dir`` means "beside each image" (an HDF5 file with an
+empty suffix is then its own label, under another key). ``class_names`` / ``modalities`` replace what
+dataset.json would say.
 Files of every format ``formats.load_volume`` reads may be listed (NIfTI, NRRD, MetaImage, HDF5, TIFF).
 
 Intensity normalisation (``normalize="auto"``), chosen per channel from the modality name:
@@ -86,7 +88,7 @@ def load_msd_index(root: str, *, images_dir: str = "imagesTr", labels_dir: str =
         raise MedjaxError(f"MSD task folder not found: {root}")
     dataset_json = os.path.join(root, "dataset.json")
     if not os.path.isfile(dataset_json):
-        if os.path.isdir(os.path.join(root, images_dir)):
+        if _image_folders(root, images_dir):
             return _index_from_folders(root, images_dir, labels_dir, label_suffix, class_names, modalities)
         raise MedjaxError(f"{root} is not an MSD task folder: no dataset.json (found: {sorted(os.listdir(root))[:10]})"
                           f" and no {images_dir}/ folder to pair with {labels_dir}/ by file name")
@@ -136,6 +138,13 @@ def load_msd_index(root: str, *, images_dir: str = "imagesTr", labels_dir: str =
                     class_names=class_names, modalities=modalities, training=tuple(cases), test=test)
 
 
+def _image_folders(root: str, images_dir: str) -> list[str]:
+    """The folders ``images_dir`` names under ``root``: one, or every match of a glob pattern (``subset*``)."""
+    import glob
+
+    return [p for p in sorted(glob.glob(os.path.join(glob.escape(root), images_dir))) if os.path.isdir(p)]
+
+
 def _index_from_folders(root: str, images_dir: str, labels_dir: str, label_suffix: str,
                         class_names: Sequence[str], modalities: Sequence[str]) -> MsdIndex:
     from medjax.data.formats import case_files, case_name, find_case, format_of
@@ -144,28 +153,30 @@ def _index_from_folders(root: str, images_dir: str, labels_dir: str, label_suffi
         raise MedjaxError(f"{root} has no dataset.json: set config.data.class_names (background first) and "
                           f"config.data.modalities (one per image channel, e.g. CT or MR) to pair {images_dir}/ with "
                           f"{labels_dir}/ by file name")
-    image_root, label_root = os.path.join(root, images_dir), os.path.join(root, labels_dir)
-    if not os.path.isdir(label_root):
-        raise MedjaxError(f"label folder not found: {label_root} (config.data.labels_dir)")
-    same_folder = os.path.realpath(image_root) == os.path.realpath(label_root)
+    beside = labels_dir == images_dir  # each label in its image's folder
+    if not beside and not os.path.isdir(os.path.join(root, labels_dir)):
+        raise MedjaxError(f"label folder not found: {os.path.join(root, labels_dir)} (config.data.labels_dir)")
     cases, lacking = [], []
-    for name in case_files(image_root):
-        image, stem = os.path.join(image_root, name), case_name(name)
-        if os.path.isdir(image) or (same_folder and label_suffix and stem.endswith(label_suffix)):
-            continue  # a DICOM folder is no volume file here; a label beside its image is not a case
-        label = find_case(label_root, stem + label_suffix)
-        if label is None:
-            lacking.append(name)
-        elif label == image and format_of(image) != "hdf5":
-            raise MedjaxError(f"{image} would be its own label: set config.data.label_suffix (e.g. _segmentation) "
-                              f"or config.data.labels_dir")
-        else:
-            cases.append((image, label))
+    for image_root in _image_folders(root, images_dir):
+        label_root = image_root if beside else os.path.join(root, labels_dir)
+        same_folder = os.path.realpath(image_root) == os.path.realpath(label_root)
+        for name in case_files(image_root):
+            image, stem = os.path.join(image_root, name), case_name(name)
+            if os.path.isdir(image) or (same_folder and label_suffix and stem.endswith(label_suffix)):
+                continue  # a DICOM folder is no volume file here; a label beside its image is not a case
+            label = find_case(label_root, stem + label_suffix)
+            if label is None:
+                lacking.append(image)
+            elif label == image and format_of(image) != "hdf5":
+                raise MedjaxError(f"{image} would be its own label: set config.data.label_suffix (e.g. "
+                                  f"_segmentation) or config.data.labels_dir")
+            else:
+                cases.append((image, label))
     if lacking:
-        raise MedjaxError(f"{len(lacking)} image(s) in {image_root} without a label "
-                          f"{os.path.join(label_root, '<stem>' + label_suffix)}.<ext>, e.g. {lacking[:3]}")
+        raise MedjaxError(f"{len(lacking)} image(s) without a label named <stem>{label_suffix}.<ext> in "
+                          f"{'its folder' if beside else os.path.join(root, labels_dir)}, e.g. {lacking[:3]}")
     if not cases:
-        raise MedjaxError(f"no image files in {image_root} (NIfTI, NRRD, MetaImage, HDF5 or TIFF)")
+        raise MedjaxError(f"no image files in {os.path.join(root, images_dir)} (NIfTI, NRRD, MetaImage, HDF5, TIFF)")
     return MsdIndex(root=root, name=os.path.basename(os.path.normpath(root)), class_names=tuple(map(str, class_names)),
                     modalities=tuple(map(str, modalities)), training=tuple(cases), test=())
 

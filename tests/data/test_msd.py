@@ -273,12 +273,13 @@ def test_loading_leaves_the_folder_unchanged(ct_task):
 # ----------------------------------------------------------------- other challenges' layouts, without dataset.json
 
 def _promise12(root, n=3):
-    """PROMISE12's layout: TrainingData/CaseNN.mhd (+ .raw) and CaseNN_segmentation.mhd (+ .raw), one folder."""
+    """PROMISE12's layout: TrainingData_Part1..N/CaseNN.mhd (+ .raw) with CaseNN_segmentation.mhd (+ .raw) beside
+    it; here case i goes to part 1 + i % 2."""
     import SimpleITK as sitk
 
-    folder = os.path.join(root, "TrainingData")
-    os.makedirs(folder)
     for i in range(n):
+        folder = os.path.join(root, f"TrainingData_Part{1 + i % 2}")
+        os.makedirs(folder, exist_ok=True)
         image = (np.arange(6 * 7 * 5).reshape(5, 7, 6) * (i + 1)).astype(np.int16)  # (z, y, x)
         label = (image % 3 == 0).astype(np.uint8)
         for name, array in ((f"Case{i:02d}.mhd", image), (f"Case{i:02d}_segmentation.mhd", label)):
@@ -286,33 +287,52 @@ def _promise12(root, n=3):
             itk.SetSpacing((0.625, 0.625, 3.6))
             itk.SetOrigin((-50.0, 30.0, 12.0))
             sitk.WriteImage(itk, os.path.join(folder, name))
-    return str(root), folder
+    return str(root)
 
 
-PROMISE12 = dict(images_dir="TrainingData", labels_dir="TrainingData", label_suffix="_segmentation",
+PROMISE12 = dict(images_dir="TrainingData_Part*", labels_dir="TrainingData_Part*", label_suffix="_segmentation",
                  class_names=("background", "prostate"), modalities=("MR",))
 
 
-def test_promise12_metaimage_folder_pairs_by_name(tmp_path):
+def test_promise12_metaimage_folders_pair_by_name(tmp_path):
     from medjax.data.formats import load_label, load_volume
 
-    root, folder = _promise12(tmp_path / "PROMISE12")
+    root = _promise12(tmp_path / "PROMISE12")
     index = load_msd_index(root, **PROMISE12)
-    assert index.training == tuple((os.path.join(folder, f"Case{i:02d}.mhd"),
-                                    os.path.join(folder, f"Case{i:02d}_segmentation.mhd")) for i in range(3))
+    assert index.training == tuple((os.path.join(root, f"TrainingData_Part{p}", f"Case{i:02d}.mhd"),
+                                    os.path.join(root, f"TrainingData_Part{p}", f"Case{i:02d}_segmentation.mhd"))
+                                   for p, i in ((1, 0), (1, 2), (2, 1)))
     assert index.class_names == ("background", "prostate") and index.modalities == ("MR",) and index.test == ()
-    image, label = load_msd_case(index, 1, normalize="none")
-    np.testing.assert_array_equal(image.array, load_volume(index.training[1][0]).array)
-    np.testing.assert_array_equal(label.array, load_label(index.training[1][1]).array)
+    image, label = load_msd_case(index, 2, normalize="none")  # Case01: values x 2
+    np.testing.assert_array_equal(image.array, load_volume(index.training[2][0]).array)
+    np.testing.assert_array_equal(label.array, load_label(index.training[2][1]).array)
     assert image.spacing == pytest.approx((0.625, 0.625, 3.6)) and image.array[0, 0, 0, 0] == 2 * 41  # x,y flipped
     with pytest.raises(MedjaxError, match=r"PROMISE12 has no dataset.json: set config.data.class_names"):
-        load_msd_index(root, images_dir="TrainingData")
-    os.remove(os.path.join(folder, "Case02_segmentation.mhd"))
-    with pytest.raises(MedjaxError, match=r"1 image\(s\) in .*TrainingData without a label .*TrainingData/"
-                                          r"<stem>_segmentation.<ext>, e.g. \['Case02.mhd'\]"):
+        load_msd_index(root, images_dir="TrainingData_Part*")
+    os.remove(os.path.join(root, "TrainingData_Part1", "Case02_segmentation.mhd"))
+    with pytest.raises(MedjaxError, match=r"1 image\(s\) without a label named <stem>_segmentation.<ext> in its "
+                                          r"folder, e.g. \['.*TrainingData_Part1/Case02.mhd'\]"):
         load_msd_index(root, **PROMISE12)
     with pytest.raises(MedjaxError, match=r"Case00.mhd would be its own label: set config.data.label_suffix"):
         load_msd_index(root, **{**PROMISE12, "label_suffix": ""})
+
+
+def test_luna16_subsets_with_one_mask_folder(tmp_path):
+    """LUNA16's layout: subset0..9/<seriesuid>.mhd CT, lung masks under seg-lungs-LUNA16/<seriesuid>.mhd."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "LUNA16"
+    for subset, uid in ((0, "1.3.6.1.111"), (0, "1.3.6.1.222"), (1, "1.3.6.1.333")):
+        for folder in (f"subset{subset}", "seg-lungs-LUNA16"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            array = np.full((3, 4, 5), 3 if folder.startswith("seg") else -1000, np.int16)
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(root / folder / f"{uid}.mhd"))
+    index = load_msd_index(str(root), images_dir="subset*", labels_dir="seg-lungs-LUNA16",
+                           class_names=("background", "c1", "c2", "lung"), modalities=("CT",))
+    assert [(os.path.basename(os.path.dirname(a)), os.path.basename(b)) for a, b in index.training] == [
+        ("subset0", "1.3.6.1.111.mhd"), ("subset0", "1.3.6.1.222.mhd"), ("subset1", "1.3.6.1.333.mhd")]
+    image, label = load_msd_case(index, 2)
+    assert float(image.array.max()) == 0.0 and int(label.array.min()) == 3  # CT window: -1000 HU is below it
 
 
 def test_acdc_h5_files_hold_image_and_label(tmp_path):
@@ -339,13 +359,13 @@ def test_msd_source_reads_a_metaimage_folder_and_sees_its_raw_files(tmp_path):
 
     from medjax.data.sources import load_splits
 
-    root, folder = _promise12(tmp_path / "PROMISE12", n=5)
+    root = _promise12(tmp_path / "PROMISE12", n=5)
     cfg = ml_collections.ConfigDict(dict(name="msd", root=root, cache_dir=str(tmp_path / "cache"), **PROMISE12))
     data = load_splits(cfg)
     assert {k: data.num_examples(k) for k in ("train", "val", "test")} == {"train": 3, "val": 1, "test": 1}
     assert data.class_names == ["background", "prostate"]
     assert len(list((tmp_path / "cache").glob("msd_PROMISE12/*/spec.json"))) == 1
-    raw = os.path.join(folder, "Case04.raw")  # only the voxel data changes: the cache must be rebuilt
+    raw = os.path.join(root, "TrainingData_Part1", "Case04.raw")  # only the voxel data changes: a new cache
     with open(raw, "r+b") as f:
         f.write(b"\x01\x00")
     os.utime(raw, ns=(1, 1))
