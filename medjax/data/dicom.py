@@ -345,6 +345,6 @@ def load_dicom_series(folder: str, series_uid: str | None = None) -> Volume:
     folder = os.fspath(folder)
     series, _ = _scan(folder)
     files = series[_choose(folder, series, series_uid)]
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in files):
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for _, ds in files):
         return _multi_frame(folder, files)
     return _single_frames(folder, files)

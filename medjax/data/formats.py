@@ -24,7 +24,7 @@ from medjax.errors import MedjaxError
 
 SUFFIXES = {
     "nifti": (".nii", ".nii.gz", ".hdr", ".img", ".mgh", ".mgz"),
-    "itk": (".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".vtk", ".mnc", ".nia", ".pic", ".lsm"),
+    "itk": (".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".vtk", ".mnc"),
     "hdf5": (".h5", ".hdf5", ".hdf"),
     "tiff": (".tif", ".tiff"),
     "dicom": (".dcm", ".dicom"),

@@ -133,7 +133,8 @@ def test_broken_itk_files_name_the_file(tmp_path, image_zyx, monkeypatch):
     with pytest.raises(MedjaxError, match=r"ct.mhd: its data file .*ct.raw is missing"):
         load_volume(str(tmp_path / "ct.mhd"))
     (tmp_path / "notes.xyz").write_text("hello")
-    with pytest.raises(MedjaxError, match=r"notes.xyz: unknown image file type; medjax reads .nii .nii.gz"):
+    with pytest.raises(MedjaxError, match=r"notes.xyz: unknown image file type; medjax reads .nii .nii.gz .hdr "
+                                          r".img .mgh .mgz .nrrd .nhdr .mha .mhd"):
         load_volume(str(tmp_path / "notes.xyz"))
     monkeypatch.setitem(sys.modules, "SimpleITK", None)  # as if the extra were not installed
     with pytest.raises(MedjaxError, match=r"reading .*ct.nrrd needs SimpleITK: pip install 'medjax\[itk\]'"):
