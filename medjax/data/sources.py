@@ -70,11 +70,12 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
     num_classes = int(cfg.num_classes or 0) or None
     parts = [load_cine_folder(folder, num_classes=num_classes, **{k: cfg[k] for k in keys}) for _, folder in roots]
+    reference = {k: v.shape[1:] for k, v in parts[0].items() if k != "cases"}
     for (_, folder), part in zip(roots[1:], parts[1:]):
-        shapes, first = {k: v.shape[1:] for k, v in part.items() if k != "cases"}, roots[0][1]
-        if shapes != {k: v.shape[1:] for k, v in parts[0].items() if k != "cases"}:
-            raise MedjaxError(f"the cases of {folder} and {first} differ in what they hold or in shape "
-                              f"({shapes} vs those of {first}): every split root needs the same layout and grid")
+        shapes = {k: v.shape[1:] for k, v in part.items() if k != "cases"}
+        if shapes != reference:
+            raise MedjaxError(f"the cases of {folder} and {roots[0][1]} differ in what they hold or in shape "
+                              f"({shapes} vs {reference}): every split root needs the same layout and grid")
     data = {k: np.concatenate([part[k] for part in parts]) for k in parts[0] if k != "cases"}
     cases = [case for part in parts for case in part["cases"]]
     given = [split for (split, _), part in zip(roots, parts) for _ in part["cases"]] if roots[0][0] else None
