@@ -168,10 +168,21 @@ DATA_COMMON: Spec = {
 }
 
 _ROOT = Key("", "the dataset folder")
+# How cases are split (medjax.data.splits); the seeded permutation is the default.
 _SPLIT: Spec = {
-    "val_fraction": Key(0.2, "share of all cases held out for validation (seeded permutation)"),
-    "test_fraction": Key(0.2, "share of all cases held out for testing (seeded permutation)"),
+    "val_fraction": Key(0.2, "share held out for validation (seeded): of all cases, or of the non-test cases when "
+                             "the test split is given"),
+    "test_fraction": Key(0.2, "share of all cases held out for testing (seeded); unused when the test split is "
+                              "given"),
     "split_seed": Key(0, "seed of the case permutation"),
+    "split_file": Key("", "JSON naming each split's case ids: nnU-Net splits_final.json or {train, val, test}"),
+    "fold": Key(0, "the fold of split_file (nnU-Net's list of folds) or of num_folds"),
+    "num_folds": Key(0, "k-fold cross-validation of the non-test cases (nnU-Net's KFold, seed 12345); 0 = off"),
+}
+_SPLIT_ROOTS: Spec = {
+    "train_root": Key("", "folder of the training cases in the source's layout (under root); '' = root holds all"),
+    "val_root": Key("", "folder of the validation cases; '' = drawn from the training cases"),
+    "test_root": Key("", "folder of the test cases, e.g. the official test set; '' = none (with train_root)"),
 }
 _CLASSES: Spec = {
     "num_classes": Key(0, "label classes; 0 = the largest label found + 1"),
@@ -206,19 +217,21 @@ DATA: dict[str, Spec] = {
                      "images_dir": Key("", "images folder under root; '' = images"),
                      "masks_dir": Key("", "masks folder under root; '' = masks"),
                      "fov_dir": Key("", "field-of-view masks under root; '' = fov if present"),
-                     "pairs_csv": Key("", "a CSV listing image, mask (and fov) paths instead of folders"),
+                     "pairs_csv": Key("", "a CSV of image,mask[,fov][,split] rows instead of folders"),
                      "mask_suffix": Key("", "suffix joining a mask's name to its image's"),
                      "fov_suffix": Key("", "suffix joining a FOV mask's name to its image's"),
                      "size": Key((), "(H, W) to resize to; () = the stored size"),
                      "color": Key("auto", "auto | gray | rgb"),
                      "mask_values": Key(None, "{stored value: class}; None = values are classes (255 -> 1)"),
-                     **_CLASSES, **_SPLIT},
+                     "case_pattern": Key("", "regex matched at the start of each file stem: the case id "
+                                             "pairing files (DRIVE: [0-9]+); '' = the stem"),
+                     **_CLASSES, **_SPLIT, **_SPLIT_ROOTS},
     "cine_folder": {"root": _ROOT,
                     "images_dir": Key("images", "4D NIfTI / cine DICOM folder under root"),
                     "labels_dir": Key("labels", "4D label NIfTI folder under root"),
                     "targets_csv": Key("targets.csv", "per-case targets (e.g. EF) under root"),
                     "normalize": Key("zscore", "zscore | minmax | none over all frames of a case"),
-                    **_HDF5, **_CLASSES, **_SPLIT},
+                    **_HDF5, **_CLASSES, **_SPLIT, **_SPLIT_ROOTS},
     "npz": {"root": Key(REQUIRED, "folder with train.npz, val.npz, test.npz"),
             "class_names": Key((), "class names")},
     "icbm152": {"root": Key("", "folder with the ICBM 152 files; '' = the templateflow package copy"),

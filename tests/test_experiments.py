@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medjax.config import build_config
-from medjax.data.sources import case_split
+from medjax.data.splits import case_split
 from medjax.train import loop
 from tests.train.helpers import sklearn_classification_metrics
 
@@ -113,17 +113,6 @@ def test_msd_needs_a_root(repo):
         load_splits(config.data)
 
 
-def test_case_split_is_seeded_and_disjoint():
-    split = case_split(10, 0.2, 0.3, 0)
-    assert [len(split[k]) for k in ("train", "val", "test")] == [5, 2, 3]
-    assert sorted(sum(split.values(), [])) == list(range(10))
-    assert split == case_split(10, 0.2, 0.3, 0) and split != case_split(10, 0.2, 0.3, 1)
-    assert set(case_split(5, 0.0, 0.0, 0)) == {"train"}  # no empty splits
-    from medjax.errors import MedjaxError
-    with pytest.raises(MedjaxError, match="leave cases for training"):
-        case_split(10, 0.5, 0.5, 0)
-
-
 def _write_image_folder(root, n=10, size=16, fov_dir="fov", fov_suffix=""):
     """PNG images (a bright square inside a disc-shaped field of view, black outside it), 0/255 masks of the
     square that also mark the corners outside the FOV as foreground (annotation noise there must not count),
@@ -186,6 +175,61 @@ def test_image_folder_unet_tiny_scores_inside_the_fov(repo, tmp_path):
                         [f"--config.data.root={tmp_path / 'data'}", "--config.parallel.strategy=pmap"])
     again = loop.evaluate(pmap, str(workdir))  # the batch and its mask split by pmap instead of jit: same Dice
     assert again["dice/class1"] == pytest.approx(result["dice/class1"], abs=1e-6)
+
+
+def _write_drive(root, training=range(21, 27), test=range(1, 6), size=16):
+    """DRIVE as it unpacks: training/ and test/, each with images/NN_<set>.tif (RGB), 1st_manual/NN_manual1.gif
+    (0/255 vessels) and mask/NN_<set>_mask.gif (0/255 field of view)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size]
+    fov = (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2 <= (size / 2 - 1) ** 2
+    for subset, numbers in (("training", training), ("test", test)):
+        for folder in ("images", "1st_manual", "mask"):
+            (root / subset / folder).mkdir(parents=True, exist_ok=True)
+        for n in numbers:
+            vessels = np.zeros((size, size), bool)
+            vessels[rng.integers(2, size - 2), :] = vessels[:, rng.integers(2, size - 2)] = True
+            vessels &= fov
+            image = np.stack([np.where(fov, 90 + 100 * vessels + rng.integers(0, 30, fov.shape), 0)] * 3, -1)
+            Image.fromarray(image.astype(np.uint8)).save(root / subset / "images" / f"{n:02d}_{subset}.tif")
+            Image.fromarray(vessels.astype(np.uint8) * 255).save(root / subset / "1st_manual" / f"{n:02d}_manual1.gif")
+            Image.fromarray(fov.astype(np.uint8) * 255).save(root / subset / "mask" / f"{n:02d}_{subset}_mask.gif")
+
+
+def test_drive_official_split_scores_every_test_image(repo, tmp_path):
+    """`image_folder_unet:drive` on a DRIVE-layout folder: trains on training/ (val drawn from it), and
+    `evaluate --split test` scores all of test/, not a share of the training images."""
+    import jax
+
+    from medjax.data.image_folder import fov_weights, load_image_folder
+    from medjax.train.parallel import replicated_to_host
+
+    _write_drive(tmp_path / "DRIVE")
+    config = build_config("image_folder_unet:drive,tiny", [f"--config.data.root={tmp_path / 'DRIVE'}"])
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir))
+    result = loop.evaluate(config, str(workdir), split="test")
+    assert result["split"] == "test" and set(result) >= {"dice/background", "dice/vessel", "dice_mean"}
+
+    s = loop.setup(config, str(workdir))
+    n_test = len(list((tmp_path / "DRIVE" / "test" / "images").iterdir()))
+    assert {k: len(v["image"]) for k, v in s.splits.items()} == {"train": 5, "val": 1, "test": n_test} and n_test == 5
+    test = load_image_folder(*(tmp_path / "DRIVE" / "test" / d for d in ("images", "1st_manual")),
+                             fov_dir=tmp_path / "DRIVE" / "test" / "mask", case_pattern="[0-9]+", size=(16, 16))
+    np.testing.assert_array_equal(s.splits["test"]["image"], test["image"])
+    canonical, _, _, _ = s.checkpoints(read_only=True).restore(s.abstract_state(), which="best")
+    params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
+    pred = np.asarray(jax.jit(s.task.predict)(params, stats, test["image"]))
+    inside = fov_weights(test["fov"]) > 0  # Dice over every test image, counting the pixels inside each FOV
+
+    def dice(c, n=n_test):
+        p, y = pred[:n][inside[:n]] == c, test["label"][:n][inside[:n]] == c
+        return 2 * (p & y).sum() / (p.sum() + y.sum())
+
+    assert [result["dice/background"], result["dice/vessel"]] == pytest.approx([dice(0), dice(1)], abs=1e-6)
+    assert result["dice/background"] != pytest.approx(dice(0, n_test - 1), abs=1e-6)  # not one image fewer
 
 
 def test_image_folder_source_options(repo, tmp_path):

@@ -6,12 +6,16 @@
                     --config.data.root=/data/Task04_Hippocampus
 
 The labelled cases (imagesTr/labelsTr, as `dataset.json` lists them) are split by a seeded permutation into
-train / val / test (20% / 20% of all cases for val / test; the official imagesTs have no labels). Each case is
-normalised (CT: a fixed HU window; MR: z-score over non-zero voxels; see medjax/data/msd.py), optionally
-resampled to `data.spacing` mm, and cached as array_record the first time. Training draws one random patch per
-case visit with nnU-Net-style foreground oversampling (`data.fg_ratio`) and augments on device. Validation and
-`evaluate` predict each whole case with Gaussian-blended sliding windows of the patch size and report Dice per
-class averaged over cases (`eval.json`), plus every case's Dice (`eval_cases.json`).
+train / val / test (20% / 20% of all cases for val / test; the official imagesTs have no labels); `dataset.json`
+`test` entries that have labels are the test split instead, and nnU-Net's folds come from its split file
+(`--config.data.split_file=splits_final.json --config.data.fold=0`, relative to the task folder) or are made
+the way nnU-Net makes them (`--config.data.num_folds=5 --config.data.fold=0`, over the cases outside the test
+split: add `--config.data.test_fraction=0` for nnU-Net's folds of every labelled case); see docs/data.md.
+Each case is normalised (CT: a fixed HU window; MR: z-score over non-zero voxels; see medjax/data/msd.py),
+optionally resampled to `data.spacing` mm, and cached as array_record the first time. Training draws one random
+patch per case visit with nnU-Net-style foreground oversampling (`data.fg_ratio`) and augments on device.
+Validation and `evaluate` predict each whole case with Gaussian-blended sliding windows of the patch size and
+report Dice per class averaged over cases (`eval.json`), plus every case's Dice (`eval_cases.json`).
 
 Defaults are sized for a GPU; `:tiny` is the test-suite variant. Larger tasks usually want
 `--config.data.spacing=(1.5,1.5,1.5)` (or their median spacing) and a bigger `data.patch_size`.

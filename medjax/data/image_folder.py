@@ -1,13 +1,19 @@
 """2D images with optional segmentation masks and field-of-view (FOV) masks, from folders or a CSV of pairs.
 
-Formats: PNG, TIFF (.tif/.tiff, single page), GIF (first frame), JPEG (.jpg/.jpeg), read with Pillow; extensions
-are matched case-insensitively, hidden files and other extensions are ignored. Files are only read.
+Formats: PNG, TIFF (.tif/.tiff, single page), GIF (first frame), JPEG (.jpg/.jpeg), Netpbm (.ppm/.pgm, STARE),
+read with Pillow; extensions are matched case-insensitively, hidden files and other extensions are ignored. Files are
+only read.
 
 Pairing
-    by file stem: ``images/case1.png`` <-> ``masks/case1{mask_suffix}.<any supported ext>`` (and
-    ``fov/case1{fov_suffix}.*``). Masks may live in the images folder when ``mask_suffix`` tells them apart.
+    by case id: ``images/case1.png`` <-> ``masks/case1{mask_suffix}.<any supported ext>`` (and
+    ``fov/case1{fov_suffix}.*``): a file's case id is its stem without its role's suffix, cut to what
+    ``case_pattern`` (a regular expression) matches at its start when given, so files named differently pair
+    (DRIVE: ``case_pattern="[0-9]+"`` pairs 21_training.tif, 21_manual1.gif and 21_training_mask.gif as case 21).
+    Masks may live in the images folder when ``mask_suffix`` tells them apart.
     Every image needs a mask (and FOV) and every mask an image; the first offenders are named.
-    by CSV: columns ``image,mask[,fov]``, paths relative to the CSV's folder (absolute paths are kept).
+    by CSV: columns ``image,mask[,fov][,split]``, paths relative to the CSV's folder (absolute paths are kept); the
+    case id is the image file's stem (cut by ``case_pattern``); the optional ``split`` column (train / val / test)
+    is the split the row belongs to (``medjax.data.splits``).
     Examples are ordered by image file name (folders) or by CSV row.
 
 Images -> float32 in [0, 1], (N, H, W, C)
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -46,21 +53,25 @@ from typing import Literal, NamedTuple
 import numpy as np
 from PIL import Image
 
+from medjax.data.splits import SPLITS
 from medjax.errors import MedjaxError
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".ppm", ".pgm")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
                   zlib.error, Image.DecompressionBombError)
 
 
 class ImagePair(NamedTuple):
-    """One example's files: `name` is the image file name (folders) or the CSV's image cell."""
+    """One example's files: `name` is the image file name (folders) or the CSV's image cell; `case` its case id
+    (what split files name); `split` the CSV row's split column, if the CSV has one."""
 
     name: str
     image: str
     mask: str | None
     fov: str | None
+    case: str
+    split: str | None = None
 
 
 def _some(items: Sequence[str], k: int = 5) -> str:
@@ -76,13 +87,34 @@ def _supported(folder: str, what: str) -> list[str]:
     return names
 
 
+def _case_pattern(case_pattern: str) -> re.Pattern | None:
+    if not case_pattern:
+        return None
+    try:
+        return re.compile(case_pattern)
+    except re.error as e:
+        raise MedjaxError(f"case_pattern {case_pattern!r} is not a regular expression: {e}") from e
+
+
+def _case(key: str, pattern: re.Pattern | None, fname: str, folder: str) -> str:
+    """The case id of a file whose stem (less its role's suffix) is `key`."""
+    if pattern is None:
+        return key
+    found = pattern.match(key)
+    if not found or not found.group(0):
+        raise MedjaxError(f"{fname} in {folder}: case_pattern {pattern.pattern!r} matches nothing at the start of "
+                          f"{key!r}")
+    return found.group(0)
+
+
 def _pairs_from_folders(images_dir: str, masks_dir: str | None, fov_dir: str | None, mask_suffix: str,
-                        fov_suffix: str) -> list[ImagePair]:
+                        fov_suffix: str, case_pattern: str) -> list[ImagePair]:
     roles = [("image", images_dir, "")]
     if masks_dir is not None:
         roles.append(("mask", masks_dir, mask_suffix))
     if fov_dir is not None:
         roles.append(("FOV mask", fov_dir, fov_suffix))
+    pattern = _case_pattern(case_pattern)
     groups: dict[str, list[tuple[str, str, str]]] = {}
     for role in roles:
         groups.setdefault(os.path.realpath(role[1]), []).append(role)
@@ -102,7 +134,7 @@ def _pairs_from_folders(images_dir: str, masks_dir: str | None, fov_dir: str | N
                 unmatched.append(fname)
                 continue
             role, _, suffix = max(fits, key=lambda r: len(r[2]))
-            key = stem[: len(stem) - len(suffix)]
+            key = _case(stem[: len(stem) - len(suffix)], pattern, fname, folder)
             seen = by_role[role].get(key)
             if seen is not None:
                 raise MedjaxError(f"two {role} files for '{key}' in {folder}: {os.path.basename(seen)} and {fname}")
@@ -124,11 +156,11 @@ def _pairs_from_folders(images_dir: str, masks_dir: str | None, fov_dir: str | N
         if orphans:
             raise MedjaxError(f"{role} file(s) in {folder} without an image in {images_dir}: {_some(orphans)}")
     masks, fovs = by_role.get("mask", {}), by_role.get("FOV mask", {})
-    return [ImagePair(os.path.basename(images[k]), images[k], masks.get(k), fovs.get(k))
+    return [ImagePair(os.path.basename(images[k]), images[k], masks.get(k), fovs.get(k), k)
             for k in sorted(images, key=lambda k: os.path.basename(images[k]))]
 
 
-def _pairs_from_csv(pairs_csv: str) -> list[ImagePair]:
+def _pairs_from_csv(pairs_csv: str, case_pattern: str) -> list[ImagePair]:
     if not os.path.isfile(pairs_csv):
         raise MedjaxError(f"pairs CSV not found: {pairs_csv}")
     base = os.path.dirname(os.path.abspath(pairs_csv))
@@ -145,6 +177,8 @@ def _pairs_from_csv(pairs_csv: str) -> list[ImagePair]:
             raise MedjaxError(f"pairs CSV {pairs_csv} has no '{column}' column (header: {rows[0]}); "
                               f"expected image,mask[,fov]")
     cols = {c: header.index(c) for c in ("image", "mask", "fov") if c in header}
+    split_col = header.index("split") if "split" in header else None
+    pattern = _case_pattern(case_pattern)
     pairs, seen = [], {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
@@ -162,7 +196,16 @@ def _pairs_from_csv(pairs_csv: str) -> list[ImagePair]:
         if name in seen:
             raise MedjaxError(f"pairs CSV {pairs_csv} line {line}: image {name} already listed on line {seen[name]}")
         seen[name] = line
-        pairs.append(ImagePair(name, paths["image"][1], paths["mask"][1], paths["fov"][1] if "fov" in paths else None))
+        split = None
+        if split_col is not None:
+            split = (row[split_col] if split_col < len(row) else "").strip().lower()
+            if split not in SPLITS:
+                cell = row[split_col].strip() if split_col < len(row) else ""
+                raise MedjaxError(f"pairs CSV {pairs_csv} line {line}: split {cell!r} is not one of "
+                                  f"{'/'.join(SPLITS)}")
+        stem = os.path.splitext(os.path.basename(name))[0]
+        pairs.append(ImagePair(name, paths["image"][1], paths["mask"][1], paths["fov"][1] if "fov" in paths else None,
+                               _case(stem, pattern, name, pairs_csv), split))
     if not pairs:
         raise MedjaxError(f"pairs CSV {pairs_csv} lists no images")
     return pairs
@@ -170,17 +213,17 @@ def _pairs_from_csv(pairs_csv: str) -> list[ImagePair]:
 
 def find_pairs(images_dir: str | os.PathLike | None = None, masks_dir: str | os.PathLike | None = None, *,
                pairs_csv: str | os.PathLike | None = None, fov_dir: str | os.PathLike | None = None,
-               mask_suffix: str = "", fov_suffix: str = "") -> list[ImagePair]:
+               mask_suffix: str = "", fov_suffix: str = "", case_pattern: str = "") -> list[ImagePair]:
     """The example files `load_image_folder` reads, without decoding pixels (e.g. to fingerprint a cache)."""
     if pairs_csv is not None:
         if images_dir is not None or masks_dir is not None or fov_dir is not None:
             raise MedjaxError("give either pairs_csv or images_dir/masks_dir/fov_dir, not both "
                               f"(pairs_csv={os.fspath(pairs_csv)})")
-        return _pairs_from_csv(os.fspath(pairs_csv))
+        return _pairs_from_csv(os.fspath(pairs_csv), case_pattern)
     if images_dir is None:
         raise MedjaxError("load_image_folder needs images_dir or pairs_csv")
     return _pairs_from_folders(os.fspath(images_dir), None if masks_dir is None else os.fspath(masks_dir),
-                               None if fov_dir is None else os.fspath(fov_dir), mask_suffix, fov_suffix)
+                               None if fov_dir is None else os.fspath(fov_dir), mask_suffix, fov_suffix, case_pattern)
 
 
 def _decode(path: str, what: str, convert: Callable[[Image.Image, str], np.ndarray]) -> np.ndarray:
@@ -386,18 +429,32 @@ def load_image_folder(images_dir: str | os.PathLike | None = None, masks_dir: st
                       pairs_csv: str | os.PathLike | None = None, fov_dir: str | os.PathLike | None = None,
                       color: Literal["auto", "gray", "rgb"] = "auto", mask_values: Mapping[int, int] | None = None,
                       size: Sequence[int] | None = None, mask_suffix: str = "", fov_suffix: str = "",
-                      num_classes: int | None = None) -> dict:
+                      num_classes: int | None = None, case_pattern: str = "") -> dict:
     """Read a folder (or CSV) of 2D images and masks into arrays; see the module docstring for every rule.
 
     Returns {"image": (N,H,W,C) float32 [0,1], "label": (N,H,W) int32 (if masks), "fov": (N,H,W) bool (if FOV
     masks), "names": list of N str}. Every problem with the data is a MedjaxError naming the file.
     """
+    pairs = find_pairs(images_dir, masks_dir, pairs_csv=pairs_csv, fov_dir=fov_dir, mask_suffix=mask_suffix,
+                       fov_suffix=fov_suffix, case_pattern=case_pattern)
+    return load_pairs(pairs, color=color, mask_values=mask_values, size=size, num_classes=num_classes)
+
+
+def load_pairs(pairs: Sequence[ImagePair], *, color: Literal["auto", "gray", "rgb"] = "auto",
+               mask_values: Mapping[int, int] | None = None, size: Sequence[int] | None = None,
+               num_classes: int | None = None) -> dict:
+    """`load_image_folder` on pairs already found (e.g. gathered from several folders, one per split): one
+    channel count, size check and mask mapping for all of them."""
     if color not in ("auto", "gray", "rgb"):
         raise MedjaxError(f"load_image_folder: color must be 'auto', 'gray' or 'rgb', got {color!r}")
     out_size = _check_size_arg(size)
     lut = _check_mask_values(mask_values)
-    pairs = find_pairs(images_dir, masks_dir, pairs_csv=pairs_csv, fov_dir=fov_dir, mask_suffix=mask_suffix,
-                       fov_suffix=fov_suffix)
+    for role, what in (("mask", "mask"), ("fov", "FOV mask")):
+        have = [p for p in pairs if getattr(p, role) is not None]
+        if have and len(have) < len(pairs):
+            lacking = next(p for p in pairs if getattr(p, role) is None)
+            raise MedjaxError(f"image {lacking.image} has no {what} but {have[0].image} has one: give every image "
+                              f"a {what}, or none")
     images, masks, mask_uniques, fovs = [], [], [], []
     first: tuple[tuple[int, int], str] | None = None
     for pair in pairs:

@@ -9,7 +9,9 @@ Layout (as the MSD tarballs unpack, e.g. ``Task04_Hippocampus/``)::
 
 The index comes from ``dataset.json`` (folders are not scanned, so stray files such as the macOS AppleDouble
 ``._*`` copies in the tarballs are ignored; listed ``._*`` entries are dropped too). Every listed file must exist.
-The official test images have no labels, so ``split_cases`` carves a validation set out of training.
+The MSD's official test images have no labels (plain paths), so they are not used for training or scoring; a
+``dataset.json`` whose ``test`` entries are ``{"image", "label"}`` pairs (datasets in this layout that publish test
+labels) gives labelled test cases, which the ``msd`` source makes its test split (``medjax.data.splits``).
 
 Without ``dataset.json`` (other challenges' layouts: PROMISE12, LUNA16 lung masks, preprocessed ACDC ``.h5``),
 ``images_dir`` and ``labels_dir`` are paired by file name: the label of ``<stem>.<ext>`` is
@@ -56,10 +58,16 @@ class MsdIndex:
     modalities: tuple[str, ...]  # one per image channel ("modality" ordered by integer key)
     training: tuple[tuple[str, str], ...]  # (image path, label path)
     test: tuple[str, ...]  # image paths (no labels)
+    labelled_test: tuple[tuple[str, str], ...] = ()  # test entries with labels: (image path, label path)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def cases(self) -> tuple[tuple[str, str], ...]:
+        """Every labelled case: the training cases, then the labelled test entries (``load_msd_case``'s index)."""
+        return self.training + self.labelled_test
 
 
 def _ordered(table, key: str, dataset_json: str) -> tuple[str, ...]:
@@ -130,12 +138,28 @@ def load_msd_index(root: str, *, images_dir: str = "imagesTr", labels_dir: str =
         raise MedjaxError(f"{dataset_json}: the training list is empty")
     test_entries = meta.get("test", [])
     if not isinstance(test_entries, list):
-        raise MedjaxError(f"{dataset_json}: 'test' must be a list of paths, got {type(test_entries).__name__}")
-    test = tuple(resolve(p, f"test[{n}]") for n, p in enumerate(test_entries) if not _is_appledouble(str(p)))
+        raise MedjaxError(f"{dataset_json}: 'test' must be a list of paths or {{image, label}} entries, got "
+                          f"{type(test_entries).__name__}")
+    test, labelled_test = [], []
+    for n, entry in enumerate(test_entries):
+        if isinstance(entry, dict):
+            if "image" not in entry:
+                raise MedjaxError(f"{dataset_json}: test[{n}] must be a path or {{\"image\": ..., \"label\": ...}}, "
+                                  f"got {entry!r}")
+            if _is_appledouble(str(entry["image"])):
+                continue
+            image = resolve(entry["image"], f"test[{n}].image")
+            if "label" in entry:
+                labelled_test.append((image, resolve(entry["label"], f"test[{n}].label")))
+            else:
+                test.append(image)
+        elif not _is_appledouble(str(entry)):
+            test.append(resolve(entry, f"test[{n}]"))
     if missing:
         raise MedjaxError(f"{dataset_json} lists {len(missing)} file(s) that do not exist, e.g. {missing[:3]}")
     return MsdIndex(root=root, name=str(meta.get("name", os.path.basename(os.path.normpath(root)))),
-                    class_names=class_names, modalities=modalities, training=tuple(cases), test=test)
+                    class_names=class_names, modalities=modalities, training=tuple(cases), test=tuple(test),
+                    labelled_test=tuple(labelled_test))
 
 
 def _image_folders(root: str, images_dir: str) -> list[str]:
@@ -204,13 +228,14 @@ def load_msd_case(
     ct_width: float = 400.0,
     hdf5: Hdf5Layout = DEFAULT_LAYOUT,
 ) -> tuple[Volume, Volume]:
-    """Training case ``i``: image (X, Y, Z, C) float32 normalised, label (X, Y, Z) int32, both RAS+, checked
-    (finite image, channels == modalities, labels in 0..num_classes-1, same grid), then resampled to
-    ``spacing`` mm if given (linear image, nearest label)."""
-    n = len(index.training)
+    """Labelled case ``i`` of ``index.cases`` (training cases first, then labelled test entries): image
+    (X, Y, Z, C) float32 normalised, label (X, Y, Z) int32, both RAS+, checked (finite image, channels ==
+    modalities, labels in 0..num_classes-1, same grid), then resampled to ``spacing`` mm if given (linear image,
+    nearest label)."""
+    n = len(index.cases)
     if not (isinstance(i, (int, np.integer)) and 0 <= i < n):
-        raise MedjaxError(f"{index.root}: case {i!r} does not exist; training cases are 0..{n - 1}")
-    image_path, label_path = index.training[int(i)]
+        raise MedjaxError(f"{index.root}: case {i!r} does not exist; labelled cases are 0..{n - 1}")
+    image_path, label_path = index.cases[int(i)]
     image = check_finite(load_volume(image_path, hdf5=hdf5))
     if image.array.shape[3] != len(index.modalities):
         raise MedjaxError(f"{image_path} has {image.array.shape[3]} channel(s) but dataset.json lists "
@@ -223,18 +248,3 @@ def load_msd_case(
         label = resample_to_spacing(label, spacing, is_label=True)
     return image, label
 
-
-def split_cases(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, val) case indices, each sorted: a seeded permutation's first round(val_fraction * n) cases are
-    val (at least 1 when val_fraction > 0, and at least 1 case is always left for training). Same arguments,
-    same split, on every machine (numpy's PCG64)."""
-    if int(n) != n or n < 1:
-        raise MedjaxError(f"split_cases needs n >= 1 cases, got {n}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise MedjaxError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n = int(n)
-    n_val = 0 if val_fraction == 0 else min(n - 1, max(1, int(round(val_fraction * n))))
-    if val_fraction > 0 and n_val == 0:
-        raise MedjaxError(f"cannot hold out a validation case from {n} case(s): need at least 2")
-    perm = np.random.default_rng(seed).permutation(n)
-    return sorted(int(j) for j in perm[n_val:]), sorted(int(j) for j in perm[:n_val])

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from medjax import schema
+from medjax.data import splits as splits_lib
 from medjax.data import synthetic
 from medjax.data.npz import load_npz_splits
 from medjax.data.stream import as_source
@@ -56,20 +57,31 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 
 
 def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
-    """Cine cases from `data.root` (`medjax.data.cine_io.load_cine_folder`: 4D files of any `formats` type or
-    cine DICOM images, 4D labels, targets.csv), split by `case_split` (`val_fraction`, `test_fraction`,
-    `split_seed`). Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`, `num_classes`, `class_names`,
-    `hdf5_*`."""
+    """Cine cases from `data.root`, or from `data.train_root` / `val_root` / `test_root` in the same layout
+    (`medjax.data.cine_io.load_cine_folder`: 4D files of any `formats` type or cine DICOM images, 4D labels,
+    targets.csv), split by `medjax.data.splits` (the roots, `split_file`, `num_folds` or the seeded
+    `val_fraction` / `test_fraction`). Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`,
+    `num_classes`, `class_names`, `hdf5_*`."""
     from medjax.data.cine_io import load_cine_folder
 
-    if not cfg.root:
+    roots = splits_lib.split_roots(cfg)
+    if not roots[0][1]:
         raise MedjaxError("config.data.root must name a folder with images/ (and labels/ or targets.csv) for "
                           "data.name='cine_folder'")
     keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
     num_classes = int(cfg.num_classes or 0) or None
-    data = load_cine_folder(cfg.root, num_classes=num_classes, hdf5=hdf5_layout(cfg), **{k: cfg[k] for k in keys})
-    data.pop("cases")
-    splits = split_by_case(data, cfg)
+    parts = [load_cine_folder(folder, num_classes=num_classes, hdf5=hdf5_layout(cfg),
+                               **{k: cfg[k] for k in keys}) for _, folder in roots]
+    reference = {k: v.shape[1:] for k, v in parts[0].items() if k != "cases"}
+    for (_, folder), part in zip(roots[1:], parts[1:]):
+        shapes = {k: v.shape[1:] for k, v in part.items() if k != "cases"}
+        if shapes != reference:
+            raise MedjaxError(f"the cases of {folder} and {roots[0][1]} differ in what they hold or in shape "
+                              f"({shapes} vs {reference}): every split root needs the same layout and grid")
+    data = {k: np.concatenate([part[k] for part in parts]) for k in parts[0] if k != "cases"}
+    cases = [case for part in parts for case in part["cases"]]
+    given = [split for (split, _), part in zip(roots, parts) for _ in part["cases"]] if roots[0][0] else None
+    splits = splits_lib.select(data, splits_lib.resolve(cases, cfg, given, splits_lib.roots_name(cfg)))
     class_names = [str(c) for c in (cfg.class_names or ())]
     if not class_names and "label" in data:
         class_names = [f"class{i}" for i in range(num_classes or max(2, int(data["label"].max()) + 1))]
@@ -122,10 +134,12 @@ def hdf5_layout(cfg: ml_collections.ConfigDict):
 def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     """A Decathlon task folder (`data.root`), or any folder of image / label files paired by name (`images_dir`,
     `labels_dir`, `label_suffix`, `class_names`, `modalities` when there is no dataset.json), in any format
-    `medjax.data.formats` reads (`hdf5_*` name HDF5 keys): labelled cases split into train / val / test by a
-    seeded permutation (the official imagesTs have no labels), normalised and resampled once, cached as
-    array_record volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid), `normalize`,
-    `ct_level`, `ct_width`, `val_fraction`, `test_fraction` (of all labelled cases), `split_seed`, `cache_dir`."""
+    `medjax.data.formats` reads (`hdf5_*` name HDF5 keys): labelled cases split into train / val / test by
+    `medjax.data.splits` (dataset.json's test entries with labels are the test split; the official imagesTs
+    have none, and then a seeded permutation, `split_file` or `num_folds` decide), normalised and resampled once,
+    cached as array_record volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid),
+    `normalize`, `ct_level`, `ct_width`, `val_fraction`, `test_fraction`, `split_seed`, `split_file`, `fold`,
+    `num_folds`, `cache_dir`."""
     from medjax.data.cache import build_or_load, file_fingerprint
     from medjax.data.formats import data_files
     from medjax.data.msd import load_msd_case, load_msd_index
@@ -135,8 +149,9 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     index = load_msd_index(cfg.root, images_dir=cfg.images_dir, labels_dir=cfg.labels_dir,
                            label_suffix=cfg.label_suffix, class_names=tuple(cfg.class_names),
                            modalities=tuple(cfg.modalities))
-    split = case_split(len(index.training), cfg.val_fraction, cfg.test_fraction,
-                        cfg.split_seed)
+    given = ["train"] * len(index.training) + ["test"] * len(index.labelled_test) if index.labelled_test else None
+    split = splits_lib.resolve([splits_lib.case_id(image) for image, _ in index.cases], cfg, given,
+                               f"the test entries with labels of {os.path.join(index.root, 'dataset.json')}")
     spacing = tuple(float(v) for v in (cfg.spacing or ())) or None
     options = dict(normalize=cfg.normalize, ct_level=float(cfg.ct_level),
                    ct_width=float(cfg.ct_width))
@@ -152,7 +167,7 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     features = {"image": ((None, None, None, len(index.modalities)), np.float32),
                 "label": ((None, None, None), np.int32)}
     dataset_json = os.path.join(index.root, "dataset.json")
-    files = {f for case in index.training for p in case for f in data_files(p)}  # .mhd/.nhdr data files too
+    files = {f for case in index.cases for p in case for f in data_files(p)}  # .mhd/.nhdr data files too
     spec = {"source": "msd", "root": os.path.abspath(cfg.root), "split": split, "spacing": spacing, **options,
             "hdf5": dataclasses.asdict(layout), "class_names": index.class_names, "modalities": index.modalities,
             "files": file_fingerprint([*([dataset_json] if os.path.isfile(dataset_json) else []), *files])}
@@ -162,10 +177,8 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     return Dataset(sources, list(index.class_names))
 
 
-def _folder_option(cfg: ml_collections.ConfigDict, key: str, default: str | None) -> str | None:
-    """`data.<key>` relative to `data.root` (absolute paths kept); unset -> `default` under the root."""
-    root = cfg.root or ""
-    value = cfg.get(key)
+def _folder_option(root: str, value: str, default: str | None) -> str | None:
+    """`value` relative to `root` (absolute paths kept); unset -> `default` under the root."""
     if value:
         return os.path.join(root, str(value))
     return os.path.join(root, default) if root and default else None
@@ -186,76 +199,71 @@ def _mask_values(cfg: ml_collections.ConfigDict) -> dict[int, int] | None:
                           f"or ((0, 0), (255, 1)); got {given!r}") from e
 
 
-def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
-    """2D images with masks (and optional field-of-view masks) from folders or a CSV (`medjax.data.image_folder`),
-    split into train / val / test by a seeded permutation (`case_split`), held in memory.
+def _image_pairs(cfg: ml_collections.ConfigDict) -> tuple[list, list[str] | None, str]:
+    """(pairs, the split each pair is given or None, what gives it) from `data.pairs_csv` or the folders under
+    `data.root` / each of `data.train_root`, `val_root`, `test_root`."""
+    from medjax.data.image_folder import find_pairs
 
-    `data.root` holds `images/`, `masks/` and optionally `fov/` (used when present); `data.images_dir`,
-    `masks_dir`, `fov_dir` or `pairs_csv` (relative to the root) replace those. Reader options: `mask_suffix`,
-    `fov_suffix`, `size` ((H, W); () keeps the stored size), `color`, `mask_values`, `num_classes`. The FOV
-    becomes the split key "mask" (float32, 1 inside), which the segmentation loss and Dice respect.
-    Class names: `data.class_names`, else class0.. up to `data.num_classes` (or the largest label found)."""
-    from medjax.data.image_folder import fov_weights, load_image_folder
-
-    pairs_csv = _folder_option(cfg, "pairs_csv", None)
-    if pairs_csv is None and not (cfg.root or cfg.images_dir):
-        raise MedjaxError("config.data.root must name a folder with images/ and masks/ (or set config.data."
-                          "images_dir and masks_dir, or config.data.pairs_csv) for data.name='image_folder'")
-    dirs: dict[str, str | None] = {}
+    pairs_csv = _folder_option(cfg.root or "", cfg.pairs_csv, None)
+    roots = splits_lib.split_roots(cfg)
     if pairs_csv is not None:
+        if roots[0][0]:
+            raise MedjaxError(f"config.data.pairs_csv lists the files (its split column gives the splits): leave "
+                              f"{splits_lib.roots_name(cfg)} empty")
         for key in ("images_dir", "masks_dir", "fov_dir"):
             if cfg.get(key):
                 raise MedjaxError(f"config.data.pairs_csv lists the files: leave config.data.{key} empty")
-    else:
-        root_fov = os.path.join(cfg.root or "", "fov")
-        dirs = dict(images_dir=_folder_option(cfg, "images_dir", "images"),
-                    masks_dir=_folder_option(cfg, "masks_dir", "masks"),
-                    fov_dir=_folder_option(cfg, "fov_dir", "fov" if os.path.isdir(root_fov) else None))
+        pairs = find_pairs(pairs_csv=pairs_csv, case_pattern=cfg.case_pattern)
+        given = [p.split for p in pairs] if pairs[0].split is not None else None
+        return pairs, given, f"the split column of {pairs_csv}"
+    if not (roots[0][1] or cfg.images_dir):
+        raise MedjaxError("config.data.root must name a folder with images/ and masks/ (or set config.data."
+                          "images_dir and masks_dir, or config.data.pairs_csv) for data.name='image_folder'")
+    pairs, given = [], []
+    for split, folder in roots:
+        dirs = dict(images_dir=_folder_option(folder, cfg.images_dir, "images"),
+                    masks_dir=_folder_option(folder, cfg.masks_dir, "masks"),
+                    fov_dir=_folder_option(folder, cfg.fov_dir,
+                                           "fov" if os.path.isdir(os.path.join(folder, "fov")) else None))
         if dirs["masks_dir"] is None:
             raise MedjaxError("config.data.masks_dir (or config.data.root with a masks/ folder) is needed: "
                               "segmentation trains on masks")
+        found = find_pairs(**dirs, mask_suffix=cfg.mask_suffix, fov_suffix=cfg.fov_suffix,
+                           case_pattern=cfg.case_pattern)
+        pairs += found
+        given += [split] * len(found)
+    return pairs, given if roots[0][0] else None, splits_lib.roots_name(cfg)
+
+
+def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    """2D images with masks (and optional field-of-view masks) from folders or a CSV (`medjax.data.image_folder`),
+    split into train / val / test by `medjax.data.splits`, held in memory.
+
+    `data.root` holds `images/`, `masks/` and optionally `fov/` (used when present); `data.images_dir`,
+    `masks_dir`, `fov_dir` (relative to the root) or `pairs_csv` (columns image,mask[,fov][,split]) replace
+    those. With `data.train_root` (and `val_root`, `test_root`) each split has its own folder in that layout.
+    Reader options: `mask_suffix`, `fov_suffix`, `case_pattern`, `size` ((H, W); () keeps the stored size),
+    `color`, `mask_values`, `num_classes`. The FOV becomes the split key "mask" (float32, 1 inside), which the
+    segmentation loss and Dice respect. Class names: `data.class_names`, else class0.. up to `data.num_classes`
+    (or the largest label found)."""
+    from medjax.data.image_folder import fov_weights, load_pairs
+
+    pairs, given, given_by = _image_pairs(cfg)
     class_names = [str(c) for c in (cfg.class_names or ())]
     num_classes = int(cfg.num_classes or 0) or len(class_names) or None
     if class_names and num_classes != len(class_names):
         raise MedjaxError(f"config.data.num_classes={num_classes} but config.data.class_names names "
                           f"{len(class_names)} classes: {class_names}")
     size = tuple(int(v) for v in (cfg.size or ())) or None
-    data = load_image_folder(**dirs, pairs_csv=pairs_csv, color=cfg.color,
-                             mask_values=_mask_values(cfg), size=size, mask_suffix=cfg.mask_suffix,
-                             fov_suffix=cfg.fov_suffix, num_classes=num_classes)
+    data = load_pairs(pairs, color=cfg.color, mask_values=_mask_values(cfg), size=size, num_classes=num_classes)
     arrays = {"image": data["image"], "label": data["label"]}
     if "fov" in data:
         arrays["mask"] = fov_weights(data["fov"])
-    splits = split_by_case(arrays, cfg)
+    splits = splits_lib.select(arrays, splits_lib.resolve([p.case for p in pairs], cfg, given, given_by))
     if not class_names:
         count = num_classes or max(2, int(data["label"].max()) + 1)
         class_names = [f"class{i}" for i in range(count)]
     return splits, class_names
-
-
-def split_by_case(arrays: dict[str, np.ndarray], cfg: ml_collections.ConfigDict) -> Splits:
-    """In-memory arrays (one row per case) divided by `case_split` with `data.val_fraction`, `test_fraction` and
-    `split_seed`."""
-    split = case_split(len(arrays["image"]), cfg.val_fraction, cfg.test_fraction,
-                       cfg.split_seed)
-    return {name: {k: v[np.asarray(idx, np.int64)] for k, v in arrays.items()} for name, idx in split.items()}
-
-
-def case_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Case indices per split: `test_fraction` of all cases first (`split_cases` with `seed`), then
-    `val_fraction` of all cases out of the rest (with `seed + 1`); empty val / test splits are left out."""
-    from medjax.data.msd import split_cases
-
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise MedjaxError(f"config.data.val_fraction={val_fraction} and test_fraction={test_fraction} must be "
-                          f">= 0 and leave cases for training")
-    rest, test = split_cases(n, test_fraction, seed)
-    val_share = val_fraction * n / len(rest)
-    if val_share >= 1:
-        raise MedjaxError(f"cannot hold out val_fraction={val_fraction} of {n} cases after the test cases")
-    train_pos, val_pos = split_cases(len(rest), val_share, seed + 1)
-    out = {"train": [rest[j] for j in train_pos], "val": sorted(rest[j] for j in val_pos), "test": test}
-    return {k: v for k, v in out.items() if v or k == "train"}
 
 
 def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, list[str]]:

@@ -1,6 +1,7 @@
 """Image/mask folders on real pictures (scikit-image's fundus photo and camera man) in PNG, TIFF, GIF and JPEG."""
 
 import hashlib
+import os
 import pathlib
 
 import numpy as np
@@ -144,6 +145,57 @@ def test_csv_pairs_drive_style_names(drive, pictures):
         assert set(out) == {"image", "label", "names"} and out["image"].shape == (1, S, S, 1)
     finally:
         csv.unlink()
+
+
+def test_case_pattern_pairs_drive_names_and_stare_netpbm(tmp_path, pictures):
+    """DRIVE's files share only their leading number (21_training.tif, 21_manual1.gif, 21_training_mask.gif);
+    STARE's are Netpbm with the annotator in the mask name (im0001.ppm, im0001.ah.ppm)."""
+    for n in ("21", "22"):
+        _save(tmp_path / f"training/images/{n}_training.tif", pictures["retina"])
+        _save(tmp_path / f"training/1st_manual/{n}_manual1.gif", pictures["vessels"])
+        _save(tmp_path / f"training/mask/{n}_training_mask.gif", pictures["fov"])
+    d = tmp_path / "training"
+    pairs = find_pairs(d / "images", d / "1st_manual", fov_dir=d / "mask", case_pattern="[0-9]+")
+    assert [(p.case, p.name, os.path.basename(p.mask), os.path.basename(p.fov)) for p in pairs] == [
+        ("21", "21_training.tif", "21_manual1.gif", "21_training_mask.gif"),
+        ("22", "22_training.tif", "22_manual1.gif", "22_training_mask.gif")]
+    out = load_image_folder(d / "images", d / "1st_manual", fov_dir=d / "mask", case_pattern="[0-9]+")
+    np.testing.assert_array_equal(out["label"][1], pictures["vessels"] > 0)
+    with pytest.raises(MedjaxError, match=r"image\(s\) without a mask in .*1st_manual"):
+        find_pairs(d / "images", d / "1st_manual")  # by whole stems nothing pairs
+    with pytest.raises(MedjaxError, match=r"21_training.tif in .*images: case_pattern 'x\[0-9\]' matches nothing at "
+                                          r"the start of '21_training'"):
+        find_pairs(d / "images", d / "1st_manual", case_pattern="x[0-9]")
+    with pytest.raises(MedjaxError, match=r"case_pattern '\[0-9' is not a regular expression"):
+        find_pairs(d / "images", case_pattern="[0-9")
+    for stem in ("im0001", "im0002"):
+        _save(tmp_path / f"stare-images/{stem}.ppm", pictures["retina"])
+        _save(tmp_path / f"labels-ah/{stem}.ah.ppm", np.stack([pictures["vessels"]] * 3, -1))
+    out = load_image_folder(tmp_path / "stare-images", tmp_path / "labels-ah", mask_suffix=".ah")
+    assert out["names"] == ["im0001.ppm", "im0002.ppm"] and out["image"].shape == (2, S, S, 3)
+    np.testing.assert_array_equal(out["image"][0], pictures["retina"] / np.float32(255))
+    np.testing.assert_array_equal(out["label"][0], pictures["vessels"] > 0)
+    _save(tmp_path / "pgm/a.pgm", pictures["camera"])
+    np.testing.assert_array_equal(load_image_folder(tmp_path / "pgm")["image"][0, ..., 0],
+                                  pictures["camera"] / np.float32(255))
+
+
+def test_pairs_from_several_folders_load_as_one_dataset(tmp_path, pictures):
+    from medjax.data.image_folder import load_pairs
+
+    _save(tmp_path / "a/images/x.png", pictures["camera"])
+    _save(tmp_path / "a/masks/x.png", pictures["vessels"])
+    _save(tmp_path / "b/images/y.png", pictures["retina"])
+    _save(tmp_path / "b/masks/y.png", pictures["vessels"])
+    _save(tmp_path / "b/fov/y.png", pictures["fov"])
+    a = find_pairs(tmp_path / "a/images", tmp_path / "a/masks")
+    b = find_pairs(tmp_path / "b/images", tmp_path / "b/masks")
+    out = load_pairs(a + b)
+    assert out["names"] == ["x.png", "y.png"] and out["image"].shape == (2, S, S, 3)  # one channel count for all
+    np.testing.assert_array_equal(out["image"][0, ..., 2], pictures["camera"] / np.float32(255))
+    b = find_pairs(tmp_path / "b/images", tmp_path / "b/masks", fov_dir=tmp_path / "b/fov")
+    with pytest.raises(MedjaxError, match=r"image .*a/images/x.png has no FOV mask but .*b/images/y.png has one"):
+        load_pairs(a + b)
 
 
 def test_mask_values_and_palettes(tmp_path, pictures):

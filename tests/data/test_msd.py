@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medjax.data.icbm152 import FILES, default_root
-from medjax.data.msd import MsdIndex, load_msd_case, load_msd_index, split_cases
+from medjax.data.msd import MsdIndex, load_msd_case, load_msd_index
 from medjax.errors import MedjaxError
 
 LAS = np.array([[-0.8, 0, 0, 20.0], [0, 0.8, 0, -30.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]])
@@ -92,6 +92,27 @@ def test_index_reads_dataset_json(ct_task):
     assert index.test == (os.path.join(ct_task, "imagesTs", "liver_100.nii.gz"),)
 
 
+def test_test_entries_with_labels_are_labelled_cases(ct_task):
+    """A dataset.json in the MSD layout whose test entries carry labels (plain paths stay unlabelled)."""
+    _nii(os.path.join(ct_task, "labelsTs", "liver_100.nii.gz"), _ct_label(100))
+    _nii(os.path.join(ct_task, "imagesTs", "liver_101.nii.gz"), _ct_image(101))
+    _rewrite(ct_task, test=[{"image": "./imagesTs/liver_100.nii.gz", "label": "./labelsTs/liver_100.nii.gz"},
+                            {"image": "./imagesTs/liver_101.nii.gz"}, "./imagesTs/._liver_000.nii.gz"])
+    index = load_msd_index(ct_task)
+    assert index.labelled_test == ((os.path.join(ct_task, "imagesTs", "liver_100.nii.gz"),
+                                    os.path.join(ct_task, "labelsTs", "liver_100.nii.gz")),)
+    assert index.test == (os.path.join(ct_task, "imagesTs", "liver_101.nii.gz"),)
+    assert index.cases == index.training + index.labelled_test and len(index.cases) == 4
+    image, _ = load_msd_case(index, 3, normalize="none")  # the labelled test case, after the 3 training cases
+    assert image.array.max() == 240 + 100
+    _rewrite(ct_task, test=[{"label": "./labelsTs/liver_100.nii.gz"}])
+    with pytest.raises(MedjaxError, match=r"dataset.json: test\[0\] must be a path or \{\"image\""):
+        load_msd_index(ct_task)
+    _rewrite(ct_task, test=[{"image": "./imagesTs/liver_100.nii.gz", "label": "./labelsTs/nope.nii.gz"}])
+    with pytest.raises(MedjaxError, match=r"lists 1 file\(s\) that do not exist, e.g. \['.*labelsTs/nope.nii.gz'\]"):
+        load_msd_index(ct_task)
+
+
 def test_ct_case_is_windowed_and_canonical(ct_task):
     index = load_msd_index(ct_task)
     image, label = load_msd_case(index, 2)
@@ -170,23 +191,6 @@ def test_real_icbm152_as_an_mr_task(tmp_path):
     assert abs(int(label2.array.sum()) * 8 - 1_882_989) / 1_882_989 < 0.01
 
 
-def test_split_cases_is_deterministic_and_disjoint():
-    train, val = split_cases(10, 0.2, seed=0)
-    assert len(train) == 8 and len(val) == 2 and sorted(train + val) == list(range(10))
-    assert (train, val) == split_cases(10, 0.2, seed=0)
-    assert val == [4, 6]  # pinned: numpy PCG64, seed 0
-    assert split_cases(10, 0.2, seed=1)[1] != val
-    assert len(split_cases(3, 0.01)[1]) == 1  # at least one val case
-    assert split_cases(5, 0.0) == ([0, 1, 2, 3, 4], [])
-    assert len(split_cases(2, 0.9)[0]) == 1  # always one training case left
-    with pytest.raises(MedjaxError, match="need at least 2"):
-        split_cases(1, 0.2)
-    with pytest.raises(MedjaxError, match=r"val_fraction must be in \[0, 1\)"):
-        split_cases(10, 1.0)
-    with pytest.raises(MedjaxError, match="n >= 1"):
-        split_cases(0, 0.2)
-
-
 def test_folder_errors_name_the_path(tmp_path, ct_task):
     with pytest.raises(MedjaxError, match=r"MSD task folder not found: .*Task00_Nope"):
         load_msd_index(str(tmp_path / "Task00_Nope"))
@@ -218,7 +222,7 @@ def test_folder_errors_name_the_path(tmp_path, ct_task):
 
 def test_case_errors_name_the_file(tmp_path, ct_task):
     index = load_msd_index(ct_task)
-    with pytest.raises(MedjaxError, match=r"Task03_Liver: case 3 does not exist; training cases are 0..2"):
+    with pytest.raises(MedjaxError, match=r"Task03_Liver: case 3 does not exist; labelled cases are 0..2"):
         load_msd_case(index, 3)
 
     def bad_label(i):
