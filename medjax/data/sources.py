@@ -294,7 +294,9 @@ def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
 def train_transform(cfg: ml_collections.ConfigDict):
     """The host-side per-example transform of the training stream, or None: clips of `cfg.clip_length` frames
     every `cfg.clip_stride` (image sequences, `medjax.data.clips`), then random patches of `cfg.patch_size` with
-    foreground ratio `cfg.fg_ratio` (large volumes). Evaluation always sees whole examples."""
+    foreground ratio `cfg.fg_ratio` (large volumes). Both carry every per-frame / per-voxel array of an example
+    (label, FOV "mask", ...) with the image and pass per-example arrays through. Only the training stream builds
+    it: evaluation sees whole examples, and the model's example input comes from `train_input_shape`."""
     cfg = schema.data_common(cfg)
     steps = []
     if cfg.clip_length:
@@ -318,15 +320,29 @@ def train_transform(cfg: ml_collections.ConfigDict):
     return transform
 
 
+def train_input_shape(cfg: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape one training input has after `train_transform`, from a stored example's image shape alone:
+    `cfg.clip_length` frames first, then `cfg.patch_size` for the leading spatial axes (channels kept).
+    For the model's example input, so setting up a run (or evaluating one) never builds the transform."""
+    from medjax.data.clips import check_clip
+    from medjax.data.patches import patch_shape
+
+    cfg = schema.data_common(cfg)
+    shape = tuple(int(n) for n in image_shape)
+    if cfg.clip_length:
+        check_clip(int(cfg.clip_length), int(cfg.clip_stride), shape[0])
+        shape = (int(cfg.clip_length), *shape[1:])
+    if cfg.patch_size:
+        shape = (*patch_shape(cfg.patch_size, len(shape) - 1), shape[-1])
+    return shape
+
+
 def _patch_transform(patch_size: tuple[int, ...], fg_ratio: float):
-    from medjax.data.patches import sample_patches
+    from medjax.data.patches import sample_example_patches, voxel_keys
 
     def transform(example: dict, rng: np.random.Generator) -> dict:
-        if set(example) - {"image", "label"}:
-            raise MedjaxError(f"config.data.patch_size: patch sampling carries only image and label, but the "
-                              f"examples also hold {sorted(set(example) - {'image', 'label'})}; unset patch_size")
         seed = int(rng.integers(2**31))
-        images, labels = sample_patches(example["image"], example["label"], patch_size, 1, fg_ratio, seed)
-        return {"image": images[0], "label": labels[0]}
+        patch, cut = sample_example_patches(example, patch_size, 1, fg_ratio, seed), set(voxel_keys(example))
+        return {k: (v[0] if k in cut else v) for k, v in patch.items()}
 
     return transform

@@ -25,7 +25,7 @@ from medjax import rng
 from medjax.config import check_training_length
 from medjax.data.augment import make_augment
 from medjax.data.prefetch import DevicePrefetch
-from medjax.data.sources import load_splits, train_transform
+from medjax.data.sources import load_splits, train_input_shape, train_transform
 from medjax.data.stream import TrainStream, as_source, eval_batches
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
@@ -201,10 +201,11 @@ def resolve_schedule(d: dict, num_train: int) -> None:
 
 
 def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
-    """One training input as the model will see it (after the host transform, e.g. patch sampling)."""
-    transform = train_transform(config.data)
-    example = as_source(train, "train split")[0]
-    return np.asarray((transform(example, np.random.default_rng(0)) if transform else example)["image"])[None]
+    """A batch of one input shaped as the model sees it in training (a clip, a patch: `train_input_shape`), of the
+    first training image's dtype: what initialises the model. Zeros: initialisation depends on shapes only, and
+    building the training transform here would make `evaluate` depend on training-only settings."""
+    image = np.asarray(as_source(train, "train split")[0]["image"])
+    return np.zeros((1, *train_input_shape(config.data, image.shape)), image.dtype)
 
 
 def make_train_stream(s: Setup) -> Any:
