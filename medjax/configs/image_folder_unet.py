@@ -11,15 +11,17 @@ mask/21_training_mask.gif) and set `data.pairs_csv`. See
 medjax/data/image_folder.py for how masks become classes (0/255 -> {0, 1}; `data.mask_values` maps other codes).
 The examples are split by a seeded permutation (`data.val_fraction` / `data.test_fraction` of all, by
 `data.split_seed`). Pixels outside the FOV count in neither the loss nor the Dice, so a fundus photo's black
-border does not inflate the scores; the FOV follows the geometric augmentations with the image.
+border does not inflate the scores; the FOV follows the geometric augmentations with the image. `evaluate` also
+reports HD95, ASSD and NSD per class (`eval.json`, per image in `eval_cases.json`; mm with `data.spacing`, else
+pixels), inside the FOV.
 
 Every image is resized to `data.size` (U-Net levels halve it, so keep it divisible by 2**(levels - 1)).
 `:tiny` is the test-suite variant.
 
 `:basic_unet` is the retinal-vessel protocol of the PyTorch/MONAI baselines: MONAI's BasicUNet (features
 32-32-64-128-256-32, instance norm) trained on random 128x128 patches of the images at their stored size, batch 8,
-Dice+CE, Adam 1e-3 (cosine), and evaluated on whole images by Gaussian-blended 128x128 sliding windows. Patch
-sampling carries image and label only, so this variant needs a folder without `fov/` masks.
+Dice+CE, Adam 1e-3 (cosine), and evaluated on whole images by Gaussian-blended 128x128 sliding windows. The
+patches carry the `fov/` masks with the image, so the field of view counts in training and evaluation alike.
 `medjax bench --cases fundus_basic_unet` times its training step against MONAI.
 """
 

@@ -113,8 +113,9 @@ def _medmnist(cfg: ml_collections.ConfigDict) -> Dataset:
 def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     """A Decathlon task folder (`data.root`): labelled cases split into train / val / test by a seeded
     permutation (the official imagesTs have no labels), normalised and resampled once, cached as array_record
-    volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid), `normalize`, `ct_level`,
-    `ct_width`, `val_fraction`, `test_fraction` (of all labelled cases), `split_seed`, `cache_dir`."""
+    volumes of their own shapes, each with its voxel "spacing" (3,) in mm (for surface metrics). Fields:
+    `spacing` (mm; () keeps each case's grid), `normalize`, `ct_level`, `ct_width`, `val_fraction`,
+    `test_fraction` (of all labelled cases), `split_seed`, `cache_dir`."""
     from medjax.data.cache import build_or_load, file_fingerprint
     from medjax.data.msd import load_msd_case, load_msd_index
 
@@ -131,12 +132,14 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
         def gen():
             for i in cases:
                 image, label = load_msd_case(index, i, spacing, **options)
-                yield {"image": image.array, "label": label.array}
+                yield {"image": image.array, "label": label.array,
+                       "spacing": np.asarray(label.spacing, np.float32)}
         return gen
 
     features = {"image": ((None, None, None, len(index.modalities)), np.float32),
-                "label": ((None, None, None), np.int32)}
+                "label": ((None, None, None), np.int32), "spacing": ((3,), np.float32)}
     spec = {"source": "msd", "root": os.path.abspath(cfg.root), "split": split, "spacing": spacing, **options,
+            "keys": sorted(features),
             "files": file_fingerprint([os.path.join(index.root, "dataset.json"),
                                        *(p for case in index.training for p in case)])}
     name = "msd_" + "".join(ch if ch.isalnum() else "_" for ch in index.name)
@@ -177,6 +180,7 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     `masks_dir`, `fov_dir` or `pairs_csv` (relative to the root) replace those. Reader options: `mask_suffix`,
     `fov_suffix`, `size` ((H, W); () keeps the stored size), `color`, `mask_values`, `num_classes`. The FOV
     becomes the split key "mask" (float32, 1 inside), which the segmentation loss and Dice respect.
+    `data.spacing` (H, W) in mm becomes the per-image "spacing" the surface metrics use (else 1 per pixel).
     Class names: `data.class_names`, else class0.. up to `data.num_classes` (or the largest label found)."""
     from medjax.data.image_folder import fov_weights, load_image_folder
 
@@ -209,6 +213,12 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     arrays = {"image": data["image"], "label": data["label"]}
     if "fov" in data:
         arrays["mask"] = fov_weights(data["fov"])
+    if cfg.spacing:
+        spacing = np.asarray(cfg.spacing, np.float32)
+        if spacing.shape != (2,) or not (spacing > 0).all():
+            raise MedjaxError(f"config.data.spacing must be the pixel spacing (H, W) in mm, two positive numbers; "
+                              f"got {tuple(cfg.spacing)}")
+        arrays["spacing"] = np.tile(spacing, (len(arrays["image"]), 1))
     splits = split_by_case(arrays, cfg)
     if not class_names:
         count = num_classes or max(2, int(data["label"].max()) + 1)

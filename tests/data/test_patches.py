@@ -187,3 +187,19 @@ def test_patch_transform_carries_the_fov_mask_and_targets():
     np.testing.assert_array_equal(out["mask"], out["image"][..., 0] % 2)  # cut where the image was
     np.testing.assert_array_equal(out["label"], out["image"][..., 0] > 40)
     assert out["label"].any() and out["target"][0] == 3.0  # foreground-centred (fg_ratio 1) from the label
+
+
+def test_train_input_shape_is_the_transforms_output_shape_without_building_it():
+    from medjax.data.sources import train_input_shape, train_transform
+
+    cfg = ml_collections.ConfigDict(dict(patch_size=(4, 6), fg_ratio=0.5))
+    example = {"image": np.zeros((3, 9, 2), np.float32), "label": np.zeros((3, 9), np.int32)}
+    assert train_input_shape(cfg, (3, 9, 2)) == (4, 6, 2)  # padded up, then cut
+    assert train_transform(cfg)(example, np.random.default_rng(0))["image"].shape == (4, 6, 2)
+    clips = ml_collections.ConfigDict(dict(clip_length=3, clip_stride=2, patch_size=(3, 2, 2)))
+    assert train_input_shape(clips, (10, 5, 5, 1)) == (3, 2, 2, 1)
+    assert train_input_shape(ml_collections.ConfigDict(dict(name="x")), (5, 5, 1)) == (5, 5, 1)
+    with pytest.raises(MedjaxError, match="patch_size \\(4, 6\\) has 2 dimensions but the volume has 3"):
+        train_input_shape(cfg, (8, 8, 8, 1))
+    with pytest.raises(MedjaxError, match="spans 5 frames, but the sequence has 4"):
+        train_input_shape(clips, (4, 5, 5, 1))
