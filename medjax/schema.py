@@ -144,6 +144,10 @@ TASKS: dict[str, Spec] = {
         "per_frame": Key(False, "sequences: also report Dice per frame"),
         "ef_class": Key(None, "sequences: the class whose volume gives an ejection fraction; None = none"),
         "ef_exponent": Key(1.0, "ejection fraction from (segmented size) ** ef_exponent (1.5: area -> volume)"),
+        "surface_metrics": Key(True, "evaluate: also HD95, ASSD and NSD per foreground class and case (mm; not "
+                                     "during training, not per_frame)"),
+        "nsd_tolerance_mm": Key(1.0, "normalised surface Dice tolerance (mm; pixels without a spacing): one "
+                                     "number or one per foreground class"),
     },
     "regression": {
         "name": Key(REQUIRED, "regression"),
@@ -221,6 +225,8 @@ DATA: dict[str, Spec] = {
                      "mask_suffix": Key("", "suffix joining a mask's name to its image's"),
                      "fov_suffix": Key("", "suffix joining a FOV mask's name to its image's"),
                      "size": Key((), "(H, W) to resize to; () = the stored size"),
+                     "spacing": Key((), "(H, W) pixel spacing in mm (after any resize), for surface metrics; () = "
+                                        "1 pixel"),
                      "color": Key("auto", "auto | gray | rgb"),
                      "mask_values": Key(None, "{stored value: class}; None = values are classes (255 -> 1)"),
                      "case_pattern": Key("", "regex matched at the start of each file stem: the case id "

@@ -94,6 +94,22 @@ def test_msd_unet3d_tiny(repo, tmp_path):
     case_dice = [c["dice/ball"] for c in cases]
     assert result["dice/ball"] == pytest.approx(np.mean(case_dice))
     assert result["dice_mean"] == pytest.approx(np.nanmean([result["dice/ball"], result["dice/core"]]))
+    # surface metrics in mm: the cache keeps each case's spacing (1, 1, 1.5); MONAI on the same prediction
+    from medjax.train import volume_eval
+
+    s = loop.setup(config, str(workdir))
+    example = s.splits["test"][0]
+    np.testing.assert_array_equal(example["spacing"], [1.0, 1.0, 1.5])
+    canonical, _, _, _ = s.checkpoints(read_only=True).restore(s.abstract_state(), which="best")
+    state = s.strategy.from_canonical(canonical)
+    pred = volume_eval.predict_volume(s, volume_eval.window_predictor(s, state), example["image"]).argmax(-1)
+    expected = _monai_surface(pred, example["label"], 3, (1.0, 1.0, 1.5), 1.0)  # (metric, class)
+    for m, metric in enumerate(("hd95", "assd", "nsd")):
+        for c, name in enumerate(("ball", "core")):
+            want = None if np.isnan(expected[m, c]) else pytest.approx(float(expected[m, c]), rel=1e-5)
+            assert cases[0][f"{metric}/{name}"] == want
+            assert result[f"{metric}/{name}"] == (pytest.approx(float(expected[m, c]), rel=1e-5, nan_ok=True))
+        assert result[f"{metric}_mean"] == pytest.approx(np.nanmean(expected[m]), rel=1e-5)
     assert result["split"] == "test"
     assert (workdir / "plots" / "test_predictions.png").stat().st_size > 0
     assert len(list((tmp_path / "cache").glob("msd_Ball/*/spec.json"))) == 1
@@ -230,6 +246,67 @@ def test_drive_official_split_scores_every_test_image(repo, tmp_path):
 
     assert [result["dice/background"], result["dice/vessel"]] == pytest.approx([dice(0), dice(1)], abs=1e-6)
     assert result["dice/background"] != pytest.approx(dice(0, n_test - 1), abs=1e-6)  # not one image fewer
+
+
+def _monai_surface(pred, label, num_classes, spacing, tolerance):
+    """MONAI's HD95, ASSD and NSD (3, K-1) of one case's label maps."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+
+    p, y = (torch.from_numpy(np.moveaxis(np.eye(num_classes, dtype=np.float32)[a[None]], -1, 1))
+            for a in (pred, label))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.stack([compute_hausdorff_distance(p, y, percentile=95, spacing=spacing)[0].numpy(),
+                         compute_average_surface_distance(p, y, symmetric=True, spacing=spacing)[0].numpy(),
+                         compute_surface_dice(p, y, [tolerance] * (num_classes - 1), spacing=spacing)[0].numpy()])
+
+
+def test_image_folder_patch_trained_evaluates_whole_images_with_surface_metrics(repo, tmp_path):
+    """Training on 8x8 patches carries the FOV masks; `evaluate` with patch_size still set scores whole 16x16
+    images inside the FOV: Dice and, per case, HD95 / ASSD / NSD in mm (data.spacing) as MONAI gives them for
+    the restored model's predictions with everything outside the FOV set to background."""
+    import jax
+
+    from medjax.train.parallel import replicated_to_host
+
+    fov = _write_image_folder(tmp_path / "data", n=10)
+    config = build_config("image_folder_unet:tiny",
+                          [f"--config.data.root={tmp_path / 'data'}", "--config.data.patch_size=(8, 8)",
+                           "--config.data.fg_ratio=1.0", "--config.data.spacing=(0.5, 0.8)",
+                           "--config.task.nsd_tolerance_mm=1.0"])
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir))
+    val = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["split"] == "val"]
+    assert "dice_mean" in val[-1] and not any(k.startswith(("hd95", "assd", "nsd")) for k in val[-1])  # not in training
+    result = loop.evaluate(config, str(workdir))
+    assert json.loads((workdir / "eval.json").read_text())["dice/class1"] == pytest.approx(result["dice/class1"])
+
+    s = loop.setup(config, str(workdir))
+    test = s.splits["test"]
+    assert test["image"].shape == (2, 16, 16, 1)
+    np.testing.assert_array_equal(test["spacing"], np.float32([[0.5, 0.8]] * 2))
+    canonical, _, _, _ = s.checkpoints(read_only=True).restore(s.abstract_state(), which="best")
+    params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
+    pred = np.asarray(jax.jit(s.task.predict)(params, stats, test["image"]))  # whole images
+    p, y = pred[:, fov], test["label"][:, fov]
+    dice = [2 * ((p == c) & (y == c)).sum() / ((p == c).sum() + (y == c).sum()) for c in (0, 1)]
+    assert [result["dice/class0"], result["dice/class1"]] == pytest.approx(dice, abs=1e-6)
+
+    cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
+    assert [c["case"] for c in cases] == [0, 1]
+    expected = np.stack([_monai_surface(pr * fov, lab * fov, 2, (0.5, 0.8), 1.0)[:, 0]
+                         for pr, lab in zip(pred, test["label"])])  # (case, metric)
+    for c, row in zip(cases, expected):
+        assert [c[k] for k in ("hd95/class1", "assd/class1", "nsd/class1")] == pytest.approx(row.tolist(), rel=1e-5)
+    for m, metric in enumerate(("hd95", "assd", "nsd")):
+        assert result[f"{metric}/class1"] == pytest.approx(expected[:, m].mean(), rel=1e-5)
+        assert result[f"{metric}_mean"] == result[f"{metric}/class1"]  # one foreground class
+    assert "hd95/class0" not in result  # background has no surface to score
+    assert np.isfinite(expected).all() and expected[:, 0].min() > 0
 
 
 def test_image_folder_source_options(repo, tmp_path):

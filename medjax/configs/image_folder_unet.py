@@ -11,7 +11,8 @@ seeded permutation (`data.val_fraction` / `data.test_fraction` of all, by `data.
 comes from `data.train_root` / `test_root` (and `val_root`) folders, a `split` column of the CSV or
 `data.split_file` (docs/data.md, "Official splits"). Pixels outside the FOV count in neither the loss nor the
 Dice, so a fundus photo's black border does not inflate the scores; the FOV follows the geometric augmentations
-with the image.
+with the image. `evaluate` also reports HD95, ASSD and NSD per class (`eval.json`, per image in
+`eval_cases.json`; mm with `data.spacing`, else pixels), inside the FOV.
 
 `:drive` reads DRIVE as it unpacks (training/ and test/, each with images/, 1st_manual/ and mask/) with its
 official split: the 20 training images train (4 of them, drawn by `data.split_seed`, validate) and
@@ -29,8 +30,8 @@ uses 576x560 for DRIVE's 584x565). `:tiny` is the test-suite variant (`:drive,ti
 
 `:basic_unet` is the retinal-vessel protocol of the PyTorch/MONAI baselines: MONAI's BasicUNet (features
 32-32-64-128-256-32, instance norm) trained on random 128x128 patches of the images at their stored size, batch 8,
-Dice+CE, Adam 1e-3 (cosine), and evaluated on whole images by Gaussian-blended 128x128 sliding windows. Patch
-sampling carries image and label only, so this variant needs a folder without `fov/` masks.
+Dice+CE, Adam 1e-3 (cosine), and evaluated on whole images by Gaussian-blended 128x128 sliding windows. The
+patches carry the `fov/` masks with the image, so the field of view counts in training and evaluation alike.
 `medjax bench --cases fundus_basic_unet` times its training step against MONAI.
 """
 

@@ -1,7 +1,10 @@
 """Clips of image sequences: `length` frames taken every `stride` frames, for training on long cine / echo loops.
 
-A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`);
-every other key (e.g. an ejection-fraction `target`) is per sequence and passes through unchanged. A clip of
+A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`).
+Every array whose leading axis has the image's T frames is per frame and is cut with the image (`frame_keys`:
+labels, masks, per-frame flags); every other key (e.g. an ejection-fraction `target` (1,) or a scalar) is per
+sequence and passes through unchanged. (A per-sequence vector that happens to have T entries would be cut:
+give such values a leading axis of 1.) A clip of
 frames start, start + stride, ..., start + (length - 1) * stride needs (length - 1) * stride + 1 frames.
 
 Training draws the start uniformly per example from the host transform's generator (`clip_transform`, wired by
@@ -19,7 +22,11 @@ import numpy as np
 
 from medjax.errors import MedjaxError
 
-FRAME_KEYS = ("image", "label", "mask")  # keys with a time axis first; the rest are per-sequence
+
+def frame_keys(example: dict) -> list[str]:
+    """The keys of `example` whose arrays have the image's frames on their leading axis."""
+    num_frames = len(example["image"])
+    return [k for k, v in example.items() if np.ndim(v) >= 1 and np.shape(v)[0] == num_frames]
 
 
 def check_clip(length: int, stride: int, num_frames: int | None = None, what: str = "config.data") -> int:
@@ -48,9 +55,11 @@ def clip_starts(num_frames: int, length: int, stride: int, step: int | None = No
 
 
 def take_clip(example: dict, start: int, length: int, stride: int) -> dict:
-    """The clip of `example` starting at frame `start`: frame keys sliced, per-sequence keys unchanged."""
+    """The clip of `example` starting at frame `start`: per-frame arrays (`frame_keys`) sliced, per-sequence keys
+    unchanged."""
     frames = slice(int(start), int(start) + (int(length) - 1) * int(stride) + 1, int(stride))
-    return {k: (np.asarray(v)[frames] if k in FRAME_KEYS else v) for k, v in example.items()}
+    cut = frame_keys(example)
+    return {k: (np.asarray(v)[frames] if k in cut else v) for k, v in example.items()}
 
 
 def sample_clip(example: dict, length: int, stride: int, rng: np.random.Generator) -> dict:

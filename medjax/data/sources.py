@@ -137,7 +137,8 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     `medjax.data.formats` reads (`hdf5_*` name HDF5 keys): labelled cases split into train / val / test by
     `medjax.data.splits` (dataset.json's test entries with labels are the test split; the official imagesTs
     have none, and then a seeded permutation, `split_file` or `num_folds` decide), normalised and resampled once,
-    cached as array_record volumes of their own shapes. Fields: `spacing` (mm; () keeps each case's grid),
+    cached as array_record volumes of their own shapes, each with its voxel "spacing" (3,) in mm (for surface
+    metrics). Fields: `spacing` (mm; () keeps each case's grid),
     `normalize`, `ct_level`, `ct_width`, `val_fraction`, `test_fraction`, `split_seed`, `split_file`, `fold`,
     `num_folds`, `cache_dir`."""
     from medjax.data.cache import build_or_load, file_fingerprint
@@ -161,15 +162,17 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
         def gen():
             for i in cases:
                 image, label = load_msd_case(index, i, spacing, **options, hdf5=layout)
-                yield {"image": image.array, "label": label.array}
+                yield {"image": image.array, "label": label.array,
+                       "spacing": np.asarray(label.spacing, np.float32)}
         return gen
 
     features = {"image": ((None, None, None, len(index.modalities)), np.float32),
-                "label": ((None, None, None), np.int32)}
+                "label": ((None, None, None), np.int32), "spacing": ((3,), np.float32)}
     dataset_json = os.path.join(index.root, "dataset.json")
     files = {f for case in index.cases for p in case for f in data_files(p)}  # .mhd/.nhdr data files too
     spec = {"source": "msd", "root": os.path.abspath(cfg.root), "split": split, "spacing": spacing, **options,
             "hdf5": dataclasses.asdict(layout), "class_names": index.class_names, "modalities": index.modalities,
+            "keys": sorted(features),
             "files": file_fingerprint([*([dataset_json] if os.path.isfile(dataset_json) else []), *files])}
     name = "msd_" + "".join(ch if ch.isalnum() else "_" for ch in index.name)
     sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
@@ -244,8 +247,9 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     those. With `data.train_root` (and `val_root`, `test_root`) each split has its own folder in that layout.
     Reader options: `mask_suffix`, `fov_suffix`, `case_pattern`, `size` ((H, W); () keeps the stored size),
     `color`, `mask_values`, `num_classes`. The FOV becomes the split key "mask" (float32, 1 inside), which the
-    segmentation loss and Dice respect. Class names: `data.class_names`, else class0.. up to `data.num_classes`
-    (or the largest label found)."""
+    segmentation loss and Dice respect. `data.spacing` (H, W) in mm becomes the per-image "spacing" the surface
+    metrics use (else 1 per pixel). Class names: `data.class_names`, else class0.. up to `data.num_classes` (or the
+    largest label found)."""
     from medjax.data.image_folder import fov_weights, load_pairs
 
     pairs, given, given_by = _image_pairs(cfg)
@@ -259,6 +263,12 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     arrays = {"image": data["image"], "label": data["label"]}
     if "fov" in data:
         arrays["mask"] = fov_weights(data["fov"])
+    if cfg.spacing:
+        spacing = np.asarray(cfg.spacing, np.float32)
+        if spacing.shape != (2,) or not (spacing > 0).all():
+            raise MedjaxError(f"config.data.spacing must be the pixel spacing (H, W) in mm, two positive numbers; "
+                              f"got {tuple(cfg.spacing)}")
+        arrays["spacing"] = np.tile(spacing, (len(arrays["image"]), 1))
     splits = splits_lib.select(arrays, splits_lib.resolve([p.case for p in pairs], cfg, given, given_by))
     if not class_names:
         count = num_classes or max(2, int(data["label"].max()) + 1)
@@ -319,7 +329,9 @@ def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
 def train_transform(cfg: ml_collections.ConfigDict):
     """The host-side per-example transform of the training stream, or None: clips of `cfg.clip_length` frames
     every `cfg.clip_stride` (image sequences, `medjax.data.clips`), then random patches of `cfg.patch_size` with
-    foreground ratio `cfg.fg_ratio` (large volumes). Evaluation always sees whole examples."""
+    foreground ratio `cfg.fg_ratio` (large volumes). Both carry every per-frame / per-voxel array of an example
+    (label, FOV "mask", ...) with the image and pass per-example arrays through. Only the training stream builds
+    it: evaluation sees whole examples, and the model's example input comes from `train_input_shape`."""
     cfg = schema.data_common(cfg)
     steps = []
     if cfg.clip_length:
@@ -343,15 +355,29 @@ def train_transform(cfg: ml_collections.ConfigDict):
     return transform
 
 
+def train_input_shape(cfg: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape one training input has after `train_transform`, from a stored example's image shape alone:
+    `cfg.clip_length` frames first, then `cfg.patch_size` for the leading spatial axes (channels kept).
+    For the model's example input, so setting up a run (or evaluating one) never builds the transform."""
+    from medjax.data.clips import check_clip
+    from medjax.data.patches import patch_shape
+
+    cfg = schema.data_common(cfg)
+    shape = tuple(int(n) for n in image_shape)
+    if cfg.clip_length:
+        check_clip(int(cfg.clip_length), int(cfg.clip_stride), shape[0])
+        shape = (int(cfg.clip_length), *shape[1:])
+    if cfg.patch_size:
+        shape = (*patch_shape(cfg.patch_size, len(shape) - 1), shape[-1])
+    return shape
+
+
 def _patch_transform(patch_size: tuple[int, ...], fg_ratio: float):
-    from medjax.data.patches import sample_patches
+    from medjax.data.patches import sample_example_patches, voxel_keys
 
     def transform(example: dict, rng: np.random.Generator) -> dict:
-        if set(example) - {"image", "label"}:
-            raise MedjaxError(f"config.data.patch_size: patch sampling carries only image and label, but the "
-                              f"examples also hold {sorted(set(example) - {'image', 'label'})}; unset patch_size")
         seed = int(rng.integers(2**31))
-        images, labels = sample_patches(example["image"], example["label"], patch_size, 1, fg_ratio, seed)
-        return {"image": images[0], "label": labels[0]}
+        patch, cut = sample_example_patches(example, patch_size, 1, fg_ratio, seed), set(voxel_keys(example))
+        return {k: (v[0] if k in cut else v) for k, v in patch.items()}
 
     return transform

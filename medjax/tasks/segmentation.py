@@ -5,7 +5,11 @@ Sequences (N, T, *spatial) with `task.per_frame=True` also get per-frame Dice, t
 (`medjax.temporal_metrics`).
 
 A batch may carry a per-voxel "mask" (N, *spatial) next to its "label" (e.g. a field-of-view mask from the
-`image_folder` source): voxels where it is 0 count in neither the loss nor the Dice counts."""
+`image_folder` source): voxels where it is 0 count in neither the loss nor the Dice counts.
+
+`medjax evaluate` also scores each case's surfaces (`task.surface_metrics`, `medjax.surface_metrics`): HD95, ASSD
+and NSD at `task.nsd_tolerance_mm` per foreground class, in mm from the example's "spacing" (1 per voxel without
+one), outside the "mask" nothing counted; validation during training does not (it stays a device-side count)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from medjax import losses, metrics, schema
+from medjax import surface_metrics as surface_lib
 from medjax.errors import MedjaxError
 from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
@@ -61,6 +66,9 @@ class SegmentationTask:
         if self.ef_class is not None and not 0 < self.ef_class < self.num_classes:  # before training, not after
             raise MedjaxError(f"config.task.ef_class={self.ef_class} must name a foreground class "
                               f"(1..{self.num_classes - 1})")
+        self.surface_metrics = bool(cfg.surface_metrics) and not self.per_frame
+        self.nsd_tolerance = surface_lib.tolerances(cfg.nsd_tolerance_mm, self.num_classes - 1,
+                                                    "config.task.nsd_tolerance_mm")
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
@@ -92,9 +100,10 @@ class SegmentationTask:
             total = total + w * self._loss(logits.astype(jnp.float32), labels, batch["weight"], mask)
         return total, (new_stats, {"loss": total})
 
-    def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
+    def eval_outputs(self, params: Any, batch_stats: Any, batch: dict, per_case: bool = False) -> dict:
         """Per-example Dice counts (intersection, predicted, reference voxels per class), inside the batch
-        "mask" if it has one; with `task.per_frame`, per example and frame (N, T, 3, C) of sequences."""
+        "mask" if it has one; with `task.per_frame`, per example and frame (N, T, 3, C) of sequences. With
+        `per_case` and surface metrics on, also the predictions and example indices `case_outputs` needs."""
         logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
         pred = jnp.argmax(logits, axis=-1)
         if "mask" in batch:
@@ -105,7 +114,44 @@ class SegmentationTask:
             count = lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes))  # noqa: E731
             args = (pred, batch["label"])
         per_example = jax.vmap(jax.vmap(count) if self.per_frame else count)
-        return {"dice_counts": per_example(*args), "weight": batch["weight"]}
+        out = {"dice_counts": per_example(*args), "weight": batch["weight"]}
+        if per_case and self.surface_metrics:
+            out.update(pred=pred.astype(jnp.int32), index=batch["index"])
+        return out
+
+    def case_surface(self, pred: np.ndarray, example: dict) -> np.ndarray:
+        """HD95, ASSD and NSD (3, C-1) of one case's predicted label map against its example (host side)."""
+        label = np.asarray(example["label"])
+        spacing = example.get("spacing")
+        return surface_lib.surface_metrics(pred, label, self.num_classes,
+                                           None if spacing is None else np.asarray(spacing, np.float64),
+                                           self.nsd_tolerance, example.get("mask"))
+
+    def case_outputs(self, outputs: dict[str, np.ndarray], source: Any) -> dict[str, np.ndarray]:
+        """Host outputs of a `per_case` batch with the predictions replaced by each case's surface metrics
+        (`surface` (N, 3, C-1), NaN on padded rows), so only per-case numbers outlive the batch."""
+        out = dict(outputs)
+        pred, index = out.pop("pred", None), out.pop("index", None)
+        if pred is not None:
+            surface = np.full((len(pred), len(surface_lib.METRICS), self.num_classes - 1), np.nan)
+            for r in np.flatnonzero(out["weight"] > 0):
+                surface[r] = self.case_surface(pred[r], source[int(index[r])])
+            out["surface"] = surface
+        return out
+
+    def case_records(self, outputs: dict[str, np.ndarray]) -> list[dict]:
+        """eval_cases.json rows of the valid examples: Dice per class (null where neither has the class) and,
+        when computed, the surface metrics per foreground class (null where undefined)."""
+        out = keep_valid(outputs)
+        counts = out["dice_counts"].sum(axis=1) if self.per_frame else out["dice_counts"]
+        records = []
+        for i, c in enumerate(counts):
+            record = {f"dice/{n}": (None if np.isnan(d) else float(d))
+                      for n, d in zip(self.class_names, metrics.dice_from_counts(*c))}
+            if "surface" in out:
+                record.update(surface_lib.case_record(out["surface"][i], self.class_names[1:]))
+            records.append(record)
+        return records
 
     def probabilities(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
         """Softmax class probabilities (N, *spatial, C), float32: what sliding windows blend (as nnU-Net)."""
@@ -130,7 +176,9 @@ class SegmentationTask:
 
         `task.dice_average="voxels"` (default) pools every evaluated voxel (the split as one volume);
         `"cases"` averages each example's Dice over the examples whose reference has the class (the Decathlon
-        convention for 3D cases: a small structure counts as much as a large one)."""
+        convention for 3D cases: a small structure counts as much as a large one). Outputs with per-case
+        `surface` metrics (from `case_outputs`) add `hd95/<class>`, `assd/<class>`, `nsd/<class>` for the
+        foreground classes and their `*_mean` (`medjax.surface_metrics.summarize`)."""
         per_example = keep_valid(outputs)["dice_counts"]
         per_frame = per_example if self.per_frame else None
         if self.per_frame:  # (N, T, 3, C): a sequence is one case
@@ -144,6 +192,8 @@ class SegmentationTask:
             dice = metrics.dice_from_counts(counts[0], counts[1], counts[2])
         result = {f"dice/{name}": float(d) for name, d in zip(self.class_names, dice)}
         result["dice_mean"] = metrics.mean_foreground_dice(dice)
+        if "surface" in outputs:
+            result.update(surface_lib.summarize(keep_valid(outputs)["surface"], self.class_names[1:]))
         if per_frame is not None:
             from medjax.temporal_metrics import sequence_summary
 

@@ -25,7 +25,7 @@ from medjax import rng
 from medjax.config import check_training_length
 from medjax.data.augment import make_augment
 from medjax.data.prefetch import DevicePrefetch
-from medjax.data.sources import load_splits, train_transform
+from medjax.data.sources import load_splits, train_input_shape, train_transform
 from medjax.data.stream import TrainStream, as_source, eval_batches
 from medjax.errors import MedjaxError
 from medjax.tasks import make_task
@@ -101,19 +101,25 @@ class Setup(SetupBase):
         return {"loss": f"{record['loss']:.4f}", "img_s": f"{record['img_per_s']:.1f}"}
 
     def evaluate_checkpoint(self, canonical: TrainState, step: int, split: str) -> dict[str, Any]:
-        """Metrics of `split` under `canonical`; process 0 also writes the per-case table and a preview PNG."""
+        """Metrics of `split` under `canonical`; process 0 also writes a preview PNG and, for tasks scored per
+        case (segmentation: Dice, and surface metrics unless `task.surface_metrics=False`), eval_cases.json."""
         state = self.strategy.from_canonical(canonical)
+        surface = bool(getattr(self.task, "surface_metrics", False))
         if volume_eval.uses_windows(self.config):
             preview = os.path.join(self.workdir, "plots", f"{split}_predictions.png")
-            summary, cases = volume_eval.evaluate_volumes(self, state, split, preview if self.is_main else None)
-            if self.is_main:
+            summary, cases = volume_eval.evaluate_volumes(self, state, split, preview if self.is_main else None,
+                                                          surface=surface)
+        elif hasattr(self.task, "case_records"):
+            summary, cases = evaluate_cases(self, state, split)
+        else:
+            summary, cases = evaluate_split(self, state, split), None
+        if self.is_main:
+            if cases is not None:
                 _write_json(os.path.join(self.workdir, "eval_cases.json"),
                             {"split": split, "step": int(step), "cases": cases})
-            return summary
-        result = evaluate_split(self, state, split)
-        if self.is_main:
-            _save_examples(self, canonical, split)
-        return result
+            if not volume_eval.uses_windows(self.config):
+                _save_examples(self, canonical, split)
+        return summary
 
 
 def _validate_labels(splits: dict, config: ml_collections.ConfigDict) -> None:
@@ -201,10 +207,11 @@ def resolve_schedule(d: dict, num_train: int) -> None:
 
 
 def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndarray:
-    """One training input as the model will see it (after the host transform, e.g. patch sampling)."""
-    transform = train_transform(config.data)
-    example = as_source(train, "train split")[0]
-    return np.asarray((transform(example, np.random.default_rng(0)) if transform else example)["image"])[None]
+    """A batch of one input shaped as the model sees it in training (a clip, a patch: `train_input_shape`), of the
+    first training image's dtype: what initialises the model. Zeros: initialisation depends on shapes only, and
+    building the training transform here would make `evaluate` depend on training-only settings."""
+    image = np.asarray(as_source(train, "train split")[0]["image"])
+    return np.zeros((1, *train_input_shape(config.data, image.shape)), image.dtype)
 
 
 def make_train_stream(s: Setup) -> Any:
@@ -222,6 +229,30 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     if volume_eval.uses_windows(s.config):
         return volume_eval.evaluate_volumes(s, state, split)[0]
     eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
+    return s.task.summarize(_split_outputs(s, state, split, eval_step))
+
+
+def evaluate_cases(s: Setup, state: TrainState, split: str) -> tuple[dict[str, float], list[dict]]:
+    """`evaluate_split` plus one record per example (`task.case_records`): the task's `per_case` outputs (for
+    segmentation the predictions) are turned into per-case numbers on the host batch by batch
+    (`task.case_outputs`), so no split's worth of predictions is ever held. Only `evaluate` pays for this."""
+    if split not in s.splits:
+        raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    task = s.task
+    source = as_source(s.splits[split], f"split {split!r}")
+
+    def step(state: TrainState, batch: dict) -> dict:
+        return task.eval_outputs(state.params, state.batch_stats, batch, per_case=True)
+
+    outputs = _split_outputs(s, state, split, s.strategy.compile_eval_step(step),
+                             lambda out: task.case_outputs(out, source))
+    records = [{"case": i, **r} for i, r in enumerate(task.case_records(outputs))]
+    return task.summarize(outputs), records
+
+
+def _split_outputs(s: Setup, state: TrainState, split: str, eval_step, on_host=None) -> dict[str, np.ndarray]:
+    """The eval step's per-example outputs over every example of `split`, each host batch passed through
+    `on_host` (if given) before it is kept."""
     source = as_source(s.splits[split], f"split {split!r}")
     # A split smaller than the eval batch is one batch of its own size (rounded up to the devices), not padded
     # to eval_batch_size: MedMNIST's 78 validation images would otherwise cost 256 images' compute every epoch.
@@ -230,9 +261,9 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     rows = s.strategy.local_rows(bs)
     chunks = []
     for batch in eval_batches(source, bs, rows):
-        chunks.append(s.strategy.outputs_to_host(eval_step(state, s.strategy.put_batch(batch, bs))))
-    outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    return s.task.summarize(outputs)
+        out = s.strategy.outputs_to_host(eval_step(state, s.strategy.put_batch(batch, bs)))
+        chunks.append(on_host(out) if on_host else out)
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def resume_or_start(s: Any, ckpts: Checkpoints, stream: Any, fresh: Any) -> tuple[int, Any]:

@@ -56,8 +56,10 @@ def predict_volume(s, predict: Callable, image: np.ndarray) -> np.ndarray:
                                  sw_batch_size=bs, padding_value=float(np.min(image)) if image.size else 0.0)
 
 
-def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None) -> tuple[dict, list[dict]]:
-    """(summary as the task computes it, per-case Dice records) for every case of `split`; with
+def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
+                     surface: bool = False) -> tuple[dict, list[dict]]:
+    """(summary as the task computes it, per-case records) for every case of `split`; with `surface`, the
+    task's surface metrics of each case too (HD95, ASSD, NSD in mm from the case's "spacing"); with
     `preview_path`, the middle slice of the first case (image, reference, prediction) is saved there."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
@@ -66,22 +68,25 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None)
     if cases == 0:
         raise MedjaxError(f"split {split!r} is empty")
     predict = window_predictor(s, state)
-    counts, records = [], []
+    counts, surfaces, shapes = [], [], []
     num_classes = s.task.num_classes
     for i in range(cases):
         example = source[i]
         image, label = np.asarray(example["image"]), np.asarray(example["label"])
         pred = predict_volume(s, predict, image).argmax(-1)
         mask = None if example.get("mask") is None else jnp.asarray(np.asarray(example["mask"])[None])
-        c = np.stack([np.asarray(x) for x in metrics.dice_counts(jnp.asarray(pred[None]), jnp.asarray(label[None]),
-                                                                  num_classes, mask=mask)])
-        counts.append(c)
-        dice = metrics.dice_from_counts(*c)
-        records.append({"case": i, "shape": list(label.shape),
-                        **{f"dice/{n}": (None if np.isnan(d) else float(d)) for n, d in zip(s.task.class_names, dice)}})
+        counts.append(np.stack([np.asarray(x) for x in metrics.dice_counts(
+            jnp.asarray(pred[None]), jnp.asarray(label[None]), num_classes, mask=mask)]))
+        if surface:
+            surfaces.append(s.task.case_surface(pred, example))
+        shapes.append(list(label.shape))
         if preview_path and i == 0:
             _save_preview(s, preview_path, image, label, pred)
     outputs = {"dice_counts": np.stack(counts), "weight": np.ones(cases, np.float32)}
+    if surface:
+        outputs["surface"] = np.stack(surfaces)
+    records = [{"case": i, "shape": shape, **r}
+               for i, (shape, r) in enumerate(zip(shapes, s.task.case_records(outputs)))]
     return s.task.summarize(outputs), records
 
 

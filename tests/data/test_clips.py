@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from medjax.data.clips import check_clip, clip_starts, sample_clip, take_clip
+from medjax.data.clips import check_clip, clip_starts, frame_keys, sample_clip, take_clip
 from medjax.data.sources import train_transform
 from medjax.data.stream import TrainStream
 from medjax.errors import MedjaxError
@@ -22,6 +22,17 @@ def test_take_clip_slices_frames_with_stride_and_keeps_sequence_keys():
     np.testing.assert_array_equal(clip["label"][:, 0, 0], [1, 3, 5])
     assert clip["target"] == np.float32(0.6)
     assert check_clip(3, 2) == 5 and check_clip(1, 7) == 1
+
+
+def test_clips_cut_every_per_frame_array_and_keep_per_sequence_ones():
+    example = dict(_example(), mask=np.arange(10.0)[:, None, None] * np.ones((10, 2, 2)),
+                   labelled=np.arange(10) % 3 == 0, target=np.array([0.6], np.float32))
+    assert frame_keys(example) == ["image", "label", "mask", "labelled"]
+    clip = take_clip(example, 2, 3, 3)  # frames 2, 5, 8
+    np.testing.assert_array_equal(clip["mask"][:, 0, 0], [2, 5, 8])
+    np.testing.assert_array_equal(clip["labelled"], [False, False, False])
+    np.testing.assert_array_equal(take_clip(example, 0, 2, 3)["labelled"], [True, True])  # frames 0, 3
+    assert clip["target"] is example["target"]
 
 
 def test_clip_starts_tile_the_sequence_and_end_at_the_last_frame():

@@ -1,7 +1,16 @@
+import ml_collections
 import numpy as np
 import pytest
 
-from medjax.data.patches import extract_patch, pad_to_patch, patch_starts, sample_patches
+from medjax.data.patches import (
+    extract_patch,
+    pad_example,
+    pad_to_patch,
+    patch_starts,
+    sample_example_patches,
+    sample_patches,
+    voxel_keys,
+)
 from medjax.errors import MedjaxError
 
 
@@ -117,3 +126,80 @@ def test_errors_name_the_problem():
         sample_patches(np.zeros((4, 4)), label, (2, 2), 1, 0.5, seed=0)
     with pytest.raises(MedjaxError, match="patch_size"):
         sample_patches(np.zeros((4, 4, 1)), label, (2, 2, 2), 1, 0.5, seed=0)
+
+
+@pytest.mark.parametrize("spatial, patch", [((7, 9), (4, 5)), ((5, 6, 7), (3, 4, 2))])
+def test_every_per_voxel_array_is_cut_at_the_image_coordinates(spatial, patch):
+    n = int(np.prod(spatial))
+    coords = np.arange(n).reshape(spatial)  # every voxel's flat index, so a patch names where it was cut
+    example = {"image": np.stack([coords, -coords], -1).astype(np.float32),
+               "label": (coords % 3).astype(np.int32),
+               "mask": (coords + 1000).astype(np.float32),
+               "instances": np.stack([coords, 2 * coords], -1).astype(np.int64),  # (*spatial, K)
+               "target": np.array([0.25], np.float32)}
+    assert voxel_keys(example) == ["image", "label", "mask", "instances"]
+    out = sample_example_patches(example, patch, 6, 0.5, seed=3)
+    assert out["target"] is example["target"]  # per-example: passed through, not stacked
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        start = patch_starts(rng, example["label"], patch, 0.5)  # the same draws, from the label
+        block = extract_patch(coords, start, patch)
+        np.testing.assert_array_equal(out["image"][i, ..., 0], block)
+        np.testing.assert_array_equal(out["image"][i, ..., 1], -block)
+        np.testing.assert_array_equal(out["label"][i], block % 3)
+        np.testing.assert_array_equal(out["mask"][i], block + 1000)
+        np.testing.assert_array_equal(out["instances"][i], np.stack([block, 2 * block], -1))
+    assert {k: (v.shape, v.dtype) for k, v in out.items() if k != "target"} == {
+        "image": ((6, *patch, 2), np.float32), "label": ((6, *patch), np.int32),
+        "mask": ((6, *patch), np.float32), "instances": ((6, *patch, 2), np.int64)}
+
+
+@pytest.mark.parametrize("spatial, patch, before", [((3, 4), (6, 4), (1, 0)), ((2, 3, 4), (2, 5, 4), (0, 1, 0))])
+def test_padding_value_per_key(spatial, patch, before):
+    coords = np.arange(int(np.prod(spatial))).reshape(spatial)
+    example = {"image": np.stack([coords + 5.0, coords - 7.0], -1), "label": coords % 2 + 1,
+               "mask": np.ones(spatial, np.float32), "target": np.array([1.0])}
+    padded = pad_example(example, patch)
+    inside = tuple(slice(b, b + n) for b, n in zip(before, spatial))
+    outside = np.ones(patch, bool)
+    outside[inside] = False
+    assert padded["image"].shape == (*patch, 2) and padded["mask"].shape == patch
+    np.testing.assert_array_equal(padded["image"][inside], example["image"])
+    np.testing.assert_array_equal(padded["image"][outside], np.broadcast_to([5.0, -7.0], (outside.sum(), 2)))
+    assert (padded["label"][outside] == 0).all() and (padded["mask"][outside] == 0).all()  # background, not counted
+    assert (padded["mask"][inside] == 1).all() and padded["target"] is example["target"]
+    # a patch of the whole padded volume: the sampler pads the same way
+    out = sample_example_patches(example, patch, 1, 0.0, seed=0)
+    for k in ("image", "label", "mask"):
+        np.testing.assert_array_equal(out[k][0], padded[k])
+
+
+def test_patch_transform_carries_the_fov_mask_and_targets():
+    from medjax.data.sources import train_transform
+
+    coords = np.arange(64).reshape(8, 8)
+    example = {"image": coords[..., None].astype(np.float32), "label": (coords > 40).astype(np.int32),
+               "mask": (coords % 2).astype(np.float32), "target": np.array([3.0], np.float32)}
+    transform = train_transform(ml_collections.ConfigDict(dict(patch_size=(4, 4), fg_ratio=1.0)))
+    out = transform(example, np.random.default_rng(0))
+    assert {k: v.shape for k, v in out.items()} == {"image": (4, 4, 1), "label": (4, 4), "mask": (4, 4),
+                                                    "target": (1,)}
+    np.testing.assert_array_equal(out["mask"], out["image"][..., 0] % 2)  # cut where the image was
+    np.testing.assert_array_equal(out["label"], out["image"][..., 0] > 40)
+    assert out["label"].any() and out["target"][0] == 3.0  # foreground-centred (fg_ratio 1) from the label
+
+
+def test_train_input_shape_is_the_transforms_output_shape_without_building_it():
+    from medjax.data.sources import train_input_shape, train_transform
+
+    cfg = ml_collections.ConfigDict(dict(patch_size=(4, 6), fg_ratio=0.5))
+    example = {"image": np.zeros((3, 9, 2), np.float32), "label": np.zeros((3, 9), np.int32)}
+    assert train_input_shape(cfg, (3, 9, 2)) == (4, 6, 2)  # padded up, then cut
+    assert train_transform(cfg)(example, np.random.default_rng(0))["image"].shape == (4, 6, 2)
+    clips = ml_collections.ConfigDict(dict(clip_length=3, clip_stride=2, patch_size=(3, 2, 2)))
+    assert train_input_shape(clips, (10, 5, 5, 1)) == (3, 2, 2, 1)
+    assert train_input_shape(ml_collections.ConfigDict(dict(name="x")), (5, 5, 1)) == (5, 5, 1)
+    with pytest.raises(MedjaxError, match="patch_size \\(4, 6\\) has 2 dimensions but the volume has 3"):
+        train_input_shape(cfg, (8, 8, 8, 1))
+    with pytest.raises(MedjaxError, match="spans 5 frames, but the sequence has 4"):
+        train_input_shape(clips, (4, 5, 5, 1))
