@@ -56,15 +56,18 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 
 
 def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
-    """Cine cases from `data.root` (`medjax.data.cine_io.load_cine_folder`: 4D NIfTI or cine DICOM images,
-    4D NIfTI labels, targets.csv), split by `case_split` (`val_fraction`, `test_fraction`, `split_seed`).
-    Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`, `num_classes`, `class_names`."""
+    """Cine cases from `data.root` in `data.layout` folder / acdc / mnms (`medjax.data.cine_io.load_cine_folder`:
+    4D NIfTI or cine DICOM images, labels on every frame or on ED and ES only, targets.csv or the EF of the
+    labels), brought onto one grid and length with a "mask" of the voxels that have a reference, split by
+    `case_split` (`val_fraction`, `test_fraction`, `split_seed`). The splits hold "image", "label", "mask",
+    "ed_es" (the ED and ES frames, for EF) and "target" as the data provides them."""
     from medjax.data.cine_io import load_cine_folder
 
     if not cfg.root:
-        raise MedjaxError("config.data.root must name a folder with images/ (and labels/ or targets.csv) for "
-                          "data.name='cine_folder'")
-    keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
+        raise MedjaxError("config.data.root must name a folder of cine cases for data.name='cine_folder' (images/ "
+                          "and labels/ or targets.csv; ACDC's training/; M&Ms' Training/Labeled/)")
+    keys = ("layout", "images_dir", "labels_dir", "targets_csv", "frames_csv", "normalize", "in_plane_mm", "grid",
+            "num_slices", "num_frames", "ef_class")
     num_classes = int(cfg.num_classes or 0) or None
     data = load_cine_folder(cfg.root, num_classes=num_classes, **{k: cfg[k] for k in keys})
     data.pop("cases")

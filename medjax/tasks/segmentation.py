@@ -2,10 +2,12 @@
 
 Sequences (N, T, *spatial) with `task.per_frame=True` also get per-frame Dice, temporal consistency and, with
 `task.ef_class` (and `task.ef_exponent`), the ejection fraction measured from the segmentation
-(`medjax.temporal_metrics`).
+(`medjax.temporal_metrics`), at each sequence's end-diastolic and end-systolic frames when the batch names them
+("ed_es" (N, 2), from the ACDC / M&Ms layouts of the `cine_folder` source).
 
 A batch may carry a per-voxel "mask" (N, *spatial) next to its "label" (e.g. a field-of-view mask from the
-`image_folder` source): voxels where it is 0 count in neither the loss nor the Dice counts."""
+`image_folder` source, or the labelled frames of a cine): voxels where it is 0 count in neither the loss nor the
+Dice counts."""
 
 from __future__ import annotations
 
@@ -105,7 +107,10 @@ class SegmentationTask:
             count = lambda p, l: jnp.stack(metrics.dice_counts(p[None], l[None], self.num_classes))  # noqa: E731
             args = (pred, batch["label"])
         per_example = jax.vmap(jax.vmap(count) if self.per_frame else count)
-        return {"dice_counts": per_example(*args), "weight": batch["weight"]}
+        out = {"dice_counts": per_example(*args), "weight": batch["weight"]}
+        if self.per_frame and "ed_es" in batch:  # the frames EF is measured at (see `summarize`)
+            out["ed_es"] = batch["ed_es"]
+        return out
 
     def probabilities(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
         """Softmax class probabilities (N, *spatial, C), float32: what sliding windows blend (as nnU-Net)."""
@@ -131,7 +136,8 @@ class SegmentationTask:
         `task.dice_average="voxels"` (default) pools every evaluated voxel (the split as one volume);
         `"cases"` averages each example's Dice over the examples whose reference has the class (the Decathlon
         convention for 3D cases: a small structure counts as much as a large one)."""
-        per_example = keep_valid(outputs)["dice_counts"]
+        valid = keep_valid(outputs)
+        per_example = valid["dice_counts"]
         per_frame = per_example if self.per_frame else None
         if self.per_frame:  # (N, T, 3, C): a sequence is one case
             per_example = per_example.sum(axis=1)
@@ -147,5 +153,6 @@ class SegmentationTask:
         if per_frame is not None:
             from medjax.temporal_metrics import sequence_summary
 
-            result.update(sequence_summary(per_frame, self.class_names, self.ef_class, self.ef_exponent))
+            result.update(sequence_summary(per_frame, self.class_names, self.ef_class, self.ef_exponent,
+                                           valid.get("ed_es")))
         return result
