@@ -588,15 +588,14 @@ def harmonise(cases: list[CineCase], *, normalize: str = "zscore", in_plane_mm: 
     labelled = all(c.label is not None for c in cases)
     label = np.zeros((n, frames, *spatial), np.int32) if labelled else None
     mask = np.zeros((n, frames, *spatial), np.float32) if labelled else None
-    for i, case in enumerate(cases):
-        start = _window_start(case, frames)
-        kept = slice(start, start + min(frames, case.image.num_frames - start))
+    starts = [_window_start(case, frames) for case in cases]
+    for i, (case, start) in enumerate(zip(cases, starts)):
+        length = min(frames, case.image.num_frames - start)
         src, dst = _centred(case.image.array.shape[1:4], spatial)
-        length = kept.stop - kept.start
-        image[i, :length][(slice(None), *dst)] = _normalize(case.image.array, normalize, case.image.path)[kept][
-            (slice(None), *src)]
+        source, target = (slice(start, start + length), *src), (i, slice(0, length), *dst)
+        image[target] = _normalize(case.image.array, normalize, case.image.path)[source]
         if labelled:
-            label[i, :length][(slice(None), *dst)] = case.label.array[kept][(slice(None), *src)]
+            label[target] = case.label.array[source]
             inside = np.zeros(spatial, np.float32)
             inside[dst] = 1.0
             with_reference = range(length) if case.labelled is None else [t - start for t in case.labelled]
@@ -607,7 +606,7 @@ def harmonise(cases: list[CineCase], *, normalize: str = "zscore", in_plane_mm: 
         if not mask.all():
             out["mask"] = mask
     if all(c.ed_es is not None for c in cases):
-        out["ed_es"] = np.asarray([[t - _window_start(c, frames) for t in c.ed_es] for c in cases], np.int32)
+        out["ed_es"] = np.asarray([[t - start for t in c.ed_es] for c, start in zip(cases, starts)], np.int32)
     return out
 
 

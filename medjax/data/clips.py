@@ -1,7 +1,9 @@
 """Clips of image sequences: `length` frames taken every `stride` frames, for training on long cine / echo loops.
 
-A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`);
-every other key (e.g. an ejection-fraction `target`) is per sequence and passes through unchanged. A clip of
+A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`, 0 on
+frames without a reference); every other key (e.g. an ejection-fraction `target`) is per sequence and passes
+through unchanged, except `ed_es`, the whole sequence's end-diastolic and end-systolic frame numbers, which a clip
+drops (they may lie outside it; EF is measured in evaluation, on whole sequences). A clip of
 frames start, start + stride, ..., start + (length - 1) * stride needs (length - 1) * stride + 1 frames.
 
 Training draws the start uniformly per example from the host transform's generator (`clip_transform`, wired by
@@ -20,6 +22,7 @@ import numpy as np
 from medjax.errors import MedjaxError
 
 FRAME_KEYS = ("image", "label", "mask")  # keys with a time axis first; the rest are per-sequence
+FRAME_NUMBER_KEYS = ("ed_es",)  # frame numbers of the whole sequence: meaningless in a clip
 
 
 def check_clip(length: int, stride: int, num_frames: int | None = None, what: str = "config.data") -> int:
@@ -48,9 +51,11 @@ def clip_starts(num_frames: int, length: int, stride: int, step: int | None = No
 
 
 def take_clip(example: dict, start: int, length: int, stride: int) -> dict:
-    """The clip of `example` starting at frame `start`: frame keys sliced, per-sequence keys unchanged."""
+    """The clip of `example` starting at frame `start`: frame keys sliced, per-sequence keys unchanged (frame
+    numbers dropped)."""
     frames = slice(int(start), int(start) + (int(length) - 1) * int(stride) + 1, int(stride))
-    return {k: (np.asarray(v)[frames] if k in FRAME_KEYS else v) for k, v in example.items()}
+    return {k: (np.asarray(v)[frames] if k in FRAME_KEYS else v) for k, v in example.items()
+            if k not in FRAME_NUMBER_KEYS}
 
 
 def sample_clip(example: dict, length: int, stride: int, rng: np.random.Generator) -> dict:
