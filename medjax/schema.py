@@ -233,10 +233,23 @@ DATA: dict[str, Spec] = {
                                              "pairing files (DRIVE: [0-9]+); '' = the stem"),
                      **_CLASSES, **_SPLIT, **_SPLIT_ROOTS},
     "cine_folder": {"root": _ROOT,
-                    "images_dir": Key("images", "4D NIfTI / cine DICOM folder under root"),
-                    "labels_dir": Key("labels", "4D label NIfTI folder under root"),
+                    "layout": Key("folder", "folder (images/, labels/) | acdc (patientXXX/, Info.cfg) | mnms "
+                                            "(<code>/<code>_sa[_gt].nii.gz + frames_csv)"),
+                    "images_dir": Key("images", "folder layout: 4D NIfTI / cine DICOM folder under root"),
+                    "labels_dir": Key("labels", "folder layout: 4D label NIfTI folder under root"),
                     "targets_csv": Key("targets.csv", "per-case targets (e.g. EF) under root"),
+                    "frames_csv": Key("", "CSV of each case's ED and ES frames (from 0; M&Ms'): only those are "
+                                          "labelled; '' = every frame (folder) or Info.cfg (acdc)"),
+                    "ef_class": Key(0, "without targets_csv: the class whose ED/ES volumes give each case's EF "
+                                       "'target'; 0 = none"),
                     "normalize": Key("zscore", "zscore | minmax | none over all frames of a case"),
+                    "in_plane_mm": Key(0.0, "resample every case in-plane to this spacing (mm); 0 = keep (cases "
+                                            "must share one)"),
+                    "grid": Key((), "in-plane (X, Y) voxels: centre crop or zero pad (masked); () = the largest "
+                                    "case"),
+                    "num_slices": Key(0, "slices per case: centre crop or zero pad (masked); 0 = the most"),
+                    "num_frames": Key(0, "frames per case: cut (keeping the labelled ones) or padded at the end "
+                                         "(masked); 0 = the longest"),
                     **_HDF5, **_CLASSES, **_SPLIT, **_SPLIT_ROOTS},
     "npz": {"root": Key(REQUIRED, "folder with train.npz, val.npz, test.npz"),
             "class_names": Key((), "class names")},

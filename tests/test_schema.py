@@ -118,7 +118,8 @@ def test_loader_signature_defaults_agree_with_the_schema():
     for func, spec, keys in ((beating_heart, schema.DATA["synthetic_cine"],
                               ("num_frames", "size", "spatial_dims", "ef_range", "noise", "speckle")),
                              (load_cine_folder, schema.DATA["cine_folder"],
-                              ("images_dir", "labels_dir", "targets_csv", "normalize")),
+                              ("layout", "images_dir", "labels_dir", "targets_csv", "frames_csv", "normalize",
+                               "in_plane_mm", "grid", "num_slices", "num_frames", "ef_class")),
                              (load_icbm152_patches, schema.DATA["icbm152_patches"],
                               ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed",
                                "in_plane_mm"))):

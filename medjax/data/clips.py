@@ -1,10 +1,12 @@
 """Clips of image sequences: `length` frames taken every `stride` frames, for training on long cine / echo loops.
 
-A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`).
-Every array whose leading axis has the image's T frames is per frame and is cut with the image (`frame_keys`:
-labels, masks, per-frame flags); every other key (e.g. an ejection-fraction `target` (1,) or a scalar) is per
-sequence and passes through unchanged. (A per-sequence vector that happens to have T entries would be cut:
-give such values a leading axis of 1.) A clip of
+A sequence example holds (T, ...) arrays under `image` and, for per-frame segmentation, `label` (and `mask`, 0 on
+frames without a reference). Every array whose leading axis has the image's T frames is per frame and is cut
+with the image (`frame_keys`: labels, masks, per-frame flags); every other key (e.g. an ejection-fraction
+`target` (1,) or a scalar) is per sequence and passes through unchanged, except `ed_es`, the whole sequence's
+end-diastolic and end-systolic frame numbers, which a clip drops (they may lie outside it; EF is measured in
+evaluation, on whole sequences). (A per-sequence vector that happens to have T entries would be cut: give such
+values a leading axis of 1.) A clip of
 frames start, start + stride, ..., start + (length - 1) * stride needs (length - 1) * stride + 1 frames.
 
 Training draws the start uniformly per example from the host transform's generator (`clip_transform`, wired by
@@ -22,11 +24,14 @@ import numpy as np
 
 from medjax.errors import MedjaxError
 
+FRAME_NUMBER_KEYS = ("ed_es",)  # frame numbers of the whole sequence: meaningless in a clip
+
 
 def frame_keys(example: dict) -> list[str]:
     """The keys of `example` whose arrays have the image's frames on their leading axis."""
     num_frames = len(example["image"])
-    return [k for k, v in example.items() if np.ndim(v) >= 1 and np.shape(v)[0] == num_frames]
+    return [k for k, v in example.items()
+            if k not in FRAME_NUMBER_KEYS and np.ndim(v) >= 1 and np.shape(v)[0] == num_frames]
 
 
 def check_clip(length: int, stride: int, num_frames: int | None = None, what: str = "config.data") -> int:
@@ -56,10 +61,10 @@ def clip_starts(num_frames: int, length: int, stride: int, step: int | None = No
 
 def take_clip(example: dict, start: int, length: int, stride: int) -> dict:
     """The clip of `example` starting at frame `start`: per-frame arrays (`frame_keys`) sliced, per-sequence keys
-    unchanged."""
+    unchanged, frame numbers of the whole sequence dropped."""
     frames = slice(int(start), int(start) + (int(length) - 1) * int(stride) + 1, int(stride))
     cut = frame_keys(example)
-    return {k: (np.asarray(v)[frames] if k in cut else v) for k, v in example.items()}
+    return {k: (np.asarray(v)[frames] if k in cut else v) for k, v in example.items() if k not in FRAME_NUMBER_KEYS}
 
 
 def sample_clip(example: dict, length: int, stride: int, rng: np.random.Generator) -> dict:

@@ -57,18 +57,21 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 
 
 def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
-    """Cine cases from `data.root`, or from `data.train_root` / `val_root` / `test_root` in the same layout
-    (`medjax.data.cine_io.load_cine_folder`: 4D files of any `formats` type or cine DICOM images, 4D labels,
-    targets.csv), split by `medjax.data.splits` (the roots, `split_file`, `num_folds` or the seeded
-    `val_fraction` / `test_fraction`). Options: `images_dir`, `labels_dir`, `targets_csv`, `normalize`,
-    `num_classes`, `class_names`, `hdf5_*`."""
+    """Cine cases from `data.root`, or from `data.train_root` / `val_root` / `test_root` in the same layout, in
+    `data.layout` folder / acdc / mnms (`medjax.data.cine_io.load_cine_folder`: 4D files of any `formats` type or
+    cine DICOM images, labels on every frame or on ED and ES only, targets.csv or the EF of the labels), brought
+    onto one grid and length with a "mask" of the voxels that have a reference, split by `medjax.data.splits`
+    (the roots, `split_file`, `num_folds` or the seeded `val_fraction` / `test_fraction`). The splits hold
+    "image", "label", "mask", "ed_es" (the ED and ES frames, for EF) and "target" as the data provides them;
+    `hdf5_*` name the keys of HDF5 cases."""
     from medjax.data.cine_io import load_cine_folder
 
     roots = splits_lib.split_roots(cfg)
     if not roots[0][1]:
-        raise MedjaxError("config.data.root must name a folder with images/ (and labels/ or targets.csv) for "
-                          "data.name='cine_folder'")
-    keys = ("images_dir", "labels_dir", "targets_csv", "normalize")
+        raise MedjaxError("config.data.root must name a folder of cine cases for data.name='cine_folder' (images/ "
+                          "and labels/ or targets.csv; ACDC's training/; M&Ms' Training/Labeled/)")
+    keys = ("layout", "images_dir", "labels_dir", "targets_csv", "frames_csv", "normalize", "in_plane_mm", "grid",
+            "num_slices", "num_frames", "ef_class")
     num_classes = int(cfg.num_classes or 0) or None
     parts = [load_cine_folder(folder, num_classes=num_classes, hdf5=hdf5_layout(cfg),
                                **{k: cfg[k] for k in keys}) for _, folder in roots]
@@ -77,7 +80,8 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
         shapes = {k: v.shape[1:] for k, v in part.items() if k != "cases"}
         if shapes != reference:
             raise MedjaxError(f"the cases of {folder} and {roots[0][1]} differ in what they hold or in shape "
-                              f"({shapes} vs {reference}): every split root needs the same layout and grid")
+                              f"({shapes} vs {reference}): every split root needs the same layout, and set "
+                              f"config.data.grid, num_slices and num_frames to bring them onto one grid")
     data = {k: np.concatenate([part[k] for part in parts]) for k in parts[0] if k != "cases"}
     cases = [case for part in parts for case in part["cases"]]
     given = [split for (split, _), part in zip(roots, parts) for _ in part["cases"]] if roots[0][0] else None

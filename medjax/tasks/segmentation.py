@@ -2,10 +2,12 @@
 
 Sequences (N, T, *spatial) with `task.per_frame=True` also get per-frame Dice, temporal consistency and, with
 `task.ef_class` (and `task.ef_exponent`), the ejection fraction measured from the segmentation
-(`medjax.temporal_metrics`).
+(`medjax.temporal_metrics`), at each sequence's end-diastolic and end-systolic frames when the batch names them
+("ed_es" (N, 2), from the ACDC / M&Ms layouts of the `cine_folder` source).
 
 A batch may carry a per-voxel "mask" (N, *spatial) next to its "label" (e.g. a field-of-view mask from the
-`image_folder` source): voxels where it is 0 count in neither the loss nor the Dice counts.
+`image_folder` source, or the labelled frames of a cine): voxels where it is 0 count in neither the loss nor the
+Dice counts.
 
 `medjax evaluate` also scores each case's surfaces (`task.surface_metrics`, `medjax.surface_metrics`): HD95, ASSD
 and NSD at `task.nsd_tolerance_mm` per foreground class, in mm from the example's "spacing" (1 per voxel without
@@ -115,6 +117,8 @@ class SegmentationTask:
             args = (pred, batch["label"])
         per_example = jax.vmap(jax.vmap(count) if self.per_frame else count)
         out = {"dice_counts": per_example(*args), "weight": batch["weight"]}
+        if self.per_frame and "ed_es" in batch:  # the frames EF is measured at (see `summarize`)
+            out["ed_es"] = batch["ed_es"]
         if per_case and self.surface_metrics:
             out.update(pred=pred.astype(jnp.int32), index=batch["index"])
         return out
@@ -179,7 +183,8 @@ class SegmentationTask:
         convention for 3D cases: a small structure counts as much as a large one). Outputs with per-case
         `surface` metrics (from `case_outputs`) add `hd95/<class>`, `assd/<class>`, `nsd/<class>` for the
         foreground classes and their `*_mean` (`medjax.surface_metrics.summarize`)."""
-        per_example = keep_valid(outputs)["dice_counts"]
+        valid = keep_valid(outputs)
+        per_example = valid["dice_counts"]
         per_frame = per_example if self.per_frame else None
         if self.per_frame:  # (N, T, 3, C): a sequence is one case
             per_example = per_example.sum(axis=1)
@@ -193,9 +198,10 @@ class SegmentationTask:
         result = {f"dice/{name}": float(d) for name, d in zip(self.class_names, dice)}
         result["dice_mean"] = metrics.mean_foreground_dice(dice)
         if "surface" in outputs:
-            result.update(surface_lib.summarize(keep_valid(outputs)["surface"], self.class_names[1:]))
+            result.update(surface_lib.summarize(valid["surface"], self.class_names[1:]))
         if per_frame is not None:
             from medjax.temporal_metrics import sequence_summary
 
-            result.update(sequence_summary(per_frame, self.class_names, self.ef_class, self.ef_exponent))
+            result.update(sequence_summary(per_frame, self.class_names, self.ef_class, self.ef_exponent,
+                                           valid.get("ed_es")))
         return result

@@ -210,7 +210,12 @@ def test_cine_folder_errors_name_the_case(tmp_path):
         load_cine_folder(str(root))
     root = _cases(tmp_path / "b", n=2)
     _save_nifti(root / "images" / "p1.nii.gz", np.zeros((32, 32, 1, 5), np.float32), np.eye(4))
-    with pytest.raises(MedjaxError, match=r"cases differ in \(T, X, Y, Z, C\)"):
+    with pytest.raises(MedjaxError, match=r"label .*p1.nii.gz has shape \(T, X, Y, Z\) \(6, 32, 32, 1\) but its "
+                                          r"image .*p1.nii.gz has \(5, 32, 32, 1\)"):
+        load_cine_folder(str(root))
+    _save_nifti(root / "images" / "p1.nii.gz", np.zeros((32, 32, 1, 6), np.float32), np.diag([2, 2, 1, 1]))
+    with pytest.raises(MedjaxError, match=r"cases differ in in-plane spacing \(p0: 1 x 1 mm, p1: 2 x 2 mm\): set "
+                                          r"config.data.in_plane_mm"):
         load_cine_folder(str(root))
     root = _cases(tmp_path / "c", n=2)
     (root / "targets.csv").write_text("case,ef\np0,0.5\n")
@@ -250,3 +255,159 @@ def test_cines_in_other_formats_read_like_the_nifti(tmp_path):
     with pytest.raises(MedjaxError, match=r"c.h5: a cine image needs a 4th \(time\) axis of several frames, got "
                                           r"shape \(6, 5, 1\)"):
         load_cine(str(tmp_path / "c.h5"), hdf5=Hdf5Layout(image_key="still"))
+
+
+# ------------------------------------------------ labels on ED and ES only: the ACDC and M&Ms layouts, written here
+
+ACDC_LV, ACDC_MYO = 3, 2  # ACDC's label values (1 is the RV, which the simulator has not)
+
+
+def _heart(seed, frames, size, spatial_dims=2):
+    """A simulated patient as stored on disk: image (X, Y, Z, T) and labels (T, X, Y, Z), Z = 1 for 2D."""
+    q = beating_heart(seed, num_frames=frames, size=size, spatial_dims=spatial_dims)
+    image = np.moveaxis(q["image"][..., 0], 0, -1)
+    label = q["label"]
+    if spatial_dims == 2:
+        image, label = image[:, :, None], label[..., None]
+    return q, image, label
+
+
+def write_acdc(root, specs, spatial_dims=2, frames_of=None):
+    """ACDC's training/ layout: patientXXX/ with Info.cfg (ED and ES counted from 1), patientXXX_4d.nii.gz and the
+    ED / ES frames with their _gt labels (ACDC's values: LV 3, myocardium 2). `specs` are (seed, frames, size,
+    in-plane mm); `frames_of(q)` picks (ED, ES) from 0 (default: the simulator's)."""
+    for seed, frames, size, mm in specs:
+        q, image, label = _heart(seed, frames, size, spatial_dims)
+        label = np.select([label == 1, label == 2], [ACDC_LV, ACDC_MYO], 0).astype(np.uint8)
+        name = f"patient{seed + 1:03d}"
+        case = root / name
+        case.mkdir(parents=True)
+        affine = np.diag([mm, mm, 10.0 if spatial_dims == 2 else mm, 1.0])
+        _save_nifti(case / f"{name}_4d.nii.gz", image, affine, dt=30.0)
+        ed, es = frames_of(q) if frames_of else (q["ed_frame"], q["es_frame"])
+        (case / "Info.cfg").write_text(f"ED: {ed + 1}\nES: {es + 1}\nGroup: NOR\nHeight: 170.0\nNbFrame: {frames}\n"
+                                       f"Weight: 70.0\n")
+        for t in (ed, es):
+            _save_nifti(case / f"{name}_frame{t + 1:02d}.nii.gz", image[..., t], affine)
+            _save_nifti(case / f"{name}_frame{t + 1:02d}_gt.nii.gz", label[t], affine)
+    return root
+
+
+def write_mnms(root, specs, spatial_dims=2, csv="info.csv"):
+    """M&Ms' Training/Labeled/ layout: <code>/<code>_sa.nii.gz and <code>_sa_gt.nii.gz (labelled on ED and ES only,
+    M&Ms' values: LV 1, myocardium 2, as the simulator's), and the dataset CSV (frames from 0) beside the root."""
+    rows = ["External code,VendorName,Vendor,Centre,ED,ES"]
+    for seed, frames, size, mm in specs:
+        q, image, label = _heart(seed, frames, size, spatial_dims)
+        code = f"A{seed}B{seed}C{seed}"
+        (root / code).mkdir(parents=True)
+        ed, es = q["ed_frame"], q["es_frame"]
+        keep = np.zeros_like(label)
+        keep[[ed, es]] = label[[ed, es]]
+        affine = np.diag([mm, mm, 10.0 if spatial_dims == 2 else mm, 1.0])
+        _save_nifti(root / code / f"{code}_sa.nii.gz", image, affine)
+        _save_nifti(root / code / f"{code}_sa_gt.nii.gz", np.moveaxis(keep, 0, -1).astype(np.uint8), affine)
+        rows.append(f"{code},Siemens,A,1,{ed},{es}")
+    (root.parent / csv).write_text("\n".join(rows) + "\n")
+    return root
+
+
+# (seed, frames, size, mm): 20 px at 1.2 mm and 16 at 1.5 become 16 px at 1.5 mm; 16 at 1.2 becomes 13 (padded)
+ACDC_SPECS = ((0, 8, 20, 1.2), (1, 6, 16, 1.5), (2, 10, 16, 1.2))
+
+
+def test_acdc_layout_brings_cases_onto_one_grid_and_masks_all_but_the_labelled_frames(tmp_path):
+    root = write_acdc(tmp_path / "training", ACDC_SPECS)
+    qs = [beating_heart(seed, num_frames=f, size=s) for seed, f, s, _ in ACDC_SPECS]
+    ed_es = [(q["ed_frame"], q["es_frame"]) for q in qs]
+    assert ed_es == [(6, 2), (0, 3), (7, 2)]
+    out = load_cine_folder(str(root), layout="acdc", in_plane_mm=1.5, ef_class=ACDC_LV)
+    assert out["cases"] == ["patient001", "patient002", "patient003"]
+    assert out["image"].shape == (3, 10, 16, 16, 1) and out["label"].shape == out["mask"].shape == (3, 10, 16, 16)
+    np.testing.assert_array_equal(out["ed_es"], ed_es)
+    inside = np.zeros((3, 10))  # voxels with a reference per (case, frame): the ED and ES frames, inside the FOV
+    for i, (pixels, (ed, es)) in enumerate(zip((256, 256, 13 * 13), ed_es)):
+        inside[i, [ed, es]] = pixels
+    np.testing.assert_array_equal(out["mask"].sum(axis=(2, 3)), inside)
+    np.testing.assert_array_equal(out["mask"][2, 7, 1:14, 1:14], 1.0)  # 13 px centred in 16: rows / cols 1..13
+    # patient002 is stored at 1.5 mm and 16 px: its frames are the simulator's, z-scored, then 4 padded frames
+    q = qs[1]
+    np.testing.assert_allclose(out["image"][1, :6, :, :, 0], (q["image"][..., 0] - q["image"].mean()) /
+                               q["image"].std(), atol=1e-5)
+    assert not out["image"][1, 6:].any()
+    np.testing.assert_array_equal(out["label"][1, 0], np.select([q["label"][0] == 1, q["label"][0] == 2], [3, 2]))
+    assert not out["label"][1, 1].any()  # an unlabelled frame: 0, and masked out
+    # EF of the labels at ED and ES on the stored grids: (EDV - ESV) / EDV of the LV voxels
+    ef = [1 - (q["label"][es] == 1).sum() / (q["label"][ed] == 1).sum() for q, (ed, es) in zip(qs, ed_es)]
+    np.testing.assert_allclose(out["target"][:, 0], ef, rtol=1e-6)
+    # a common length shorter than a case keeps the window that holds its ED and ES frames
+    out = load_cine_folder(str(root), layout="acdc", in_plane_mm=1.5, num_frames=6, grid=(14, 18))
+    assert out["image"].shape == (3, 6, 14, 18, 1)
+    np.testing.assert_array_equal(out["ed_es"], [(5, 1), (0, 3), (5, 0)])  # windows from frames 1, 0 and 2
+    np.testing.assert_array_equal(out["mask"].sum(axis=(2, 3))[0], [0, 14 * 16, 0, 0, 0, 14 * 16])
+    with pytest.raises(MedjaxError, match=r"case 'patient003': its labelled frames 2..7 \(from 0\) span 6 frames, "
+                                          r"more than config.data.num_frames=5"):
+        load_cine_folder(str(root), layout="acdc", in_plane_mm=1.5, num_frames=5)
+
+
+def test_mnms_layout_reads_the_ed_es_csv_and_the_source_splits_every_array(tmp_path):
+    root = write_mnms(tmp_path / "Training" / "Labeled", ((3, 7, 16, 1.5), (4, 9, 16, 1.5), (5, 8, 16, 1.5),
+                                                          (6, 6, 16, 1.5), (7, 7, 16, 1.5)))
+    qs = {seed: beating_heart(seed, num_frames=f, size=16) for seed, f in ((3, 7), (4, 9), (5, 8), (6, 6), (7, 7))}
+    out = load_cine_folder(str(root), layout="mnms", frames_csv="../info.csv")
+    assert out["cases"] == ["A3B3C3", "A4B4C4", "A5B5C5", "A6B6C6", "A7B7C7"] and "target" not in out
+    np.testing.assert_array_equal(out["ed_es"], [(q["ed_frame"], q["es_frame"]) for q in qs.values()])
+    assert out["mask"].sum() == 5 * 2 * 256  # two labelled frames per case, no in-plane padding
+    np.testing.assert_array_equal(out["label"][1, qs[4]["es_frame"]], qs[4]["label"][qs[4]["es_frame"]])
+    cfg = ml_collections.ConfigDict(dict(name="cine_folder", root=str(root), layout="mnms", ef_class=1,
+                                         frames_csv=str(tmp_path / "Training" / "info.csv")))
+    splits = load_splits(cfg).splits
+    assert {k: len(v["image"]) for k, v in splits.items()} == {"train": 3, "val": 1, "test": 1}
+    assert set(splits["val"]) == {"image", "label", "mask", "ed_es", "target"}
+    assert splits["train"]["mask"].shape == (3, 9, 16, 16)
+
+
+def test_folder_layout_pads_shorter_cases_and_masks_the_padding(tmp_path):
+    root = _cases(tmp_path / "a", n=2, size=16)
+    q = beating_heart(1, num_frames=4, size=16)
+    _save_nifti(root / "images" / "p1.nii.gz", np.moveaxis(q["image"][..., 0], 0, -1)[:, :, None], np.eye(4))
+    _save_nifti(root / "labels" / "p1.nii.gz", np.moveaxis(q["label"], 0, -1)[:, :, None].astype(np.uint8),
+                np.eye(4))
+    out = load_cine_folder(str(root), targets_csv="none.csv")
+    assert out["image"].shape == (2, 6, 16, 16, 1) and "ed_es" not in out
+    np.testing.assert_array_equal(out["mask"].sum(axis=(2, 3)), [[256] * 6, [256] * 4 + [0, 0]])
+
+
+def test_partial_label_layouts_name_what_is_wrong(tmp_path):
+    root = write_acdc(tmp_path / "no_es", ACDC_SPECS[:1])
+    (root / "patient001" / "Info.cfg").write_text("ED: 7\nGroup: NOR\n")
+    with pytest.raises(MedjaxError, match=r"patient001/Info.cfg: no 'ES: <frame>' line"):
+        load_cine_folder(str(root), layout="acdc")
+    (root / "patient001" / "Info.cfg").write_text("ED: 7\nES: 9\n")
+    with pytest.raises(MedjaxError, match=r"Info.cfg: ES frame 9 of case 'patient001' is beyond the 8 frames of "
+                                          r".*patient001_4d.nii.gz \(frames count from 1\)"):
+        load_cine_folder(str(root), layout="acdc")
+    root = write_acdc(tmp_path / "grid", ACDC_SPECS[:1])
+    _save_nifti(root / "patient001" / "patient001_frame03_gt.nii.gz", np.zeros((20, 19, 1), np.uint8),
+                np.diag([1.2, 1.2, 10.0, 1.0]))
+    with pytest.raises(MedjaxError, match=r"image .*patient001_4d.nii.gz has shape \(20, 20, 1\) but label "
+                                          r".*patient001_frame03_gt.nii.gz has \(20, 19, 1\)"):
+        load_cine_folder(str(root), layout="acdc")
+    _save_nifti(root / "patient001" / "patient001_frame03_gt.nii.gz", np.zeros((20, 20, 1), np.uint8),
+                np.diag([1.3, 1.2, 10.0, 1.0]))
+    with pytest.raises(MedjaxError, match=r"image .*patient001_4d.nii.gz and label .*patient001_frame03_gt.nii.gz "
+                                          r"are on different grids"):
+        load_cine_folder(str(root), layout="acdc")
+    root = write_mnms(tmp_path / "m" / "Labeled", ((3, 7, 16, 1.5),))
+    _save_nifti(root / "A3B3C3" / "A3B3C3_sa_gt.nii.gz", np.zeros((16, 16, 1, 7), np.uint8),
+                np.diag([1.5, 1.5, 10, 1]))
+    with pytest.raises(MedjaxError, match=r"A3B3C3_sa_gt.nii.gz: case 'A3B3C3' has no labelled frame: its ED and ES "
+                                          r"frames \[2, 5\] \(from 0\) hold background only"):
+        load_cine_folder(str(root), layout="mnms", frames_csv="../info.csv")
+    (tmp_path / "m" / "info.csv").write_text("External code,ED,ES\nZZZ,0,3\n")
+    with pytest.raises(MedjaxError, match=r"info.csv: no ED/ES row for case 'A3B3C3'"):
+        load_cine_folder(str(root), layout="mnms", frames_csv="../info.csv")
+    with pytest.raises(MedjaxError, match="frames_csv must name the CSV of each case's ED and ES frames"):
+        load_cine_folder(str(root), layout="mnms")
+    with pytest.raises(MedjaxError, match=r"config.data.layout='ukbb' is not one of \['folder', 'acdc', 'mnms'\]"):
+        load_cine_folder(str(root), layout="ukbb")

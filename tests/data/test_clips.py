@@ -35,6 +35,14 @@ def test_clips_cut_every_per_frame_array_and_keep_per_sequence_ones():
     assert clip["target"] is example["target"]
 
 
+def test_a_clip_carries_the_mask_of_its_frames_and_drops_the_sequences_ed_es_frames():
+    example = {**_example(), "mask": np.zeros((10, 2, 2), np.float32), "ed_es": np.array([2, 7], np.int32)}
+    example["mask"][[2, 7]] = 1.0  # labelled on ED and ES only
+    clip = take_clip(example, 1, 4, 2)  # frames 1, 3, 5, 7
+    np.testing.assert_array_equal(clip["mask"][:, 0, 0], [0, 0, 0, 1])
+    assert set(clip) == {"image", "label", "mask", "target"}
+
+
 def test_clip_starts_tile_the_sequence_and_end_at_the_last_frame():
     assert clip_starts(10, 4, 1) == [0, 4, 6]  # the last clip moved back to end at frame 9
     assert clip_starts(10, 3, 2) == [0, 5]  # span 5

@@ -79,3 +79,60 @@ def test_segmentation_task_reports_per_frame_metrics_and_pools_frames_for_dice()
         _seg_task(ef_class=1)
     with pytest.raises(MedjaxError, match=r"ef_class=3 must name a foreground class \(1..2\)"):
         _seg_task(per_frame=True, ef_class=3)  # named when the task is built, not after training
+
+
+def test_ef_at_named_ed_and_es_frames():
+    volumes = np.array([[100, 80, 40, 60.0], [40, 80, 100, 60.0]])
+    np.testing.assert_allclose(ejection_fraction(volumes, ed_es=np.array([[0, 2], [0, 2]])), [0.6, 1 - 100 / 40])
+    np.testing.assert_allclose(ejection_fraction(volumes, ed_es=np.array([[1, 3], [2, 0]])), [0.25, 0.6])
+    assert np.isnan(ejection_fraction(np.zeros((1, 3)), ed_es=np.array([[0, 1]])))[0]
+    with pytest.raises(MedjaxError, match=r"ED/ES frames must be \(N, 2\) = \(2, 2\) indices below T = 4"):
+        ejection_fraction(volumes, ed_es=np.array([[0, 4], [0, 1]]))
+
+
+class _Logits:
+    """A stand-in model whose logits are its input (one-hot predictions), so eval_outputs and loss see known maps."""
+
+    def apply(self, variables, x, train=False, mutable=None):
+        return (x, {"batch_stats": {}}) if mutable else x
+
+
+def _labelled_frames_toy():
+    """One 3-frame sequence of 2x3 maps: frames 0 (ED) and 2 (ES) labelled, frame 1 not (label 0, mask 0); the
+    prediction fills frame 1 with LV, which must count nowhere."""
+    label = np.array([[[1, 1, 0], [1, 2, 0]], [[0, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 2, 2]]])
+    pred = np.array([[[1, 1, 0], [0, 2, 0]], [[1, 1, 1], [1, 1, 1]], [[1, 0, 0], [0, 2, 0]]])
+    mask = np.ones((3, 2, 3), np.float32)
+    mask[1] = 0
+    logits = np.eye(3, dtype=np.float32)[pred] * 4.0
+    return {"image": logits[None], "label": label[None].astype(np.int32), "mask": mask[None],
+            "ed_es": np.array([[0, 2]], np.int32), "weight": np.ones(1, np.float32)}
+
+
+def test_dice_per_frame_and_ef_count_only_the_labelled_frames_by_hand():
+    batch = _labelled_frames_toy()
+    task = _seg_task(per_frame=True, ef_class=1)
+    task.model = _Logits()
+    out = task.summarize({k: np.asarray(v) for k, v in task.eval_outputs({}, {}, batch).items()})
+    # LV: frame 0 I=2 P=2 R=3, frame 2 I=1 P=1 R=1; myocardium: frame 0 I=1 P=1 R=1, frame 2 I=1 P=1 R=2
+    assert out["dice/lv"] == pytest.approx(2 * 3 / (3 + 4)) and out["dice/myo"] == pytest.approx(2 * 2 / (2 + 3))
+    assert out["frame_dice/lv"] == pytest.approx((4 / 5 + 1) / 2)
+    assert out["frame_dice/myo"] == pytest.approx((1 + 2 / 3) / 2)
+    assert out["frame_dice_mean"] == pytest.approx(((4 / 5 + 1) / 2 + (1 + 2 / 3) / 2) / 2)
+    # EF at ED (frame 0) and ES (frame 2): reference 1 - 1/3, prediction 1 - 1/2
+    assert out["ef_mae"] == pytest.approx(1 / 6) and out["ef_rmse"] == pytest.approx(1 / 6)
+    assert np.isnan(out["temporal_dice_change"])  # no two consecutive frames are both labelled
+    unmasked = task.summarize({k: np.asarray(v) for k, v in task.eval_outputs(
+        {}, {}, {k: v for k, v in batch.items() if k != "mask"}).items()})
+    assert unmasked["dice/lv"] == pytest.approx(2 * 3 / (9 + 4))  # without the mask frame 1's 6 LV pixels count
+
+
+def test_the_loss_of_a_partly_labelled_sequence_is_the_loss_of_its_labelled_frames():
+    batch = _labelled_frames_toy()
+    task = _seg_task()
+    task.model = _Logits()
+    masked, _ = task.loss({}, {}, batch, None)
+    labelled = {"image": batch["image"][:, [0, 2]], "label": batch["label"][:, [0, 2]], "weight": batch["weight"]}
+    assert float(masked) == pytest.approx(float(task.loss({}, {}, labelled, None)[0]), rel=1e-6)
+    unmasked = {k: v for k, v in batch.items() if k != "mask"}
+    assert abs(float(task.loss({}, {}, unmasked, None)[0]) - float(masked)) > 0.1
