@@ -45,6 +45,18 @@ def first_mismatch(stored: dict, current: dict) -> tuple[str, Any, Any] | None:
     return None
 
 
+def _with_new_defaults(stored: dict) -> dict:
+    """`stored` completed by the schema: a key added to medjax after the run was written counts at its default
+    (a run trained before `task.surface_metrics` existed resumes as if it had the default), not as a difference.
+    A stored config the schema no longer accepts is compared as it is."""
+    from medjax import schema
+
+    try:
+        return _plain(schema.complete(ml_collections.ConfigDict(stored)))
+    except (MedjaxError, TypeError, ValueError, KeyError):
+        return stored
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Before resuming `workdir`: its stored config must agree with `config` on every run-defining key, unless
     `config.resume_mismatch_ok`. A workdir without config.json (written by an older medjax) is not checked."""
@@ -56,7 +68,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
             stored = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise MedjaxError(f"{path}: cannot read the stored config of the run to resume ({e})") from e
-    mismatch = first_mismatch(stored, _plain(config))
+    mismatch = first_mismatch(_with_new_defaults(stored), _plain(config))
     if mismatch is not None:
         key, before, now = mismatch
         raise MedjaxError(

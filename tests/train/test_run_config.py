@@ -45,6 +45,24 @@ def test_resume_with_another_model_is_refused_naming_the_key(repo, tmp_path):
     assert (stored["task"]["loss"], stored["num_train_steps"]) == ("ce", 6)
 
 
+def test_a_key_added_since_the_run_counts_at_its_default(repo, tmp_path):
+    """A config.json written before a schema key existed resumes; a key set away from its default does not."""
+    loop.train(synthetic_config(repo, "segmentation", *STEPS), str(tmp_path))
+    stored = json.loads((tmp_path / "config.json").read_text())
+    num_eval = stored["data"].pop("num_eval")  # required: it has no default to count at
+    del stored["task"]["surface_metrics"]  # as a medjax older than that key wrote it
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(MedjaxError, match=rf"config\.data\.num_eval is {num_eval} but the run .* trained with "
+                                          r"'<absent>'"):
+        loop.train(synthetic_config(repo, "segmentation", *STEPS, "--config.num_train_steps=4"), str(tmp_path))
+    stored["data"]["num_eval"] = num_eval
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    loop.train(synthetic_config(repo, "segmentation", *STEPS, "--config.num_train_steps=4"), str(tmp_path))
+    with pytest.raises(MedjaxError, match=r"config\.task\.surface_metrics is False but the run .* trained with True"):
+        loop.train(synthetic_config(repo, "segmentation", *STEPS, "--config.num_train_steps=6",
+                                    "--config.task.surface_metrics=False"), str(tmp_path))
+
+
 def test_first_mismatch_is_the_first_run_defining_key():
     stored = {"model": {"a": 1, "b": [1, 2]}, "data": {"root": "x"}, "num_train_steps": 5, "optimizer": {"lr": 1}}
     assert run_config.first_mismatch(stored, dict(stored, num_train_steps=9, optimizer={"lr": 2})) is None
