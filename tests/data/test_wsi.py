@@ -97,8 +97,8 @@ def test_resolution_picks_the_level_and_resizes_when_it_must(slide, slide_file):
     levels = slide_file[1]
     at10 = wsi.tile_grid(slide, 32, mpp=1.0)  # 10x: level 2 exactly, 128 level-0 px per tile
     assert (at10.level, at10.read_size, at10.footprint, at10.grid_shape) == (2, 32, 128.0, (4, 6))
-    x, y = at10.coords[0]
-    np.testing.assert_array_equal(wsi.read_tiles(slide, at10, [0])[0], levels[2][y // 4:y // 4 + 32, x // 4:x // 4 + 32])
+    x, y = at10.coords[0] // 4
+    np.testing.assert_array_equal(wsi.read_tiles(slide, at10, [0])[0], levels[2][y:y + 32, x:x + 32])
     odd = wsi.tile_grid(slide, 32, mpp=0.6)  # 2.4 level-0 px per tile pixel: level 1 (2x), 38 px resized to 32
     assert (odd.level, odd.read_size, odd.footprint) == (1, 38, pytest.approx(76.8))
     assert wsi.read_tiles(slide, odd, [0]).shape == (1, 32, 32, 3)

@@ -63,3 +63,31 @@ def write_slide(path, base: np.ndarray, mpp: float | None = MPP, levels: int = 4
 def tissue_cells(blocks=TISSUE_BLOCKS) -> list[tuple[int, int]]:
     """(row, col) of the tissue tiles at 64 level-0 pixels per tile, row-major."""
     return sorted((r, c) for r0, r1, c0, c1 in blocks for r in range(r0, r1) for c in range(c0, c1))
+
+
+SMALL_BLOCKS = ((1, 4, 2, 6),)  # 12 tiles at 20x / 32 px
+
+
+def tumour(base: np.ndarray) -> np.ndarray:
+    """A 'tumour' slide: its first tissue block with the colour channels reversed (a different stain look)."""
+    out = base.copy()
+    region = out[64:256, 128:384]
+    out[64:256, 128:384] = region[..., ::-1]
+    return out
+
+
+def write_dataset(root, splits=("train", "train", "val", "val"), blocks=None) -> list[str]:
+    """`root/slides/s{i}.tif` (even i normal, odd i tumour; `blocks[i]` overrides a slide's tissue blocks) and
+    `root/labels.csv` (slide,label,split); returns the CSV lines."""
+    import pathlib
+
+    root = pathlib.Path(root)
+    (root / "slides").mkdir(parents=True, exist_ok=True)
+    lines = ["slide,label,split"]
+    for i, split in enumerate(splits):
+        base = level0(i, blocks=(blocks or {}).get(i, TISSUE_BLOCKS))
+        label = "tumor" if i % 2 else "normal"
+        write_slide(root / "slides" / f"s{i}.tif", tumour(base) if i % 2 else base)
+        lines.append(f"s{i},{label},{split}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return lines
