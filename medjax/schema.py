@@ -232,6 +232,10 @@ DATA: dict[str, Spec] = {
                    "tissue_min_size": Key(1.0, "tissue specks smaller than this many tiles' area are dropped"),
                    "max_tiles": Key(0, "tiles per bag, evenly spaced in grid order when a slide has more; 0 = all"),
                    "cache_tiles": Key(False, "read the tiles once into the array_record cache (data.cache_dir)"),
+                   "stain_normalize": Key("", "'' | macenko | reinhard: normalise every tile's stain colour on the "
+                                              "host"),
+                   "stain_reference": Key("", "RGB image under root giving the target stains; '' = Macenko's "
+                                              "published reference (reinhard needs one)"),
                    **_CLASSES, **_SPLIT},
     "npz": {"root": Key(REQUIRED, "folder with train.npz, val.npz, test.npz"),
             "class_names": Key((), "class names")},

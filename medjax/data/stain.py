@@ -119,11 +119,17 @@ def macenko_normalize(rgb: np.ndarray, reference: StainEstimate | None = None, *
 # -------------------------------------------------------------------------------------------------- Reinhard
 
 
+def _skimage_color():
+    try:
+        from skimage import color
+    except ImportError as e:
+        raise MedjaxError("Reinhard normalisation needs scikit-image: pip install 'medjax[pathology]'") from e
+    return color
+
+
 def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of each CIELAB channel over all pixels of `rgb` (..., 3): a Reinhard target."""
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(_rgb(rgb, "lab_stats")).reshape(-1, 3)
+    lab = _skimage_color().rgb2lab(_rgb(rgb, "lab_stats")).reshape(-1, 3)
     return lab.mean(axis=0), lab.std(axis=0)
 
 
@@ -141,9 +147,43 @@ def reinhard_normalize(rgb: np.ndarray, target_mean: np.ndarray, target_std: np.
     [0, 1] (colours the scaling pushes outside the sRGB gamut are clipped)."""
     import warnings
 
-    from skimage.color import lab2rgb, rgb2lab
-
-    lab = reinhard_lab(rgb2lab(_rgb(rgb, "reinhard_normalize")), target_mean, target_std)
+    color = _skimage_color()
+    lab = reinhard_lab(color.rgb2lab(_rgb(rgb, "reinhard_normalize")), target_mean, target_std)
     with warnings.catch_warnings():  # lab2rgb warns when it clips out-of-gamut colours, which is the intent here
         warnings.simplefilter("ignore", UserWarning)
-        return lab2rgb(lab)
+        return color.lab2rgb(lab)
+
+
+# ------------------------------------------------------------------------------------------------ per tile
+
+NORMALIZERS = ("macenko", "reinhard")
+
+
+def make_normalizer(method: str, reference: np.ndarray | None = None):
+    """`normalize(tiles uint8 (N, H, W, 3)) -> float32 (N, H, W, 3) in [0, 1]`, each tile by itself: "macenko"
+    to `reference`'s stains (default: the published reference) or "reinhard" to `reference`'s LAB statistics (a
+    reference image is required). A tile without 2 stained pixels has no stain to move and comes back as it is."""
+    if method not in NORMALIZERS:
+        raise MedjaxError(f"unknown stain normalisation {method!r} (config.data.stain_normalize); known: "
+                          f"{list(NORMALIZERS)} or '' for none")
+    if method == "reinhard":
+        if reference is None:
+            raise MedjaxError("config.data.stain_normalize='reinhard' needs a reference image whose LAB statistics "
+                              "the tiles take: set config.data.stain_reference")
+        mean, std = lab_stats(reference)
+
+        def one(tile: np.ndarray) -> np.ndarray:
+            return reinhard_normalize(tile, mean, std)
+    else:
+        target = None if reference is None else macenko_stains(reference)
+
+        def one(tile: np.ndarray) -> np.ndarray:
+            try:
+                return macenko_normalize(tile, target)
+            except MedjaxError:  # a blank tile: nothing stained to normalise
+                return np.asarray(tile, np.float64) / 255.0
+
+    def normalize(tiles: np.ndarray) -> np.ndarray:
+        return np.stack([one(t) for t in np.asarray(tiles)]).astype(np.float32).reshape(np.shape(tiles))
+
+    return normalize

@@ -164,7 +164,10 @@ def read_level_for(slide: Slide, mpp: float | None) -> tuple[int, float]:
 
 def otsu_threshold(values: np.ndarray) -> float:
     """Otsu's threshold of `values` (scikit-image's `threshold_otsu`, 256 bins)."""
-    from skimage.filters import threshold_otsu
+    try:
+        from skimage.filters import threshold_otsu
+    except ImportError as e:
+        raise MedjaxError(f"tissue detection needs scikit-image: {EXTRA}") from e
 
     return float(threshold_otsu(np.asarray(values)))
 

@@ -13,7 +13,9 @@ settings), computed once when the source loads. A bag is every tile of its slide
 spaced in grid order; bags of a split are padded to its longest with `instance_mask` 0. Tiles are read from the
 slides when a batch needs them (one reader per thread), or, with `cache_tiles`, from an array_record cache built
 once (`medjax.data.cache`; its fingerprint covers the slide files and every tiling setting, never the labels).
-Training samples `config.data.bag_size` tiles per bag per step (`medjax.data.bags`).
+With `stain_normalize` ("macenko" or "reinhard", to the image `stain_reference`) every tile read is normalised on
+the host (`medjax.data.stain`; the cache keeps the raw tiles). Training samples `config.data.bag_size` tiles per
+bag per step (`medjax.data.bags`).
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ class SlideEntry:
 
 class TileStore:
     """The tiles of every slide: read from the slide files (one open slide per thread and slide, as the readers
-    are not thread-safe) or from the array_record cache (`cached`, all slides' tiles in order)."""
+    are not thread-safe) or from the array_record cache (`cached`, all slides' tiles in order); `normalize`
+    (`medjax.data.stain.make_normalizer`) turns uint8 tiles into stain-normalised floats."""
 
-    def __init__(self, entries: Sequence[SlideEntry], reader: str, slide_mpp: float | None, cached: Any = None):
+    def __init__(self, entries: Sequence[SlideEntry], reader: str, slide_mpp: float | None, cached: Any = None,
+                 normalize: Any = None):
         self.entries, self.reader, self.slide_mpp, self.cached = list(entries), reader, slide_mpp, cached
+        self.normalize = normalize or wsi.tiles_to_float
         self.offsets = np.cumsum([0] + [len(e.grid) for e in self.entries])
         self._local = threading.local()
 
@@ -73,8 +78,8 @@ class TileStore:
 
 
 class LazyTiles:
-    """One bag's tiles, read only when indexed (`bag[idx]`) or converted (`np.asarray(bag)`): float32 in [0, 1],
-    (T, s, s, 3); padding positions (grid index -1) are zeros."""
+    """One bag's tiles, read only when indexed (`bag[idx]`) or converted (`np.asarray(bag)`): float32 in [0, 1]
+    (stain-normalised if the store says so), (T, s, s, 3); padding positions (grid index -1) are zeros."""
 
     def __init__(self, store: TileStore, slide: int, tiles: np.ndarray):
         self.store, self.slide, self.tiles = store, slide, np.asarray(tiles, np.int64)
@@ -91,7 +96,7 @@ class LazyTiles:
         out = np.zeros((len(flat), *self.shape[1:]), np.float32)
         real = flat >= 0
         if real.any():
-            out[real] = wsi.tiles_to_float(self.store.read(self.slide, flat[real]))
+            out[real] = self.store.normalize(self.store.read(self.slide, flat[real]))
         return out.reshape(np.shape(tiles) + self.shape[1:])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -221,6 +226,28 @@ def _tile_cache(entries: list[SlideEntry], cfg: ml_collections.ConfigDict) -> An
                          cache_dir=cfg.cache_dir or None)["tiles"]
 
 
+def _normalizer(cfg: ml_collections.ConfigDict) -> Any:
+    """`data.stain_normalize` with `data.stain_reference` (an RGB image under root), or None."""
+    if not cfg.stain_normalize:
+        if cfg.stain_reference:
+            raise MedjaxError("config.data.stain_reference is set but config.data.stain_normalize is not: set both")
+        return None
+    from medjax.data.stain import make_normalizer
+
+    reference = None
+    if cfg.stain_reference:
+        from PIL import Image
+
+        path = os.path.join(cfg.root, cfg.stain_reference)
+        try:
+            with Image.open(path) as img:
+                reference = np.asarray(img.convert("RGB"))
+        except OSError as e:
+            raise MedjaxError(f"{path}: cannot read the stain reference image (config.data.stain_reference): "
+                              f"{e}") from e
+    return make_normalizer(cfg.stain_normalize, reference)
+
+
 def load_wsi_folder(cfg: ml_collections.ConfigDict) -> tuple[dict[str, BagSource], list[str]]:
     """({split: BagSource}, class names) of a completed `config.data` (see the module docstring)."""
     if not cfg.root:
@@ -236,7 +263,7 @@ def load_wsi_folder(cfg: ml_collections.ConfigDict) -> tuple[dict[str, BagSource
         path = _slide_path(folder, row["slide"].strip(), csv_path)
         entries.append(SlideEntry(row["slide"].strip(), path, label, split, _grid(path, cfg)))
     cached = _tile_cache(entries, cfg) if cfg.cache_tiles else None
-    store = TileStore(entries, cfg.reader, cfg.slide_mpp or None, cached)
+    store = TileStore(entries, cfg.reader, cfg.slide_mpp or None, cached, _normalizer(cfg))
     out = {}
     for split in SPLITS:
         members = [i for i, e in enumerate(entries) if e.split == split]

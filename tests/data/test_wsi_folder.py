@@ -26,9 +26,10 @@ def _data(root, **kw):
     return ml_collections.ConfigDict(dict(name="wsi_folder", root=str(root), tile_size=32, magnification=20.0, **kw))
 
 
-def _slide_tiles(root, name, indices):
+def _slide_tiles(root, name, indices, raw=False):
     with wsi.open_slide(str(root / "slides" / name)) as s:
-        return wsi.tiles_to_float(wsi.read_tiles(s, wsi.tile_grid(s, 32, magnification=20), indices))
+        tiles = wsi.read_tiles(s, wsi.tile_grid(s, 32, magnification=20), indices)
+    return tiles if raw else wsi.tiles_to_float(tiles)
 
 
 def test_bags_hold_every_tissue_tile_padded_to_the_longest_of_the_split(root):
@@ -93,6 +94,29 @@ def test_cached_tiles_are_the_slides_tiles(root, tmp_path):
     (built,) = list((tmp_path / "wsi_tiles").iterdir())
     load_splits(_data(root, cache_tiles=True, cache_dir=str(tmp_path)))  # the same settings reuse the cache
     assert list((tmp_path / "wsi_tiles").iterdir()) == [built]
+
+
+def test_stain_normalisation_applies_to_every_tile_read(root, tmp_path):
+    from PIL import Image
+
+    from medjax.data import stain
+
+    reference = W.ihc()[:128, 256:384]
+    Image.fromarray(reference).save(tmp_path / "reference.png")
+    raw = _slide_tiles(root, "s2.tif", [0, 7], raw=True)
+    for method, expected in (
+            ("macenko", [stain.macenko_normalize(t, stain.macenko_stains(reference)) for t in raw]),
+            ("reinhard", [stain.reinhard_normalize(t, *stain.lab_stats(reference)) for t in raw])):
+        val = load_splits(_data(root, stain_normalize=method, stain_reference=str(tmp_path / "reference.png")))
+        np.testing.assert_allclose(val.splits["val"][0]["image"][[0, 7]], np.stack(expected), rtol=0, atol=1e-6)
+    blank = np.full((1, 8, 8, 3), 250, np.uint8)  # nothing stained: passed through
+    np.testing.assert_array_equal(stain.make_normalizer("macenko")(blank), blank / np.float32(255))
+    with pytest.raises(MedjaxError, match=r"stain_normalize='reinhard' needs a reference image"):
+        load_splits(_data(root, stain_normalize="reinhard"))
+    with pytest.raises(MedjaxError, match=r"stain_reference is set but config\.data\.stain_normalize is not"):
+        load_splits(_data(root, stain_reference="reference.png"))
+    with pytest.raises(MedjaxError, match=r"unknown stain normalisation 'vahadane'"):
+        load_splits(_data(root, stain_normalize="vahadane"))
 
 
 def test_without_a_split_column_slides_are_split_by_case_split(tmp_path, root):
