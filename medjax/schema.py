@@ -230,7 +230,8 @@ DATA: dict[str, Spec] = {
                    "tissue_level": Key(-1, "pyramid level of the tissue mask; -1 = the coarsest showing a tile as "
                                            ">= 8 x 8 pixels"),
                    "tissue_min_size": Key(1.0, "tissue specks smaller than this many tiles' area are dropped"),
-                   "max_tiles": Key(0, "tiles per bag, evenly spaced in grid order when a slide has more; 0 = all"),
+                   "max_tiles": Key(0, "tiles per bag, evenly spaced in grid order when a slide has more (training "
+                                       "with bag_size draws from all); 0 = all"),
                    "cache_tiles": Key(False, "read the tiles once into the array_record cache (data.cache_dir)"),
                    "stain_normalize": Key("", "'' | macenko | reinhard: normalise every tile's stain colour on the "
                                               "host"),

@@ -10,7 +10,8 @@ indices), else integer labels name class0, class1, ... and text labels are sorte
 
 Each slide's tissue tiles come from `medjax.data.wsi.tile_grid` (tile size, resolution, overlap, tissue
 settings), computed once when the source loads. A bag is every tile of its slide, or `max_tiles` of them evenly
-spaced in grid order; bags of a split are padded to its longest with `instance_mask` 0. Tiles are read from the
+spaced in grid order (not in training with `bag_size`, which draws from every tile); bags of a split are padded
+to its longest with `instance_mask` 0. Tiles are read from the
 slides when a batch needs them (one reader per thread), or, with `cache_tiles`, from an array_record cache built
 once (`medjax.data.cache`; its fingerprint covers the slide files and every tiling setting, never the labels).
 With `stain_normalize` ("macenko" or "reinhard", to the image `stain_reference`) every tile read is normalised on
@@ -267,9 +268,10 @@ def load_wsi_folder(cfg: ml_collections.ConfigDict) -> tuple[dict[str, BagSource
     out = {}
     for split in SPLITS:
         members = [i for i, e in enumerate(entries) if e.split == split]
+        cap = 0 if split == "train" and cfg.bag_size else cfg.max_tiles  # training draws from every tile
         if members:
-            longest = max(min(len(entries[i].grid), cfg.max_tiles or len(entries[i].grid)) for i in members)
-            out[split] = BagSource(store, members, longest, cfg.max_tiles)
+            longest = max(min(len(entries[i].grid), cap or len(entries[i].grid)) for i in members)
+            out[split] = BagSource(store, members, longest, cap)
     if "train" not in out:
         raise MedjaxError(f"{csv_path}: no slide is in the train split")
     return out, class_names

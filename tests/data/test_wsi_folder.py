@@ -56,6 +56,9 @@ def test_max_tiles_keeps_evenly_spaced_tiles(root):
     np.testing.assert_array_equal(val.bag_tiles(0), [0, 4, 8, 13, 17])  # round(linspace(0, 17, 5))
     np.testing.assert_array_equal(val.bag_tiles(1), [0, 3, 6, 8, 11])  # round(linspace(0, 11, 5))
     np.testing.assert_array_equal(np.asarray(val[0]["image"]), _slide_tiles(root, "s2.tif", [0, 4, 8, 13, 17]))
+    sampled = load_splits(_data(root, max_tiles=5, bag_size=4)).splits  # training draws from every tile
+    np.testing.assert_array_equal(sampled["train"].bag_tiles(0), np.arange(18))
+    np.testing.assert_array_equal(sampled["val"].bag_tiles(0), [0, 4, 8, 13, 17])
 
 
 def test_training_draws_bag_size_tiles_per_slide_from_seed_and_position(root):
