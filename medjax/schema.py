@@ -149,6 +149,10 @@ TASKS: dict[str, Spec] = {
         "nsd_tolerance_mm": Key(1.0, "normalised surface Dice tolerance (mm; pixels without a spacing): one "
                                      "number or one per foreground class"),
     },
+    "mil": {
+        "name": Key(REQUIRED, "mil: one label per bag of instances (slides as bags of tiles), attention pooling"),
+        "num_classes": _NUM_CLASSES,
+    },
     "regression": {
         "name": Key(REQUIRED, "regression"),
         "num_outputs": Key(1, "regression outputs per example"),
@@ -169,6 +173,8 @@ DATA_COMMON: Spec = {
     "clip_stride": Key(1, "sequences: frame step inside a clip"),
     "patch_size": Key((), "train on random patches of this size; () = whole images"),
     "fg_ratio": Key(0.33, "share of patches centred on foreground"),
+    "bag_size": Key(0, "bags (image (K, ...) + instance_mask): train on this many instances drawn per bag per step; "
+                       "0 = whole bags"),
 }
 
 _ROOT = Key("", "the dataset folder")
@@ -251,6 +257,30 @@ DATA: dict[str, Spec] = {
                     "num_frames": Key(0, "frames per case: cut (keeping the labelled ones) or padded at the end "
                                          "(masked); 0 = the longest"),
                     **_HDF5, **_CLASSES, **_SPLIT, **_SPLIT_ROOTS},
+    "wsi_folder": {"root": _ROOT,
+                   "slides_dir": Key("slides", "the slides' folder under root (the CSV's slide paths are relative "
+                                               "to it)"),
+                   "labels_csv": Key("labels.csv", "CSV under root, with a header: slide,label[,split]"),
+                   "reader": Key("tiffslide", "tiffslide | openslide"),
+                   "tile_size": Key(256, "tile side in pixels"),
+                   "mpp": Key(0.0, "microns per tile pixel; 0 = from magnification"),
+                   "magnification": Key(0.0, "tile magnification M (10 / M µm per pixel); mpp and magnification "
+                                             "0 = level-0 pixels"),
+                   "slide_mpp": Key(0.0, "µm per level-0 pixel for slides whose metadata lack it; 0 = metadata"),
+                   "overlap": Key(0, "pixels shared by neighbouring tiles"),
+                   "min_tissue": Key(0.5, "keep the tiles whose tissue fraction is at least this"),
+                   "tissue_channel": Key("saturation", "saturation | grey: the value Otsu's threshold splits"),
+                   "tissue_level": Key(-1, "pyramid level of the tissue mask; -1 = the coarsest showing a tile as "
+                                           ">= 8 x 8 pixels"),
+                   "tissue_min_size": Key(1.0, "tissue specks smaller than this many tiles' area are dropped"),
+                   "max_tiles": Key(0, "tiles per bag, evenly spaced in grid order when a slide has more (training "
+                                       "with bag_size draws from all); 0 = all"),
+                   "cache_tiles": Key(False, "read the tiles once into the array_record cache (data.cache_dir)"),
+                   "stain_normalize": Key("", "'' | macenko | reinhard: normalise every tile's stain colour on the "
+                                              "host"),
+                   "stain_reference": Key("", "RGB image under root giving the target stains; '' = Macenko's "
+                                              "published reference (reinhard needs one)"),
+                   **_CLASSES, **_SPLIT},
     "npz": {"root": Key(REQUIRED, "folder with train.npz, val.npz, test.npz"),
             "class_names": Key((), "class names")},
     "icbm152": {"root": Key("", "folder with the ICBM 152 files; '' = the templateflow package copy"),
@@ -386,7 +416,7 @@ def table(section: str | None = None) -> list[tuple[str, Any, str]]:
     'data.msd') or for everything."""
     groups: dict[str, Spec] = {"": TOP_LEVEL, **{k: v for k, v in SECTIONS.items() if k not in
                                                  ("g_optimizer", "d_optimizer")}}
-    groups.update({f"task.{k}": v for k, v in TASKS.items() if k in ("classification", "segmentation",
+    groups.update({f"task.{k}": v for k, v in TASKS.items() if k in ("classification", "segmentation", "mil",
                                                                       "regression", "gan")})
     groups["data"] = DATA_COMMON
     groups.update({f"data.{k}": v for k, v in DATA.items()})
@@ -445,7 +475,8 @@ def markdown() -> str:
              "fields (see the API reference); `augment` takes the transforms of `medjax.data.augment`.", ""]
     titled = [("top level", table("")), *[(k, table(k)) for k in SECTIONS
                                                        if k not in ("g_optimizer", "d_optimizer")],
-              *[(f"task.{k}", table(f"task.{k}")) for k in ("classification", "segmentation", "regression", "gan")],
+              *[(f"task.{k}", table(f"task.{k}")) for k in ("classification", "segmentation", "mil", "regression",
+                                                             "gan")],
               ("data (every source)", table("data")),
               *[(f"data.{k}", table(f"data.{k}")) for k in DATA]]
     for title, rows in titled:

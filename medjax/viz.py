@@ -225,3 +225,28 @@ def save_image_grid_png(path: str, rows: Sequence[np.ndarray], row_titles: Seque
             axes[i, 0].set_title(row_titles[i], fontsize=8, loc="left")
     fig.tight_layout()
     _save_atomic(fig, path, dpi)
+
+
+def save_heatmap_png(path: str, thumbnail: np.ndarray, heat: np.ndarray, extent: tuple[float, float, float, float],
+                     title: str = "", value_range: tuple[float, float] | None = None, label: str = "",
+                     alpha: float = 0.5, dpi: int = 100) -> None:
+    """A slide thumbnail (H, W, 3) beside the same thumbnail under a heat map (rows, cols) of per-tile values
+    (NaN: no tile, left clear). `extent` (left, right, bottom, top) places the heat map's outer edges in
+    thumbnail pixels (matplotlib's imshow extent); `value_range` fixes the colour scale (default: the values'
+    own min and max); `label` names the colour bar."""
+    thumb = np.asarray(thumbnail)
+    heat = np.ma.masked_invalid(np.asarray(heat, np.float64))
+    lo, hi = value_range if value_range is not None else (float(heat.min()), float(heat.max()))
+    aspect = thumb.shape[0] / max(thumb.shape[1], 1)
+    fig, axes = _figure((8.0, 4.0 * aspect + 0.6), 1, 2)
+    for ax in axes[0]:
+        ax.imshow(thumb, interpolation="nearest")
+        ax.set_axis_off()
+    shown = axes[0, 1].imshow(heat, cmap="jet", vmin=lo, vmax=hi if hi > lo else lo + 1e-12, alpha=alpha,
+                              extent=extent, interpolation="nearest")
+    axes[0, 1].set_xlim(0, thumb.shape[1])
+    axes[0, 1].set_ylim(thumb.shape[0], 0)
+    fig.colorbar(shown, ax=axes[0, 1], fraction=0.046, pad=0.02, label=label)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save_atomic(fig, path, dpi)

@@ -385,3 +385,16 @@ def test_cine_report_tiny_pairs_baselines_with_their_convlstm(tmp_path):
         assert lo <= mean <= hi
         assert rows[1]["vs"][key][0] == pytest.approx(mean - rows[0][key][0])  # paired difference of the means
     assert "| − its ConvLSTM (paired) |" in (out / "results.md").read_text()
+
+
+def test_wsi_tile_reading_report(tmp_path):
+    from experiments import wsi_tiles
+
+    result = wsi_tiles.main(["--out", str(tmp_path), "--slides", "1", "--size", "2048", "--tiles", "8"])
+    assert sorted(result["tiles_per_s"]) == ["array_record cache, 20x", "openslide, 0.6 µm/px (resized)",
+                                             "openslide, 20x", "tiffslide, 0.6 µm/px (resized)", "tiffslide, 20x"]
+    assert json.loads((tmp_path / "results.json").read_text()) == result
+    # 2048 px at 0.25 µm/px with ihc.png over the left half: 4 x 4 tiles of 448 level-0 px at 20x, 2 columns tissue
+    data = wsi_tiles.load_splits(wsi_tiles.ml_collections.ConfigDict(dict(
+        name="wsi_folder", root=str(tmp_path / "data"), tile_size=224, magnification=20.0, val_fraction=0.0)))
+    assert [len(e.grid) for e in data.splits["train"].entries] == [8]

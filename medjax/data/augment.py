@@ -45,6 +45,17 @@ Config (every sub-config and every field is optional; unknown names raise `Medja
                         exp(f), f a random polynomial in coordinates scaled to [-1, 1] (no constant term),
                         normalised so that max |f| over the image equals a magnitude drawn per example; one
                         field per example, shared by its channels
+    hed                 p=0.5  scale=(0.95, 1.05)  shift=(-0.05, 0.05): stain jitter of RGB pathology images in
+                        [0, 1] (Tellez et al. 2018): colour deconvolution into haematoxylin, eosin and DAB
+                        densities (scikit-image's rgb2hed matrix and scaling), each density d -> d * a + b with a
+                        from `scale` and b from `shift` drawn per stain, back to RGB (hed2rgb, clipped to [0, 1]);
+                        3 channels only. Unlike rgb2hed, negative densities (colours outside the stains' cone) are
+                        not clamped to 0, so a = 1, b = 0 gives the image back. Tellez's "light" setting is 0.05
+                        for both ranges, "strong" 0.2
+
+Bags (multiple-instance learning, `make_augment(..., bags=True)`): the batch's image is (N, K, *spatial, C), K
+instances (tiles) per example; every instance is augmented as an example of its own, with the key
+`fold_in(fold_in(step_key, index[i]), k)`.
 
 Ranges: a number r means [-r, r] (for `scale`, [1 - r, 1 + r]); a pair (lo, hi) is that range (lo == hi fixes
 the value); for per-axis / per-angle fields (`rotate`, `translate`, `shear`, `scale` with isotropic=False) a
@@ -92,6 +103,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "noise": dict(p=0.1, std=(0.0, 0.1)),
     "blur": dict(p=0.2, sigma=(0.5, 1.0), truncate=3.0),
     "bias_field": dict(p=0.2, order=3, magnitude=(0.0, 0.5)),
+    "hed": dict(p=0.5, scale=(0.95, 1.05), shift=(-0.05, 0.05)),
 }
 TRANSFORMS = tuple(DEFAULTS)
 GEOMETRIC = ("affine", "elastic")
@@ -491,10 +503,35 @@ def _plan_bias_field(shape, *, p, order, magnitude):
     return _Plan(2 + mask.size, run=run)
 
 
+def _plan_hed(shape, *, p, scale, shift):
+    from medjax.data.stain import HED_FROM_RGB, LOG_ADJUST, RGB_FROM_HED
+
+    _rank(shape, "hed")
+    p = _check_p(p, "hed")
+    ranges = np.array([_range(scale, "hed.scale", 1.0)] * 3 + [_range(shift, "hed.shift")] * 3, np.float32)
+    if p <= 0:
+        return None
+    if shape[-1] != 3:
+        raise MedjaxError(f"augment hed: stain jitter needs RGB images (3 channels, values in [0, 1]), got "
+                          f"{shape[-1]} channel(s)")
+    to_hed, to_rgb = HED_FROM_RGB.astype(np.float32), RGB_FROM_HED.astype(np.float32)
+
+    def mix(x, m):  # x (..., 3) @ m (3, 3) as exact elementwise float32 (see _matmul)
+        return sum(x[..., i:i + 1] * m[i] for i in range(3))
+
+    def run(u, image, label):
+        ab = _lerp(u[1:7], ranges)
+        hed = mix(jnp.log(jnp.maximum(image, 1e-6)) / LOG_ADJUST, to_hed)  # skimage's rgb2hed without its clamp
+        out = jnp.clip(jnp.exp(mix((hed * ab[:3] + ab[3:]) * LOG_ADJUST, to_rgb)), 0.0, 1.0)  # skimage's hed2rgb
+        return jnp.where(_coin(u[0], p), out, image), label
+
+    return _Plan(7, run=run)
+
+
 _PLANS = {
     "flip": _plan_flip, "rot90": _plan_rot90, "affine": _plan_affine, "elastic": _plan_elastic,
     "gamma": _plan_gamma, "contrast_brightness": _plan_contrast_brightness, "noise": _plan_noise,
-    "blur": _plan_blur, "bias_field": _plan_bias_field,
+    "blur": _plan_blur, "bias_field": _plan_bias_field, "hed": _plan_hed,
 }
 assert tuple(_PLANS) == TRANSFORMS
 
@@ -598,6 +635,14 @@ def bias_field(key: jax.Array, image: jax.Array, label: Label = None, *, p: floa
     return _single("bias_field", key, image, label, dict(p=p, order=order, magnitude=magnitude))
 
 
+def hed(key: jax.Array, image: jax.Array, label: Label = None, *, p: float = 0.5, scale: Any = (0.95, 1.05),
+        shift: Any = (-0.05, 0.05)) -> tuple[jax.Array, Label]:
+    """With probability `p`, HED stain jitter of an RGB image in [0, 1]: haematoxylin, eosin and DAB densities
+    (skimage's rgb2hed, unclamped) d -> d * a + b per stain (a from `scale`, b from `shift`), back to RGB
+    (hed2rgb)."""
+    return _single("hed", key, image, label, dict(p=p, scale=scale, shift=shift))
+
+
 # ------------------------------------------------------------------------------------------ composition
 
 
@@ -623,7 +668,8 @@ def _as_dict(node: Any, what: str) -> dict:
 
 
 def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str = "augment",
-                 spatial_shape: Sequence[int] | None = None) -> Callable[[jax.Array, dict], dict]:
+                 spatial_shape: Sequence[int] | None = None, channels: int = 1,
+                 bags: bool = False) -> Callable[[jax.Array, dict], dict]:
     """`augment(step_key, batch) -> batch` applying `cfg.transforms` per example (see the module docstring).
 
     `batch` holds "image" (N, *spatial, C), "index" (N,) global example indices, and optionally "label": a
@@ -631,8 +677,9 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
     other key pass through, except a per-voxel "mask" (N, *spatial) (e.g. a field-of-view mask), which follows
     the geometric transforms as a label does (nearest, 0 outside the input) so it stays aligned with the image.
     The image comes back float32. Unknown transform names, unknown fields and bad values raise MedjaxError
-    naming `config.<prefix>...`; shape-dependent checks (rot90's square plane, per-axis range counts) run at the
-    first trace, or now if `spatial_shape` is given.
+    naming `config.<prefix>...`; shape-dependent checks (rot90's square plane, per-axis range counts, hed's three
+    channels) run at the first trace, or now if `spatial_shape` (and `channels`) is given. `bags=True`: the
+    images are bags (N, K, *spatial, C) of K instances each (see the module docstring).
     """
     d = _as_dict(cfg, f"config.{prefix}")
     for k in d:
@@ -663,7 +710,7 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
         return [pl for pl in plans if pl is not None]
 
     if spatial_shape is not None:
-        plans_for((*map(int, spatial_shape), 1))
+        plans_for((*map(int, spatial_shape), int(channels)))
     if not any(params["p"] > 0 for _, params in stages):
         return lambda step_key, batch: batch
 
@@ -672,6 +719,9 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
             raise MedjaxError(f"config.{prefix}: augmentation needs batch['image'] and batch['index'] (global "
                               f"example indices), got keys {sorted(batch)}")
         image = jnp.asarray(batch["image"], _F32)
+        index = jnp.asarray(batch["index"], jnp.int32)
+        if bags:
+            return dict(batch, image=_augment_bags(plans_for(tuple(image.shape[2:])), step_key, image, index))
         plans = plans_for(tuple(image.shape[1:]))
         label = batch.get("label")
         is_map = label is not None and tuple(label.shape) == tuple(image.shape[:-1])
@@ -679,7 +729,6 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
             raise MedjaxError(f"config.{prefix}: batch['label'] of shape {tuple(label.shape)} is neither a "
                               f"segmentation map {tuple(image.shape[:-1])} nor a classification label (N,) / "
                               f"(N, K); it would not follow the geometric transforms")
-        index = jnp.asarray(batch["index"], jnp.int32)
         if index.shape != image.shape[:1]:
             raise MedjaxError(f"config.{prefix}: batch['index'] has shape {index.shape}, expected "
                               f"({image.shape[0]},)")
@@ -701,5 +750,16 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
     return augment
 
 
+def _augment_bags(plans: Sequence[_Plan], step_key: jax.Array, image: jax.Array, index: jax.Array) -> jax.Array:
+    """Bags (N, K, *spatial, C): instance k of example i is augmented with `fold_in(fold_in(step_key, i), k)`."""
+    if index.shape != image.shape[:1]:
+        raise MedjaxError(f"augment: batch['index'] has shape {index.shape}, expected ({image.shape[0]},)")
+    k = image.shape[1]
+    keys = jax.vmap(lambda i: jax.vmap(lambda j: jax.random.fold_in(jax.random.fold_in(step_key, i), j))(
+        jnp.arange(k)))(index)
+    one = lambda key, x: _apply_plans(plans, key, x, None)[0]  # noqa: E731
+    return jax.vmap(jax.vmap(one))(keys, image)
+
+
 __all__ = ["DEFAULTS", "TRANSFORMS", "make_augment", "default_config", "flip", "rot90", "affine", "elastic",
-           "gamma", "contrast_brightness", "noise", "blur", "bias_field"]
+           "gamma", "contrast_brightness", "noise", "blur", "bias_field", "hed"]

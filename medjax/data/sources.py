@@ -92,6 +92,16 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     return splits, class_names
 
 
+def _wsi_folder(cfg: ml_collections.ConfigDict) -> Dataset:
+    """Whole slides (`data.root`/`slides_dir`) labelled by a CSV (`labels_csv`: slide,label[,split]) as bags of
+    tissue tiles, one per slide (`medjax.data.wsi_folder`); tiles are read from the slides as batches need them,
+    or from the array_record cache with `cache_tiles`. Train with `bag_size` tiles drawn per slide per step."""
+    from medjax.data.wsi_folder import load_wsi_folder
+
+    splits, class_names = load_wsi_folder(cfg)
+    return Dataset(splits, class_names)
+
+
 def _npz(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     splits = load_npz_splits(cfg.root)
     return splits, [str(c) for c in cfg.class_names]
@@ -294,6 +304,7 @@ SOURCES: dict[str, Callable] = {
     "image_folder": _image_folder,
     "msd": _msd,
     "npz": _npz,
+    "wsi_folder": _wsi_folder,
     "synthetic_segmentation": lambda cfg: _synthetic(cfg, synthetic.blobs_segmentation),
     "synthetic_classification": lambda cfg: _synthetic(cfg, synthetic.blobs_classification),
 }
@@ -333,10 +344,18 @@ def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
 def train_transform(cfg: ml_collections.ConfigDict):
     """The host-side per-example transform of the training stream, or None: clips of `cfg.clip_length` frames
     every `cfg.clip_stride` (image sequences, `medjax.data.clips`), then random patches of `cfg.patch_size` with
-    foreground ratio `cfg.fg_ratio` (large volumes). Both carry every per-frame / per-voxel array of an example
+    foreground ratio `cfg.fg_ratio` (large volumes); or `cfg.bag_size` instances drawn per bag (multiple-instance
+    learning, `medjax.data.bags`). Both clips and patches carry every per-frame / per-voxel array of an example
     (label, FOV "mask", ...) with the image and pass per-example arrays through. Only the training stream builds
     it: evaluation sees whole examples, and the model's example input comes from `train_input_shape`."""
     cfg = schema.data_common(cfg)
+    if cfg.bag_size:
+        if cfg.clip_length or cfg.patch_size:
+            raise MedjaxError("config.data.bag_size samples the instances of bags; it does not combine with "
+                              "clip_length or patch_size: unset one")
+        from medjax.data.bags import bag_transform
+
+        return bag_transform(int(cfg.bag_size))
     steps = []
     if cfg.clip_length:
         from medjax.data.clips import clip_transform

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 
 from medjax.errors import MedjaxError
+from medjax.models.abmil import ABMIL
 from medjax.models.convlstm import ConvLSTMRegressor, ConvLSTMUNet
 from medjax.models.densenet import DenseNet, densenet121
 from medjax.models.monai_unet import MonaiUNet, monai_unet
@@ -26,6 +27,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "densenet121": densenet121,
     "convlstm_unet": ConvLSTMUNet,  # (N, T, *spatial, C) sequences -> per-frame segmentation logits
     "convlstm_regressor": ConvLSTMRegressor,  # sequences -> num_classes outputs (e.g. ejection fraction)
+    "abmil": ABMIL,  # bags of tiles (N, K, H, W, C) -> slide logits, attention, tile logits (task "mil")
 }
 
 
@@ -39,6 +41,6 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "MODELS", "BasicUNet", "ConvLSTMRegressor", "ConvLSTMUNet", "DenseNet", "ResNet", "UNet", "basic_unet",
+    "ABMIL", "MODELS", "BasicUNet", "ConvLSTMRegressor", "ConvLSTMUNet", "DenseNet", "ResNet", "UNet", "basic_unet",
     "build_model", "densenet121", "resnet18", "resnet34", "resnet50", "MonaiUNet", "monai_unet",
 ]

@@ -8,11 +8,13 @@ import ml_collections
 
 from medjax.errors import MedjaxError
 from medjax.tasks.classification import ClassificationTask
+from medjax.tasks.mil import MILTask
 from medjax.tasks.regression import RegressionTask
 from medjax.tasks.segmentation import SegmentationTask
 from medjax.train import compute
 
-TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask, "regression": RegressionTask}
+TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask, "regression": RegressionTask,
+         "mil": MILTask}
 
 
 def make_task(config: ml_collections.ConfigDict, class_names: Sequence[str], axis_name: str | None = None):

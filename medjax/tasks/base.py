@@ -43,15 +43,17 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_nam
     return model
 
 
-def apply_model(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, train: bool) -> tuple[Any, Any]:
-    """Run the model; returns (outputs, new batch_stats). BatchNorm statistics update only in training."""
+def apply_model(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, train: bool,
+                *inputs: Any) -> tuple[Any, Any]:
+    """Run the model on `x` (and further `inputs`, e.g. a bag's instance mask); returns (outputs, new
+    batch_stats). BatchNorm statistics update only in training."""
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
     if train and batch_stats:
-        out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        out, updates = model.apply(variables, x, *inputs, train=True, mutable=["batch_stats"])
         return out, updates["batch_stats"]
-    return model.apply(variables, x, train=train), batch_stats
+    return model.apply(variables, x, *inputs, train=train), batch_stats
 
 
 def keep_valid(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -170,7 +170,9 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
     else:
         tx = finetune_lib.make_finetune_optimizer(config.optimizer, plan, config.num_train_steps)
     create = functools.partial(create_state, init_variables, tx, config.seed)
-    augment = make_augment(config.augment, spatial_shape=example.shape[1:-1])
+    bags = getattr(task, "bag_inputs", False)  # images (N, K, *spatial, C): each instance is augmented alone
+    augment = make_augment(config.augment, spatial_shape=example.shape[2 if bags else 1:-1],
+                           channels=example.shape[-1], bags=bags)
     return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan)
 
 

@@ -114,9 +114,22 @@ def _densenet_rules(layers: str, head: str) -> tuple[Rule, ...]:
 DENSENET = Layout(_densenet_rules("", r"classifier"))
 DENSENET_MONAI = Layout(_densenet_rules(r"\.layers", r"class_layers\.out"))
 
+def nested(layout: Layout, prefix: str) -> Layout:
+    """`layout` for a model that holds the network under the submodule `prefix` (ABMIL's ResNet `encoder`): every
+    rule's medjax path is prefixed; the torch names, folds and exports stay those of the plain network."""
+    def rule(r: Rule) -> Rule:
+        def target(m: re.Match, t=r.target) -> str:
+            return f"{prefix}/{t(m) if callable(t) else m.expand(t)}"
+        return Rule(r.pattern, target, r.kind)
+
+    return Layout(tuple(rule(r) for r in layout), prepare=layout.prepare, zero_on_export=layout.zero_on_export)
+
+
 LAYOUTS: dict[tuple[str, str], Layout] = {
     ("resnet", "torchvision"): RESNET,
     ("resnet", "monai"): RESNET_MONAI,
+    ("abmil", "torchvision"): nested(RESNET, "encoder"),  # ImageNet ResNets as the tile encoder
+    ("abmil", "monai"): nested(RESNET_MONAI, "encoder"),
     ("basic_unet", "monai"): BASIC_UNET_MONAI,
     ("densenet", "torchvision"): DENSENET,
     ("densenet", "monai"): DENSENET_MONAI,
@@ -125,7 +138,7 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
 
 FAMILIES = {"resnet": "resnet", "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
             "basic_unet": "basic_unet", "densenet": "densenet", "densenet121": "densenet",
-            "monai_unet": "monai_unet"}
+            "monai_unet": "monai_unet", "abmil": "abmil"}
 
 
 def family(model_name: str) -> str:

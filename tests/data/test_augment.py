@@ -307,7 +307,7 @@ def test_bias_field_is_positive_multiplicative_smooth_and_has_the_requested_magn
 # ----------------------------------------------------------------------------- keys and composition
 
 
-FULL = _cfg(**{name: dict(p=0.7) for name in A.TRANSFORMS})
+FULL = _cfg(**{name: dict(p=0.7) for name in A.TRANSFORMS if name != "hed"})  # hed: RGB only, tested below
 
 
 def test_per_example_keys_make_results_independent_of_batch_split_and_order():
@@ -365,6 +365,57 @@ def test_classification_labels_pass_through():
     out = _run(_cfg(noise=dict(p=1.0, std=(0.2, 0.2))), batch)
     np.testing.assert_array_equal(out["label"], batch["label"])
     assert not np.allclose(out["image"], batch["image"])
+
+
+# ------------------------------------------------------------------------------------ HED stain jitter
+
+
+def _ihc(n=1, size=16):
+    from skimage import data
+
+    ihc = data.immunohistochemistry()[:n * size, :size] / 255.0
+    return ihc.reshape(n, size, size, 3).astype(np.float32)
+
+
+def test_hed_equals_scikit_image_deconvolution_jitter_and_back():
+    """Against skimage: rgb2hed's formula without its clamp at 0 (so a = 1, b = 0 is the identity), d * a + b,
+    hed2rgb."""
+    from skimage import color
+
+    x = _ihc()[0]
+    jitter = jax.jit(lambda key, x, a, b: A.hed(key, x, p=1.0, scale=(a, a), shift=(b, b))[0], static_argnums=(2, 3))
+    out = jitter(rng.key(0), x, 1.2, -0.03)
+    x64 = x.astype(np.float64)
+    densities = (np.log(np.maximum(x64, 1e-6)) / np.log(1e-6)) @ color.hed_from_rgb
+    np.testing.assert_array_equal(densities >= 0, color.rgb2hed(x64) == densities)  # the clamp is all that differs
+    np.testing.assert_allclose(out, color.hed2rgb(densities * 1.2 - 0.03), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(jitter(rng.key(0), x, 1.0, 0.0), x, rtol=0, atol=2e-6)
+    with pytest.raises(MedjaxError, match=r"hed: stain jitter needs RGB images .* got 2 channel"):
+        A.hed(rng.key(0), jnp.zeros((4, 4, 2)), p=1.0)
+    with pytest.raises(MedjaxError, match=r"config\.augment: augment hed: .* got 1 channel"):
+        A.make_augment(A.default_config(("hed",)), spatial_shape=(16, 16))
+
+
+def test_bags_augment_every_instance_with_its_own_key():
+    """Instance k of bag i gets fold_in(fold_in(step_key, index[i]), k): the same as the transform called on that
+    tile alone, and independent of the other bags in the batch."""
+    tiles = _ihc(6).reshape(2, 3, 16, 16, 3)
+    batch = {"image": tiles, "instance_mask": np.ones((2, 3), np.float32), "label": np.array([0, 1], np.int32),
+             "index": np.array([5, 9], np.int32), "weight": np.ones(2, np.float32)}
+    cfg = A.default_config(("hed",))
+    cfg.hed.p = 1.0
+    augment = jax.jit(A.make_augment(cfg, spatial_shape=(16, 16), channels=3, bags=True))
+    key = rng.key(3)
+    out = augment(key, batch)
+    alone = jax.jit(lambda i, k, x: A.hed(jax.random.fold_in(jax.random.fold_in(key, i), k), x, p=1.0)[0])
+    for i in range(2):
+        for k in range(3):
+            np.testing.assert_allclose(out["image"][i, k], alone(batch["index"][i], k, tiles[i, k]), rtol=0,
+                                       atol=1e-6)  # vmapped vs single: float rounding only
+    single = augment(key, {k: v[1:] for k, v in batch.items()})
+    np.testing.assert_array_equal(single["image"][0], out["image"][1])
+    np.testing.assert_array_equal(out["label"], batch["label"])
+    assert not np.array_equal(out["image"][0, 0], out["image"][0, 1])
 
 
 # ------------------------------------------------------------------------------------------- errors
