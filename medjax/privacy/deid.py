@@ -365,7 +365,10 @@ def _read(path: str):
     if not has_pixels and "Image Storage" in UID(ds.SOPClassUID).name:
         raise _Outcome("skipped", f"{UID(ds.SOPClassUID).name} without pixel data: cut short")
     if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
-        expected = get_expected_length(ds)
+        try:
+            expected = int(get_expected_length(ds))
+        except (TypeError, ValueError, AttributeError) as e:  # Rows, Columns ... missing or not numbers
+            raise _Outcome("skipped", f"cannot parse the image description: {reason(e)}") from None
         if len(ds.PixelData) < expected:
             raise _Outcome("skipped", f"pixel data cut short ({len(ds.PixelData)} of {expected} bytes)")
     return ds
