@@ -131,12 +131,13 @@ def parse_region(text: str) -> Region:
     return c0, r0, c1, r1
 
 
-class _Outcome(Exception):
-    """A file that is not written: ``outcome`` ('skipped' | 'refused') and why."""
+class Refused(MedjaxError):
+    """An image medjax will not de-identify as asked: burned-in text and no regions to blank, or pixel data it
+    cannot blank."""
 
-    def __init__(self, outcome: str, detail: str):
-        super().__init__(detail)
-        self.outcome, self.detail = outcome, detail
+
+class _Skipped(Exception):
+    """A file that is not a complete DICOM object (the message says why)."""
 
 
 def _text(value) -> str:
@@ -229,16 +230,16 @@ class Deidentifier:
         return self.shifts[key]
 
     def __call__(self, ds):
-        """De-identify ``ds`` (a pydicom Dataset read from a file) in place and return it; raises ``_Outcome``
-        ('refused') for burned-in annotation without blank regions."""
+        """De-identify ``ds`` (a pydicom Dataset, usually read from a file) in place and return it; raises
+        ``Refused`` for burned-in annotation without blank regions."""
         from pydicom.dataset import Dataset
         from pydicom.sequence import Sequence
 
         blanked = False
         if _text(ds.get("BurnedInAnnotation")).upper() == "YES":
             if not self.blank_regions:
-                raise _Outcome("refused", "BurnedInAnnotation=YES: text in the pixels; blanking needs the regions "
-                                          "that hold it (--blank-burned-in COL0,ROW0,COL1,ROW1)")
+                raise Refused("BurnedInAnnotation=YES: text in the pixels; blanking needs the regions that hold it "
+                              "(--blank-burned-in COL0,ROW0,COL1,ROW1)")
             _blank(ds, self.blank_regions)
             blanked = True
         key = patient_key(ds)
@@ -326,8 +327,7 @@ def _blank(ds, regions: Sequence[Region]) -> None:
     import numpy as np
 
     if int(ds.get("BitsAllocated", 16)) == 1 or not ds.file_meta.TransferSyntaxUID.is_little_endian:
-        raise _Outcome("refused", "BurnedInAnnotation=YES and its pixel data (1-bit or big endian) cannot be "
-                                  "blanked by medjax")
+        raise Refused("BurnedInAnnotation=YES and its pixel data (1-bit or big endian) cannot be blanked by medjax")
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress(generate_instance_uid=False)  # as RGB for colour; the new UID comes from the profile
     ds.pixel_array_options(raw=True)  # stored values, no colour conversion
@@ -341,7 +341,7 @@ def _blank(ds, regions: Sequence[Region]) -> None:
 
 
 def _read(path: str):
-    """The dataset in ``path``, fully parsed, or ``_Outcome('skipped', why)``: not DICOM, a DICOMDIR, cut short."""
+    """The dataset in ``path``, fully parsed; ``_Skipped(why)`` for a file that is not DICOM, a DICOMDIR, cut short."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels.utils import get_expected_length
@@ -352,25 +352,25 @@ def _read(path: str):
         for _ in ds.iterall():  # converts every raw element now: a malformed value fails here, not half-way through
             pass
     except InvalidDicomError:
-        raise _Outcome("skipped", "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
+        raise _Skipped("not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
     except MemoryError:
         raise
     except Exception as e:
-        raise _Outcome("skipped", f"cannot parse: {reason(e)}") from None
+        raise _Skipped(f"cannot parse: {reason(e)}") from None
     if "DirectoryRecordSequence" in ds:
-        raise _Outcome("skipped", "a DICOMDIR (it names files and patients; rebuild one for the output)")
+        raise _Skipped("a DICOMDIR (it names files and patients; rebuild one for the output)")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-        raise _Outcome("skipped", "no SOP Class / Instance UID: cut short, or not a DICOM object")
+        raise _Skipped("no SOP Class / Instance UID: cut short, or not a DICOM object")
     has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels and "Image Storage" in UID(ds.SOPClassUID).name:
-        raise _Outcome("skipped", f"{UID(ds.SOPClassUID).name} without pixel data: cut short")
+        raise _Skipped(f"{UID(ds.SOPClassUID).name} without pixel data: cut short")
     if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
         try:
             expected = int(get_expected_length(ds))
         except (TypeError, ValueError, AttributeError) as e:  # Rows, Columns ... missing or not numbers
-            raise _Outcome("skipped", f"cannot parse the image description: {reason(e)}") from None
+            raise _Skipped(f"cannot parse the image description: {reason(e)}") from None
         if len(ds.PixelData) < expected:
-            raise _Outcome("skipped", f"pixel data cut short ({len(ds.PixelData)} of {expected} bytes)")
+            raise _Skipped(f"pixel data cut short ({len(ds.PixelData)} of {expected} bytes)")
     return ds
 
 
@@ -423,7 +423,7 @@ def _is_dicom(path: str) -> bool:
         return False
 
 
-def _check_paths(in_dir: str, out_dir: str, extra: dict[str, str | None]) -> None:
+def _check_paths(in_dir: str, out_dir: str, map_path: str | None, secret_file: str | None) -> None:
     if not os.path.isdir(in_dir):
         raise MedjaxError(f"IN_DIR {in_dir} is not a folder" if os.path.exists(in_dir) else
                           f"IN_DIR not found: {in_dir}")
@@ -433,29 +433,31 @@ def _check_paths(in_dir: str, out_dir: str, extra: dict[str, str | None]) -> Non
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise MedjaxError(f"OUT_DIR {out_dir} is not empty: give a new or empty folder (one run, one consistent "
                           f"set of UIDs and pseudonyms)")
-    for option, path in extra.items():
-        if path is None:
-            continue
-        if _inside(path, out_dir) or _inside(path, in_dir):
-            where = "OUT_DIR (it would ship with the data)" if _inside(path, out_dir) else "IN_DIR (never modified)"
-            raise MedjaxError(f"{option} {path} is inside {where}: keep it outside both folders")
-    secret = extra.get("--secret-file")
-    if secret is not None and not os.path.isfile(secret):
-        raise MedjaxError(f"--secret-file not found: {secret}")
-    mapping = extra.get("--map")
-    if mapping is not None and not os.path.isdir(os.path.dirname(mapping)):
-        raise MedjaxError(f"--map {mapping}: folder {os.path.dirname(mapping)} does not exist")
+    for option, path in (("--map", map_path), ("--secret-file", secret_file)):
+        if path is not None and _inside(path, out_dir):
+            raise MedjaxError(f"{option} {path} is inside OUT_DIR {out_dir}, which ships with the data: keep it "
+                              f"outside")
+    if secret_file is not None and not os.path.isfile(secret_file):
+        raise MedjaxError(f"--secret-file not found: {secret_file}")
+    if map_path is not None:
+        if _inside(map_path, in_dir):
+            raise MedjaxError(f"--map {map_path} is inside IN_DIR {in_dir}, which is never modified: keep it outside")
+        _probe(os.path.dirname(map_path), "--map's folder", make=False)
+        if os.path.isdir(map_path):
+            raise MedjaxError(f"--map {map_path} is a folder: give a file name")
 
 
-def _prepare_out(out_dir: str) -> None:
-    probe = os.path.join(out_dir, f".medjax-write-test.{os.getpid()}")
+def _probe(folder: str, what: str, make: bool) -> None:
+    """Fail now, with one line, if ``folder`` cannot be written (rather than after every file was processed)."""
+    probe = os.path.join(folder, f".medjax-write-test.{os.getpid()}")
     try:
-        os.makedirs(out_dir, exist_ok=True)
+        if make:
+            os.makedirs(folder, exist_ok=True)
         with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as e:
-        raise MedjaxError(f"cannot write to OUT_DIR {out_dir}: {reason(e)}") from e
+        raise MedjaxError(f"cannot write to {what} {folder}: {reason(e)}") from e
 
 
 def deidentify_tree(in_dir: str, out_dir: str, *, dates: str = "remove", shift_seed: str | None = None,
@@ -470,7 +472,7 @@ def deidentify_tree(in_dir: str, out_dir: str, *, dates: str = "remove", shift_s
     in_dir, out_dir = os.path.realpath(in_dir), os.path.realpath(out_dir)
     map_path = None if map_path is None else os.path.realpath(map_path)
     secret_file = None if secret_file is None else os.path.realpath(secret_file)
-    _check_paths(in_dir, out_dir, {"--map": map_path, "--secret-file": secret_file})
+    _check_paths(in_dir, out_dir, map_path, secret_file)
     files = _input_files(in_dir)
     if not any(_is_dicom(os.path.join(in_dir, rel)) for rel in files):
         raise MedjaxError(f"no DICOM file in IN_DIR {in_dir} ({len(files)} file(s) looked at, recursively)")
@@ -481,7 +483,7 @@ def deidentify_tree(in_dir: str, out_dir: str, *, dates: str = "remove", shift_s
         if not secret:
             raise MedjaxError(f"--secret-file {secret_file} is empty")
     run = Deidentifier(secret, dates, shift_seed, blank_regions)
-    _prepare_out(out_dir)
+    _probe(out_dir, "OUT_DIR", make=True)
     rows = []
     for rel in files:
         row = {"input": rel, "output": "", "outcome": "deidentified", "patient": "", "detail": ""}
@@ -493,8 +495,8 @@ def deidentify_tree(in_dir: str, out_dir: str, *, dates: str = "remove", shift_s
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 _atomic(dest, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=False))
             row["output"], row["patient"] = rel, str(ds.PatientID)
-        except _Outcome as e:
-            row["outcome"], row["detail"] = e.outcome, e.detail
+        except (_Skipped, Refused) as e:
+            row["outcome"], row["detail"] = "skipped" if isinstance(e, _Skipped) else "refused", str(e)
         except MemoryError:
             raise
         except Exception as e:  # one odd file must not stop a hospital-sized run; the report names it

@@ -49,6 +49,7 @@ def ct_slice(k: int) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "CTHEAD", "L", "CT head"
     item.InstitutionName, item.PerformingPhysicianName, item.StudyDate = "ST ELSEWHERE", "House^Greg", "20040119"
+    item.PatientID = "OLD-ID-7"
     ds.ProcedureCodeSequence = Sequence([item])
     if k == 1:
         ref = Dataset()
@@ -143,7 +144,7 @@ def test_no_identifying_value_survives_anywhere(data):
         assert not [e.tag for e in out.iterall() if e.tag.group % 2 or e.tag.group & 0xFF00 in (0x5000, 0x6000)]
         checked[0] += sum(not (t >> 16) % 2 for t, _ in original)
         checked[1] += sum((t >> 16) % 2 for t, _ in original)
-    assert checked == [205, 525]
+    assert checked == [208, 525]
     ct_in, ct_out = read(root / "in" / "ct" / "IM1"), read(root / "out" / "ct" / "IM1")
     removed = sorted(e.keyword for e in ct_in if e.tag not in ct_out and not e.tag.is_private)
     assert removed == ["AcquisitionDate", "AcquisitionTime", "AdditionalPatientHistory", "DataSetTrailingPadding",
@@ -154,6 +155,7 @@ def test_no_identifying_value_survives_anywhere(data):
     nested = ct_out.ProcedureCodeSequence[0]  # kept (not in the table); what the table lists inside it is not
     assert nested.CodeValue == "CTHEAD" and nested.StudyDate == ""
     assert "InstitutionName" not in nested and "PerformingPhysicianName" not in nested
+    assert nested.PatientID == read(root / "out" / "ct" / "IM2").ProcedureCodeSequence[0].PatientID != ct_out.PatientID
     assert ct_out.preamble == b"\x00" * 128 and "SourceApplicationEntityTitle" not in ct_out.file_meta
     overlay = read(root / "in" / "overlay" / "examples_overlay.dcm")
     assert 0x60003000 in overlay and sum(e.tag.is_private for e in overlay) == 9  # what the check above removed
@@ -214,9 +216,10 @@ def test_dates_shift_by_one_offset_per_patient(data):
     assert mr.StudyDate == rle.StudyDate != read(root / "in" / "mr" / "MR_small.dcm").StudyDate
     with open(root / "map.csv") as f:
         rows = list(csv.DictReader(f))
-    patients = {r["original"]: (r["pseudonym"], int(r["date_shift_days"])) for r in rows if r["kind"] == "patient"}
-    assert patients["1CT1"][1] == days and patients["4MR1"][1] == expected_shift("4MR1")
-    assert sorted(patients) == ["021234567", "1CT1", "4MR1", "id11111"]
+    patients = {r["original"]: (r["pseudonym"], r["date_shift_days"]) for r in rows if r["kind"] == "patient"}
+    assert patients["1CT1"][1] == str(days) and patients["4MR1"][1] == str(expected_shift("4MR1"))
+    assert sorted(patients) == ["021234567", "1CT1", "4MR1", "OLD-ID-7", "id11111"]
+    assert patients["OLD-ID-7"] == (read(root / "shifted" / "ct" / "IM0").ProcedureCodeSequence[0].PatientID, "")
     uids = {r["original"]: r["pseudonym"] for r in rows if r["kind"] == "uid"}
     assert uids[f"{CT_UID}.2"] == read(root / "shifted" / "ct" / "IM1").SOPInstanceUID
     assert deid._shift_value("20040119", "DA", days) == "20000326"
@@ -286,6 +289,8 @@ def test_bad_input_is_one_line_and_exit_2(data, tmp_path, capsys):
         ([src, str(tmp_path / "file" / "out")], "cannot write to OUT_DIR"),
         ([src, str(tmp_path / "full")], "is not empty"),
         ([src, str(tmp_path / "o3"), "--map", str(tmp_path / "o3" / "map.csv")], "is inside OUT_DIR"),
+        ([src, str(tmp_path / "o3"), "--map", str(root / "in" / "map.csv")], "is inside IN_DIR"),
+        ([src, str(tmp_path / "o3"), "--map", str(tmp_path / "file" / "map.csv")], "cannot write to --map's folder"),
         ([src, str(tmp_path / "o4"), "--blank-burned-in", "0,0,10"], "expected COL0,ROW0,COL1,ROW1"),
     ]
     for args, message in cases:
@@ -299,6 +304,17 @@ def test_bad_input_is_one_line_and_exit_2(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.run(["deid", src, str(tmp_path / "o6"), "--keep-dates", "--shift-dates", "1"])
     assert e.value.code == 2
+
+
+def test_a_dataset_in_memory():
+    ds = Dataset()
+    ds.PatientID, ds.PatientName, ds.StudyDate, ds.BurnedInAnnotation = "X1", "Doe^Jane", "20200101", "YES"
+    with pytest.raises(deid.Refused, match="BurnedInAnnotation=YES"):
+        deid.Deidentifier(SECRET)(ds)
+    ds.BurnedInAnnotation = "NO"
+    out = deid.Deidentifier(SECRET, dates="keep")(ds)
+    assert (out.PatientID, str(out.PatientName), out.StudyDate) == ("ANON-" + keyed(SECRET, "patient", "X1").hex()[
+        :12].upper(),) * 2 + ("20200101",)
 
 
 def test_help_has_a_description_and_examples():
