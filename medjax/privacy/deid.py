@@ -270,7 +270,7 @@ class Deidentifier:
             ds.BurnedInAnnotation = "NO"
         return ds
 
-    def _action(self, elem, top: bool) -> str:
+    def _action(self, elem) -> str:
         """What happens to one element: X Z D U K, U* (keep, process its items) or P (the pseudonym)."""
         tag = int(elem.tag)
         group = tag >> 16
@@ -285,7 +285,7 @@ class Deidentifier:
 
     def _walk(self, ds, pseudonym: str, shift: int | None, top: bool) -> None:
         for elem in list(ds):
-            action = self._action(elem, top)
+            action = self._action(elem)
             vr = elem.VR
             if action == "X":
                 del ds[elem.tag]
