@@ -1,4 +1,4 @@
-"""`medjax train | evaluate | keys | import-weights | bench`: the command line.
+"""`medjax train | evaluate | keys | import-weights | deid | bench`: the command line.
 
     medjax train --config quickstart --workdir runs/quickstart [--config.key=value ...]
     medjax evaluate --config quickstart --workdir runs/quickstart
@@ -6,6 +6,8 @@
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
         [--model.key=value ...] [--overwrite]
+    medjax deid IN_DIR OUT_DIR [--profile basic] [--keep-dates | --shift-dates SEED] [--map FILE]
+        [--blank-burned-in COL0,ROW0,COL1,ROW1 ...] [--secret-file FILE]
     medjax bench [--quick | --smoke] [--cases NAME ...] [--precision float32|bfloat16] --out DIR
     medjax bench --protocol quickstart|medmnist_resnet18 [--quick] [--target X] [--set key=value] --out DIR
 
@@ -14,6 +16,9 @@ used, every leaf filled), which `--config.init.from=DIR --config.init.layout=med
 `--in_channels` other than the file's adapts the first convolution (`medjax.transfer.adapt.adapt_input_channels`:
 `--in_channels 1` with RGB weights sums it over the colour channels), and `--spatial_dims 3` with 2D weights
 inflates every convolution kernel to 3D (`medjax.transfer.adapt.inflate_kernel`, mode `--inflate_mode`).
+
+`deid` writes a de-identified copy of every DICOM file under IN_DIR to the same path under OUT_DIR (DICOM PS3.15
+Annex E Basic Profile: `medjax.privacy.deid`) and OUT_DIR/deid_report.csv, one row per input file.
 
 `bench` times medjax against PyTorch (eager and torch.compile) on the same models and weights at the shapes the
 experiment configs train on (`medjax.bench`; needs torch and monai: `pip install 'medjax[bench]'`) ->
@@ -66,6 +71,17 @@ Model keys go after the options as --model.KEY=VALUE (e.g. --model.stem=small)."
   medjax keys --config quickstart      every key of a config with its value there
 
 Each key can be set on train / evaluate as --config.KEY=VALUE.""",
+    "deid": """examples:
+  medjax deid /pacs/export /share/study1_deid
+  medjax deid /pacs/export /share/study1_deid --shift-dates 5813 --map /secure/study1_map.csv
+  medjax deid /pacs/us /share/us_deid --blank-burned-in 0,0,800,60 --secret-file /secure/key
+
+DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile (Table E.1-1, 2026c): identifying
+attributes removed, emptied or replaced, private tags, curves and overlays removed, UIDs replaced consistently,
+one pseudonym per patient, PatientIdentityRemoved=YES. Pixel data is copied byte for byte; images flagged
+BurnedInAnnotation=YES are refused unless --blank-burned-in names the regions that hold the text. Not removed:
+text burned into unflagged images, faces in 3D renderings, file and folder names. IN_DIR is only read; OUT_DIR
+must be new or empty. See docs/privacy.md.""",
     "bench": """examples:
   medjax bench --quick --out runs/bench
   medjax bench --quick --cases medmnist_r18_2d_1ch quickstart_unet --precision bfloat16 --out runs/bench_bf16
@@ -116,6 +132,27 @@ def _parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "keys", "list the config keys: their defaults, one-line docs and a config's values")
     p.add_argument("section", nargs="?", default=None, help="one section, e.g. optimizer, task.segmentation, data.msd")
     p.add_argument("--config", default=None, help="show this config's value of every key (a name or file.py[:arg])")
+    p = _subparser(sub, "deid", "de-identify a folder of DICOM files -> OUT_DIR (+ OUT_DIR/deid_report.csv)")
+    p.add_argument("in_dir", metavar="IN_DIR", help="folder of DICOM files, read recursively (never modified)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="new or empty folder outside IN_DIR; mirrors IN_DIR's tree")
+    p.add_argument("--profile", choices=("basic",), default="basic",
+                   help="PS3.15 Annex E confidentiality profile (the Basic Profile)")
+    dates = p.add_mutually_exclusive_group()
+    dates.add_argument("--keep-dates", action="store_true",
+                       help="keep dates and times (Retain Longitudinal Temporal Information Full Dates Option)")
+    dates.add_argument("--shift-dates", metavar="SEED", default=None,
+                       help="move every date back by one offset per patient (1-3652 days) derived from SEED; times "
+                            "kept (Modified Dates Option). Keep SEED secret: with it the offsets can be recomputed")
+    p.add_argument("--map", default=None, metavar="FILE",
+                   help="write original -> pseudonym Patient IDs (with date offsets) and UIDs to this CSV, for the "
+                        "data controller; refused inside OUT_DIR or IN_DIR")
+    p.add_argument("--blank-burned-in", dest="blank_regions", action="append", default=[],
+                   metavar="COL0,ROW0,COL1,ROW1",
+                   help="de-identify BurnedInAnnotation=YES images by zeroing this pixel rectangle (columns COL0 to "
+                        "COL1-1, rows ROW0 to ROW1-1) in every frame; repeatable. Without it they are refused")
+    p.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="bytes that key new UIDs and pseudonyms, so another run maps the same inputs the same way "
+                        "(default: a random key, this run's mapping is its own); keep it outside OUT_DIR")
     p = _subparser(sub, "bench", "benchmark medjax against PyTorch baselines -> DIR/bench.{json,md,png}")
     p.add_argument("--quick", action="store_true",
                    help="fewer warm-up and timed steps (or protocol steps), same shapes")
@@ -251,6 +288,23 @@ def import_weights_command(args: argparse.Namespace, extra: list[str]) -> dict:
     return meta
 
 
+def deid_command(args: argparse.Namespace, extra: list[str]) -> int:
+    """`medjax deid`: `medjax.privacy.deid.deidentify_tree` over IN_DIR; a summary line on stderr."""
+    if extra:
+        raise MedjaxError(f"unrecognized arguments for deid: {' '.join(extra)}")
+    from medjax.privacy import deid
+
+    regions = [deid.parse_region(r) for r in args.blank_regions]
+    dates = "keep" if args.keep_dates else "shift" if args.shift_dates is not None else "remove"
+    rows = deid.deidentify_tree(args.in_dir, args.out_dir, dates=dates, shift_seed=args.shift_dates,
+                                map_path=args.map, blank_regions=regions, secret_file=args.secret_file)
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("deidentified", "skipped", "refused", "failed")}
+    print(f"medjax: deid: {counts['deidentified']} of {len(rows)} file(s) de-identified -> {args.out_dir} ("
+          + ", ".join(f"{n} {k}" for k, n in counts.items() if k != "deidentified")
+          + f"); report: {os.path.join(args.out_dir, deid.REPORT_NAME)}", file=sys.stderr)
+    return 0
+
+
 def bench_command(args: argparse.Namespace, extra: list[str]) -> int:
     """`medjax bench`: the harness is `medjax.bench` (torch and monai: the `bench` extra)."""
     if extra:
@@ -296,6 +350,8 @@ def run(argv: list[str]) -> int:
         return bench_command(args, overrides)
     if args.command == "keys":
         return keys_command(args, overrides)
+    if args.command == "deid":
+        return deid_command(args, overrides)
     if args.command == "import-weights":
         import absl.logging
 

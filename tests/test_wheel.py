@@ -45,7 +45,7 @@ def test_the_wheel_carries_configs_bench_and_types(installed):
     wheel, _, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"medjax/configs/quickstart.py", "medjax/configs/__init__.py", "medjax/bench/bench.py",
-            "medjax/bench/gpu.sh", "medjax/py.typed", "medjax/__main__.py"} <= names
+            "medjax/bench/gpu.sh", "medjax/py.typed", "medjax/__main__.py", "medjax/privacy/annex_e.csv"} <= names
     assert not any(n.startswith(("experiments/", "tests/")) for n in names)
 
 

@@ -1,0 +1,1 @@
+"""Privacy: DICOM de-identification (`medjax.privacy.deid`, `medjax deid`) for data that leaves the hospital."""
