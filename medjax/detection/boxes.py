@@ -127,8 +127,9 @@ def spacing_affine(spacing: Sequence[float], origin: Sequence[float] | None = No
     return affine
 
 
-def _apply_affine(boxes: jnp.ndarray, affine) -> jnp.ndarray:
+def _apply_affine(boxes: jnp.ndarray, affine: np.ndarray | jnp.ndarray) -> jnp.ndarray:
     d = spatial_dims(boxes)
+    boxes = jnp.asarray(boxes, jnp.promote_types(boxes.dtype, jnp.float32))  # integer voxel boxes map to floats
     affine = jnp.asarray(affine, boxes.dtype)
     if affine.shape != (d + 1, d + 1):
         raise MedjaxError(f"{d}D boxes need a ({d + 1}, {d + 1}) affine, got shape {tuple(affine.shape)}")
@@ -141,7 +142,7 @@ def _apply_affine(boxes: jnp.ndarray, affine) -> jnp.ndarray:
     return jnp.concatenate([mapped.min(axis=-2), mapped.max(axis=-2)], axis=-1)
 
 
-def voxel_to_world(boxes: jnp.ndarray, affine) -> jnp.ndarray:
+def voxel_to_world(boxes: jnp.ndarray, affine: np.ndarray | jnp.ndarray) -> jnp.ndarray:
     """Boxes in voxel coordinates -> world coordinates through `affine` (voxel index -> world, e.g. a Volume's
     RAS mm affine, or `spacing_affine(spacing, origin)`). Flips stay well-formed (low corner first); under a
     rotation the result is the axis-aligned box around the mapped box. Equals MONAI's `apply_affine_to_boxes`
@@ -149,6 +150,6 @@ def voxel_to_world(boxes: jnp.ndarray, affine) -> jnp.ndarray:
     return _apply_affine(boxes, affine)
 
 
-def world_to_voxel(boxes: jnp.ndarray, affine) -> jnp.ndarray:
+def world_to_voxel(boxes: jnp.ndarray, affine: np.ndarray | jnp.ndarray) -> jnp.ndarray:
     """World-coordinate boxes -> voxel coordinates of the image whose voxel-to-world affine is `affine`."""
     return _apply_affine(boxes, jnp.linalg.inv(jnp.asarray(affine, jnp.float32)))

@@ -53,7 +53,7 @@ LUNA16_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 # ----------------------------------------------------------------------------------------------- shared helpers
 
-def unpad(detections) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+def unpad(detections: Sequence) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Batched fixed-size `Detections` (B, K, ...) -> per-image (boxes, scores, labels) lists of the valid rows."""
     boxes, scores, labels, valid = (np.asarray(a) for a in detections)
     return ([b[v] for b, v in zip(boxes, valid)], [s[v] for s, v in zip(scores, valid)],

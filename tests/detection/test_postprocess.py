@@ -50,14 +50,14 @@ def test_nms_parity_with_monai(torch, dims):
     boxes = random_boxes(rng, 150, dims, extent=30, max_side=14)
     scores = rng.random(150).astype(np.float32)
     labels = rng.integers(0, 3, 150)
+    both = jax.jit(lambda b, s, lab, t: (pp.nms(b, s, t, 160), pp.nms(b, s, t, 20, labels=lab)))  # one program
     for thresh in (0.1, 0.3, 0.6):
+        (idx, valid), (idx_c, valid_c) = both(boxes, scores, labels, thresh)
         expected = non_max_suppression(torch.from_numpy(boxes), torch.from_numpy(scores), thresh).numpy()
-        idx, valid = NMS(boxes, scores, thresh, max_output=160)
         np.testing.assert_array_equal(np.asarray(idx)[np.asarray(valid)], expected)
         expected = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thresh,
                                max_proposals=20).numpy()
-        idx, valid = NMS(boxes, scores, thresh, max_output=20, labels=labels)
-        np.testing.assert_array_equal(np.asarray(idx)[np.asarray(valid)], expected)
+        np.testing.assert_array_equal(np.asarray(idx_c)[np.asarray(valid_c)], expected)
     assert 1 < len(expected) <= 20
 
 
@@ -142,13 +142,15 @@ def test_weighted_box_fusion_by_hand():
     # two sources (e.g. two overlapping windows): a box seen once is down-weighted by 1/2
     two = WBF(boxes, scores, labels, np.ones(5, bool), iou_threshold=0.55, max_detections=4, num_sources=2)
     np.testing.assert_allclose(two.scores, [0.6, 0.5, 0.25, 0], rtol=1e-6)
-    # 3D, with the fused box moving: the third box matches the running average, not the first box
-    b3 = np.array([[0, 0, 0, 10, 10, 10], [3, 0, 0, 13, 10, 10], [6, 0, 0, 16, 10, 10]], np.float32)
-    out3 = WBF(b3, np.array([1.0, 1.0, 1.0], np.float32), np.zeros(3, int), np.ones(3, bool), iou_threshold=0.5,
-               max_detections=2)
-    # IoU(box 2, box 0) = 4/16 < 0.5 but IoU(box 2, mean of 0 and 1 = [1.5, 11.5]) = 5.5/14.5 < 0.5 too -> new
-    np.testing.assert_allclose(out3.boxes, [[1.5, 0, 0, 11.5, 10, 10], [6, 0, 0, 16, 10, 10]])
-    np.testing.assert_allclose(out3.scores, [1.0, 1.0])
+    # boxes are compared with the running fused box: box 1 joins box 0 (IoU 6/14 > 0.4) and the fused box becomes
+    # [2, 12]; box 2 overlaps the cluster's first box by only 5/15 < 0.4 but the fused box by 7/13, so it joins
+    # (padded to the shapes above with invalid rows: the same compiled program)
+    moving = np.array([[0, 0, 10, 10], [4, 0, 14, 10], [5, 0, 15, 10], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    out = WBF(moving, np.array([1.0, 1.0, 1.0, 0, 0], np.float32), np.zeros(5, int), np.arange(5) < 3,
+              iou_threshold=0.4, max_detections=4)
+    np.testing.assert_array_equal(out.valid, [True, False, False, False])
+    np.testing.assert_allclose(out.boxes[0], [3, 0, 13, 10], rtol=1e-6)  # the mean of the three
+    np.testing.assert_allclose(out.scores[0], 1.0)
 
 
 def test_merge_windows_by_hand():
