@@ -72,6 +72,9 @@ class UNet(nn.Module):
     eval returns the main logits only. Group norm needs every feature count divisible by `num_groups`.
     `remat` recomputes each conv block's activations in the backward pass instead of storing them (`nn.remat`):
     less memory for a slower step, same numbers and parameter names.
+    `decoder_outputs=True` returns `(logits, levels)` with `levels` the feature maps of every level, finest first:
+    `dec1`, ..., `dec{depth-1}` and the bottom `enc{depth}` (level i at stride 2^(i-1)), for heads that read the
+    decoder (the Retina U-Net's detection heads, `medjax.models.detection.RetinaUNet`).
     """
 
     num_classes: int
@@ -84,6 +87,7 @@ class UNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    decoder_outputs: bool = False
 
     def __post_init__(self) -> None:
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
@@ -112,7 +116,7 @@ class UNet(nn.Module):
             x = block(self.features[i - 1], f"enc{i}")(x)
             skips.append(x)
 
-        aux = []
+        aux, levels = [], [x]
         for i in range(depth - 1, 0, -1):
             skip, f = skips[i - 1], self.features[i - 1]
             if self.upsample == "transpose":
@@ -122,12 +126,15 @@ class UNet(nn.Module):
                 x = jax.image.resize(x, x.shape[:1] + skip.shape[1:-1] + x.shape[-1:], method="linear")
                 x = layers.conv(f, 1, nd, use_bias=False, name=f"up{i}", dtype=self.dtype)(x)
             x = block(f, f"dec{i}")(jnp.concatenate([skip, x], axis=-1))
+            levels.insert(0, x)
             if self.deep_supervision and i > 1:
                 # Always built (cheap, and dropped by XLA when unused) so init in either mode makes the params.
                 aux.append(layers.conv(self.num_classes, 1, nd, name=f"aux{i}", dtype=self.dtype)(x))
 
         logits = layers.conv(self.num_classes, 1, nd, name="final_conv", dtype=self.dtype)(x)
         logits = jnp.asarray(logits, jnp.float32)
+        if self.decoder_outputs:
+            return logits, tuple(levels)
         if self.deep_supervision and train:
             return (logits, *(jnp.asarray(a, jnp.float32) for a in reversed(aux)))
         return logits
