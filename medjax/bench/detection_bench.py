@@ -12,8 +12,8 @@ detector on each window's head outputs, boxes shifted by the window start, then 
 `merge_windows`), and the numbers of kept detections must match.
 
 `torchvision` does not install beside this torch; `resnet_fpn_feature_extractor` needs two of its helpers
-(`IntermediateLayerGetter`, `_validate_trainable_layers`), which `torchvision_stubs` supplies (torchvision's code,
-trimmed) while a network is built. Note a MONAI quirk kept for parity: `IntermediateLayerGetter` runs every child
+(`IntermediateLayerGetter`, `_validate_trainable_layers`) and `RetinaNetDetector` tests instances against two of
+its classes, which `torchvision_stubs` supplies (torchvision's code, trimmed) while MONAI's code runs. Note a MONAI quirk kept for parity: `IntermediateLayerGetter` runs every child
 of the backbone up to the last returned stage, so the ResNet's max-pool runs even with `no_max_pool=True`; the
 medjax model sets `stem_pool=True`.
 """
@@ -62,23 +62,31 @@ def _validate_trainable_layers(is_trained: bool, trainable_backbone_layers, max_
     return default_value if trainable_backbone_layers is None else trainable_backbone_layers
 
 
+class _Absent:
+    """Stands for a torchvision class MONAI checks with isinstance (never an instance of it)."""
+
+
 @contextlib.contextmanager
 def torchvision_stubs():
-    """MONAI's detection networks with torchvision's two helpers supplied when torchvision is not installed."""
+    """MONAI's detection code with torchvision's helpers supplied when torchvision is not installed: the two the
+    ResNet-FPN feature extractor calls, and stand-ins for the `Matcher` / `BalancedPositiveNegativeSampler`
+    classes `RetinaNetDetector` only tests instances against (medjax compares with its ATSS matcher)."""
     if importlib.util.find_spec("torchvision") is not None:
         yield
         return
+    from monai.apps.detection.networks import retinanet_detector as rd
     from monai.apps.detection.networks import retinanet_network as rn
     from monai.networks.blocks import backbone_fpn_utils as bf
 
-    saved = bf.torchvision_models, rn._validate_trainable_layers
+    saved = bf.torchvision_models, rn._validate_trainable_layers, rd.Matcher, rd.BalancedPositiveNegativeSampler
     bf.torchvision_models = types.SimpleNamespace(_utils=types.SimpleNamespace(
         IntermediateLayerGetter=_intermediate_layer_getter()))
     rn._validate_trainable_layers = _validate_trainable_layers
+    rd.Matcher = rd.BalancedPositiveNegativeSampler = _Absent
     try:
         yield
     finally:
-        bf.torchvision_models, rn._validate_trainable_layers = saved
+        bf.torchvision_models, rn._validate_trainable_layers, rd.Matcher, rd.BalancedPositiveNegativeSampler = saved
 
 
 def monai_retinanet(spatial_dims: int, in_channels: int, num_classes: int, num_anchors: int, *,

@@ -28,7 +28,7 @@ from medjax.data.prefetch import DevicePrefetch
 from medjax.data.sources import load_splits, train_input_shape, train_transform
 from medjax.data.stream import TrainStream, as_source, eval_batches
 from medjax.errors import MedjaxError
-from medjax.tasks import make_task
+from medjax.tasks import make_task, prepare_data
 from medjax.train import compute, init_from, run_config, volume_eval
 from medjax.train import finetune as finetune_lib
 from medjax.train.checkpoint import Checkpoints
@@ -149,9 +149,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Any:
 
 
 def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setup:
-    """The supervised family (segmentation, classification, regression): strategy, data, task, optimizer."""
+    """The supervised family (segmentation, classification, regression, mil, detection): strategy, data, task,
+    optimizer."""
     strategy = make_strategy(config.parallel.strategy, devices)
-    data = load_splits(config.data)
+    data = prepare_data(config, load_splits(config.data))
     splits = data.splits
     if "train" not in splits:
         raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
