@@ -32,7 +32,7 @@ def test_bench_smoke(repo, tmp_path):
     assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
     records = result["records"]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"classification", "segmentation", "sliding_window", "gan"}
+    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "detection"}
     from medjax.bench import bench
 
     assert result["cases"] == [c.name for c in bench.CASES.values() if c.smoke is not None]
@@ -45,7 +45,7 @@ def test_bench_smoke(repo, tmp_path):
             assert r["status"] == "ok", (case, fw, r["reason"])
             assert r["infer_examples_per_s"] > 0 and r["compile_s"] > 0
             assert r["config"] == spec.config and r["mode"] == "smoke"
-            assert len(r["input_shape_nc"]) == 2 + len(spec.spatial) + (1 if spec.frames else 0)
+            assert len(r["input_shape_nc"]) == 2 + len(spec.shape("smoke")) + (1 if spec.frames else 0)
             if r["kind"] != "sliding_window":
                 assert r["train_examples_per_s"] > 0
             if fw != "medjax":

@@ -29,6 +29,10 @@ Not timed on either side: data loading and on-device augmentation (`msd_unet3d` 
 in training; `python -m medjax.bench.input_pipeline` measures that part), evaluation and checkpoints
 (`--protocol` measures whole runs).
 
+The RetinaNet rows (`icbm152_retinanet_3d`: a training step; `icbm152_retinanet_sliding_window`: sliding-window
+detection of a volume) compare with MONAI's `RetinaNet` / `RetinaNetDetector` on imported weights
+(`medjax/bench/detection_bench.py` describes them).
+
 `msd_sliding_window` is inference only: the evaluation `medjax evaluate` runs for a patch-trained 3D U-Net
 (`medjax.inference.sliding_window_volume` with the config's roi, overlap, Gaussian blending and window batch,
 class probabilities per window on the device) against `monai.inferers.sliding_window_inference` with the torch
@@ -76,13 +80,13 @@ class Case:
     """One protocol row: an experiment config, the data it runs on, and the torch model to compare with."""
 
     name: str
-    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan"
+    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan" | "detection"
     config: str  # a shipped config, medjax.configs NAME[:variant]
     data: str  # the data the protocol trains on (only its shape is used: random values of that shape)
     in_channels: int
     num_classes: int
     spatial: tuple[int, ...]  # one example's spatial shape (an image, a training patch, a frame)
-    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan"
+    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan" | "monai_retinanet"
     overrides: tuple[str, ...] = ()  # key=value config overrides that name the data set
     frames: int = 0  # > 0: sequences (N, T, *spatial, C)
     volume: tuple[int, ...] = ()  # sliding window: the evaluated volume's shape
@@ -101,6 +105,10 @@ class Case:
 
 _TINY_RESNET = ("batch_size=2",)
 _TINY_UNET = ("batch_size=2", "model.features=(4,8)")
+# RetinaNet smoke rows run in 2D (the same rank-agnostic code): a 3D detector's first compile alone is minutes
+# on a busy 2-core CPU.
+_TINY_RETINANET = ("batch_size=2", "eval_batch_size=2", "model.width=8", "model.fpn_channels=8",
+                   "inference.roi_size=(16,16)", "task.topk_per_level=50", "task.max_detections=8")
 
 CASES: dict[str, Case] = {c.name: c for c in (
     Case("medmnist_r18_2d_1ch", "classification", "medmnist_resnet18", "BreastMNIST: 28x28, 1 channel, 2 classes",
@@ -127,6 +135,12 @@ CASES: dict[str, Case] = {c.name: c for c in (
          smoke=("batch_size=1", "model.features=(4,8)"), smoke_spatial=(16, 16)),
     Case("cine_convlstm_ef", "regression", "cine_synthetic:ef", "simulated cine: 12 frames of 48x48, EF target",
          1, 1, (48, 48), "twin", frames=12),
+    Case("icbm152_retinanet_3d", "detection", "detection_icbm152:3d,retinanet",
+         "ICBM152 lesions: 32^3 training patches, batch 4, 2 boxes each", 1, 1, (32, 32, 32), "monai_retinanet",
+         smoke=_TINY_RETINANET, smoke_spatial=(16, 16)),
+    Case("icbm152_retinanet_sliding_window", "sliding_window", "detection_icbm152:3d,retinanet",
+         "a 64^3 volume, 32^3 windows, overlap 0.25, 4 windows per device call, NMS merge", 1, 1, (32, 32, 32),
+         "monai_retinanet", volume=(64, 64, 64), smoke=_TINY_RETINANET, smoke_spatial=(16, 16)),
     Case("gan_pix2pix", "gan", "gan_icbm152:pix2pix",
          "ICBM152 1 mm axial slices 192x160 -> 4-class tissue maps", 1, 4, (192, 160), "gan",
          smoke=("batch_size=2", "generator.features=(4,8)", "discriminator.features=4"), smoke_spatial=(32, 32)),
@@ -847,6 +861,12 @@ def run_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEW
         from medjax.bench.gan_bench import run_gan_case
 
         return run_gan_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
+    if case.torch_model == "monai_retinanet":
+        from medjax.bench import detection_bench
+
+        runner = (detection_bench.run_detection_window_case if case.kind == "sliding_window"
+                  else detection_bench.run_detection_case)
+        return runner(case, mode, warmup, repeats, frameworks, log, budget, precision)
     return RUNNERS[case.kind](case, mode, warmup, repeats, frameworks, log, budget, precision)
 
 

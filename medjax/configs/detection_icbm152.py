@@ -12,6 +12,8 @@ slices (8 per case, half through lesions). The model is a Retina U-Net (features
 levels of strides 2 and 4, anchors of 4 and 8 voxels at stride 2, doubled at stride 4), ATSS matching, focal +
 smooth-L1 loss, and the auxiliary Dice + CE of its segmentation output.
 
+`retinanet` swaps in MONAI's RetinaNet architecture (a ResNet stem 7/1 with max-pool, stages 1-2 of width 16,
+an FPN of 32 channels plus its pooled level, four-conv heads): the model of the `medjax bench` RetinaNet rows.
 `seg` is the baseline: the same U-Net trained as a segmenter (Dice + CE), whose connected components are the
 detections (`medjax.detection.instances.segmentation_detections`, scored by their mean probability);
 `python -m experiments.detection_icbm152` trains all four and writes the table in docs/detection.md. `tiny`
@@ -23,15 +25,18 @@ import ml_collections
 from medjax.configs import _base
 from medjax.data import augment
 
-FLAGS = ("3d", "2d", "seg", "tiny")
+FLAGS = ("3d", "2d", "seg", "retinanet", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     flags = set((arg or "3d").split(","))
     if flags - set(FLAGS) or len(flags & {"3d", "2d"}) > 1:
-        raise ValueError(f"unknown detection_icbm152 variant {arg!r}; use 3d or 2d, optionally with ,seg and ,tiny")
+        raise ValueError(f"unknown detection_icbm152 variant {arg!r}; use 3d or 2d, optionally with ,seg or "
+                         f",retinanet and ,tiny")
     dims = 2 if "2d" in flags else 3
-    tiny, seg = "tiny" in flags, "seg" in flags
+    tiny, seg, retinanet = "tiny" in flags, "seg" in flags, "retinanet" in flags
+    if seg and retinanet:
+        raise ValueError("detection_icbm152: seg and retinanet are two different models; pick one")
 
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -67,6 +72,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                 matcher="atss", nms_thresh=0.2, max_detections=32))
         c.model = ml_collections.ConfigDict(dict(name="retina_unet", features=features, norm="batch",
                                                  head_levels=(2, 3), head_channels=16, head_convs=2))
+        if retinanet:  # MONAI's RetinaNet: ResNet stem 7/1 + max-pool, stages 1-2 (strides 2, 4), + the pooled level
+            c.model = ml_collections.ConfigDict(dict(name="retinanet", stage_sizes=(1, 1, 1, 1), width=16,
+                                                     stem_kernel=7, stem_stride=1, stem_pool=True,
+                                                     returned_layers=(1, 2), fpn_channels=32))
         best = "cpm"
 
     c.augment = augment.default_config(("flip", "rot90") if dims == 3 else ("flip",))
@@ -85,8 +94,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.num_train, c.data.num_val, c.data.num_test = 4, 2, 2
         c.data.slices_per_case = 2
         c.optimizer.warmup_steps = 0
-        c.model.features = (4, 8)
-        if not seg:
+        if not retinanet:
+            c.model.features = (4, 8)
+        if retinanet:
+            c.model.width, c.model.fpn_channels = 8, 8
+            c.task.anchor_shapes = (3.0,)
+        elif not seg:
             c.model.head_levels = (1, 2)
             c.model.head_channels = 8
             c.model.head_convs = 1

@@ -3,7 +3,6 @@ boxes (ATSS matching, focal classification loss, smooth-L1 on encoded deltas or 
 3D; and the per-device normalisation that makes pmap equal to one device."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -43,11 +42,11 @@ def _case(dims: int, seed: int):
 
 def _monai_loss(dims, anchors, feats, logits, deltas, batch, box_loss, alpha):
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-
-    from medjax.bench.detection_bench import torchvision_stubs
     from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
     from monai.losses import FocalLoss
     from monai.losses.giou_loss import BoxGIoULoss
+
+    from medjax.bench.detection_bench import torchvision_stubs
 
     class Net(torch.nn.Module):
         spatial_dims, num_classes, num_anchors, size_divisible = dims, 2, 3, 1
