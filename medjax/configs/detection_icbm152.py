@@ -26,6 +26,7 @@ from medjax.configs import _base
 from medjax.data import augment
 
 FLAGS = ("3d", "2d", "seg", "retinanet", "tiny")
+VARIANTS = tuple(f"{d}{m}{t}" for d in ("3d", "2d") for m in ("", ",seg", ",retinanet") for t in ("", ",tiny"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

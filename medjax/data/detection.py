@@ -23,7 +23,8 @@ Boxes come from:
     (`medjax.detection.instances.rasterize_boxes`).
 (b) the label maps of any segmentation source (`msd`, `image_folder`, ...), when the task is detection
     (`with_boxes`): one box per connected component of each class (`instances.component_boxes`, nnDetection's
-    convention), the classes the source's names without the background.
+    convention). Every source names its classes background first (its label maps' values); the detection
+    classes are those names without the background.
 
 Bad input is a `MedjaxError` naming the file, case and box: a box outside its image (beyond 1e-3 voxels), a box of
 zero size, a class the config does not declare, a case whose image does not exist, and a training split without a
@@ -259,8 +260,9 @@ def load_boxes_case(entry: BoxEntry, cfg: ml_collections.ConfigDict, dims: int) 
 
 
 def load_boxes_source(cfg: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
-    """The `boxes` source: ({split: cached random-access source}, class names) from `data.root` and
-    `data.boxes_file`, split by `medjax.data.splits`, cached as array_record like the `msd` source."""
+    """The `boxes` source: ({split: cached random-access source}, class names: "background" then the declared
+    ones, as the painted label maps number them) from `data.root` and `data.boxes_file`, split by
+    `medjax.data.splits`, cached as array_record like the `msd` source."""
     from medjax.data.cache import build_or_load, file_fingerprint
 
     if not cfg.root:
@@ -297,7 +299,7 @@ def load_boxes_source(cfg: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
     name = "boxes_" + "".join(ch if ch.isalnum() else "_" for ch in os.path.basename(os.path.normpath(cfg.root)))
     sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
                             cache_dir=cfg.cache_dir or None)
-    return sources, class_names
+    return sources, ["background", *class_names]
 
 
 def _channels(image_path: str) -> int:
@@ -331,9 +333,10 @@ def _component_table(source: Any, num_classes: int, max_boxes: int, split: str) 
 
 
 def with_boxes(data: Any, cfg: ml_collections.ConfigDict) -> Any:
-    """`data` (a `medjax.data.sources.Dataset`) with boxes on every example: unchanged when the source gives
-    them; else one box per connected component of each label map, the class names without the background
-    (`component_boxes`). A training split without any box is an error."""
+    """`data` (a `medjax.data.sources.Dataset`) with boxes on every example and its foreground class names (every
+    source's names start with the background, as its label maps): splits that carry boxes are kept, the others get
+    one box per connected component of each label map (`component_boxes`). A training split without any box is an
+    error."""
     from medjax.data.sources import Dataset
 
     out: dict[str, Any] = {}
@@ -354,7 +357,7 @@ def with_boxes(data: Any, cfg: ml_collections.ConfigDict) -> Any:
     if not any(np.asarray(train[i]["box_valid"]).any() for i in range(len(train))):
         what = "label map" if derived else "boxes list"
         raise MedjaxError(f"dataset {cfg.name!r}: every training case's {what} is empty (no object to detect)")
-    return Dataset(out, names[1:] if derived else names)
+    return Dataset(out, names[1:])
 
 
 # ------------------------------------------------------------------------------------------ training patches

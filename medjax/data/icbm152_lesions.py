@@ -19,7 +19,7 @@ own lesions and the same arguments always give the same data:
 - contrast: intensity + s * c * profile, s = +1 or -1 with equal probability (hyper- and hypointense), c uniform
   in `contrast` (in brain standard deviations), profile = sigmoid(4 * (1 - rho)) with rho the ellipsoidal
   radius (about 1 inside, 1/2 on the surface, fading outside);
-- label: the voxels with rho <= 1 (class 1, "lesion"); its boxes are the connected components' extents
+- label: the voxels with rho <= 1 (value 1, "lesion"); its boxes are the connected components' extents
   (`medjax.detection.instances.component_boxes`), i.e. each lesion's exact voxel box;
 - noise: Gaussian with standard deviation `noise` over the whole volume.
 
@@ -37,7 +37,7 @@ import numpy as np
 from medjax.detection.instances import component_boxes, pad_boxes
 from medjax.errors import MedjaxError
 
-CLASS_NAMES = ("lesion",)
+CLASS_NAMES = ("background", "lesion")  # the label map's values; detection classes: ("lesion",)
 SPLITS = ("train", "val", "test")
 SHAPE_JITTER = (0.7, 1.3)
 PROFILE_SHARPNESS = 4.0

@@ -45,7 +45,7 @@ def json_root(tmp_path_factory):
 
 def test_json_datalist_in_world_coordinates(json_root, tmp_path):
     data = load_splits(_boxes_config(json_root, tmp_path, coordinates="world", class_names=("lesion",)))
-    assert data.class_names == ["lesion"] and sorted(data.splits) == ["train", "val"]  # the datalist's splits
+    assert data.class_names == ["background", "lesion"] and sorted(data.splits) == ["train", "val"]  # its splits
     assert len(data.splits["train"]) == 2 and len(data.splits["val"]) == 1
     example = data.splits["train"][0]
     # RAS-canonical x = 7 - stored x; box coordinate = world -> voxel index + 1/2: x (-1 + 4) / 2 + 1/2 = 2 ...

@@ -1,0 +1,144 @@
+"""The detection task in the one training loop: a RetinaNet trained on the connected-component boxes of 2D label
+maps (synthetic discs), its evaluation numbers recomputed from its own detections, exact resume, pmap = sharding,
+sliding-window evaluation (one window per image = whole-image evaluation), and a 3D Decathlon-format folder with a
+Retina U-Net, patches and sliding windows. One trained workdir is shared by the evaluation tests."""
+
+import json
+
+import jax
+import ml_collections
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medjax.detection import metrics
+from medjax.train import loop, volume_eval
+from medjax.train.parallel import replicated_to_host
+from tests.train.helpers import assert_trees_close, run_steps
+
+
+def detection_config(**dotted) -> ml_collections.ConfigDict:
+    """The test run's config; `dotted` keys ("optimizer.name") replace or add values."""
+    c = dict(
+        seed=0, batch_size=4, eval_batch_size=4, num_train_steps=4, log_every=2, eval_every=2, checkpoint_every=2,
+        progress=False,
+        data=dict(name="synthetic_segmentation", num_train=8, num_eval=4, size=(16, 16), num_classes=3, max_boxes=4),
+        task=dict(name="detection", anchor_shapes=(4.0, 8.0), matcher="iou", score_thresh=0.01, max_detections=8),
+        model=dict(name="retinanet", stage_sizes=(1, 1), width=8, stem="small", returned_layers=(1, 2),
+                   fpn_channels=8, head_convs=1),
+        # SGD: pmap and sharding reduce in different orders, which Adam's first steps (~lr * sign(g)) amplify; and
+        # the pmap test's sharded run is then this run's program (one compile for both)
+        optimizer=dict(name="sgd", learning_rate=0.1), checkpoint=dict(best_metric="cpm"))
+    for key, value in dotted.items():
+        *path, leaf = key.split(".")
+        node = c
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(c)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("detection")
+    config = detection_config()
+    last = loop.train(config, str(workdir))
+    return config, workdir, last
+
+
+def _latest(config, workdir):
+    s = loop.setup(config, str(workdir))
+    canonical, step, _ = loop.restore_checkpoint(s, str(workdir), "latest")
+    return s, canonical, step
+
+
+def test_trains_on_component_boxes_and_evaluates_its_own_detections(trained):
+    config, workdir, last = trained
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [2, 4]
+    assert all(r["fg_anchors"] > 1 and r["box_loss"] > 0 for r in train)  # every batch has matched anchors
+    np.testing.assert_allclose([r["loss"] for r in train], [r["cls_loss"] + r["box_loss"] for r in train], rtol=1e-6)
+    assert {"mAP", "AP50", "AP75", "AR8", "AP/class1", "AP/class2", "cpm", "sensitivity@1"} <= set(last)
+    result = loop.evaluate(config, str(workdir), which="latest", split="test")
+    assert json.loads((workdir / "eval.json").read_text())["cpm"] == result["cpm"]
+    # the same numbers from the checkpoint's detections, unpadded by hand
+    s, canonical, _ = _latest(config, workdir)
+    params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
+    test = s.splits["test"]
+    dets = jax.jit(s.task.detect)(params, stats, test["image"])
+    pb, ps, pl = ([np.asarray(a)[i][np.asarray(dets.valid)[i]] for i in range(4)] for a in dets[:3])
+    gb = [b[v] for b, v in zip(test["boxes"], test["box_valid"])]
+    gl = [lab[v] for lab, v in zip(test["box_labels"], test["box_valid"])]
+    coco = metrics.coco_metrics(pb, ps, pl, gb, gl, 2, max_dets=(1, 10, 8))
+    froc = metrics.froc(pb, ps, gb)
+    assert result["mAP"] == pytest.approx(coco["mAP"], abs=1e-12) and result["AP50"] == pytest.approx(coco["AP50"])
+    assert result["cpm"] == pytest.approx(froc["cpm"], abs=1e-12)
+    assert result["num_lesions"] == sum(len(b) for b in gb) > 4
+
+
+def test_one_window_per_image_is_whole_image_evaluation(trained):
+    config, workdir, _ = trained
+    s, canonical, _ = _latest(config, workdir)
+    state = s.strategy.from_canonical(canonical)
+    whole = loop.evaluate_split(s, state, "test")
+    windowed = detection_config(**{"inference.roi_size": (16, 16)})
+    sw = loop.setup(windowed, str(workdir))
+    summary, cases = volume_eval.evaluate_detection_volumes(sw, sw.strategy.from_canonical(canonical), "test")
+    assert summary == whole
+    assert [c["num_boxes"] for c in cases] == s.splits["test"]["box_valid"].sum(axis=1).tolist()
+
+
+def test_resume_is_exact(trained, tmp_path):
+    config, workdir, _ = trained
+    loop.train(detection_config(num_train_steps=2), str(tmp_path))
+    loop.train(config, str(tmp_path))
+    (_, a, step_a), (_, b, step_b) = _latest(config, workdir), _latest(config, tmp_path)
+    assert step_a == step_b == 4
+    jax.tree.map(np.testing.assert_array_equal, replicated_to_host(a.params), replicated_to_host(b.params))
+
+
+def test_pmap_equals_sharding(trained, tmp_path):
+    sharded, h1, _ = run_steps(detection_config(), tmp_path / "a", 2)
+    pmapped, h2, _ = run_steps(detection_config(**{"parallel.strategy": "pmap"}), tmp_path / "b", 2)
+    assert_trees_close(sharded.params, pmapped.params)
+    assert_trees_close(sharded.batch_stats, pmapped.batch_stats)
+    for key in ("loss", "cls_loss", "box_loss", "fg_anchors"):
+        np.testing.assert_allclose([h[key] for h in h1], [h[key] for h in h2], rtol=1e-5)
+
+
+def _decathlon(root, cases=4):
+    """A Decathlon task folder of 16^3 MR volumes, each with two blocks of classes 1 and 2."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    training = []
+    for i in range(cases):
+        label = np.zeros((16, 16, 16), np.int16)
+        a, b = rng.integers(1, 6, 3), rng.integers(9, 13, 3)
+        label[a[0]:a[0] + 3, a[1]:a[1] + 4, a[2]:a[2] + 3] = 1
+        label[b[0]:b[0] + 3, b[1]:b[1] + 2, b[2]:b[2] + 3] = 2
+        image = rng.normal(1.0, 0.1, label.shape) + label
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), str(root / "imagesTr" / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "blocks", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "big", "2": "small"},
+        "training": training, "test": []}))
+
+
+def test_decathlon_folder_instances_from_components_in_3d(tmp_path):
+    _decathlon(tmp_path / "Task")
+    config = detection_config(
+        num_train_steps=2, data=dict(name="msd", root=str(tmp_path / "Task"), val_fraction=0.25, test_fraction=0.25,
+                                     patch_size=(8, 8, 8), max_boxes=3, cache_dir=str(tmp_path / "cache")),
+        model=dict(name="retina_unet", features=(4, 8), head_levels=(2,), head_channels=8, head_convs=1),
+        inference=dict(roi_size=(8, 8, 8), overlap=0.25), **{"task.anchor_shapes": (3.0,)})
+    last = loop.train(config, str(tmp_path / "run"))
+    assert {"cpm", "AP/big", "AP/small", "num_lesions"} <= set(last) and last["num_lesions"] == 2.0
+    result = loop.evaluate(config, str(tmp_path / "run"), split="test")
+    cases = json.loads((tmp_path / "run" / "eval_cases.json").read_text())["cases"]
+    assert result["num_lesions"] == 2.0 and [c["num_boxes"] for c in cases] == [2]
+    assert cases[0]["shape"] == [16, 16, 16] and cases[0]["num_detections"] <= 8
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["split"] == "train" and records[0]["seg_loss"] > 0  # the Retina U-Net's auxiliary loss
