@@ -93,7 +93,7 @@ def world_to_box(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def _corners(rows: np.ndarray, box_format: str) -> np.ndarray:
-    if box_format == "center":
+    if box_format == "center" and rows.size:
         return np.asarray(box_lib.from_center_size(rows.astype(np.float32)), np.float64)
     return rows
 
@@ -193,8 +193,7 @@ def _read_csv(path: str, images_dir: str, class_names: Sequence[str], box_format
         if image is None:
             raise MedjaxError(f"{path} names case {case!r}, but {images_dir} has no image file {case}.<ext>")
         rows_ = np.asarray(boxes, np.float64).reshape(len(boxes), -1) if boxes else np.zeros((0, 0))
-        entries.append(BoxEntry(case, image, _corners(rows_, box_format) if boxes else rows_,
-                                np.asarray(classes, np.int32)))
+        entries.append(BoxEntry(case, image, _corners(rows_, box_format), np.asarray(classes, np.int32)))
     return entries
 
 
