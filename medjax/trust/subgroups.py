@@ -254,11 +254,12 @@ def intervals(value: np.ndarray, boot: np.ndarray, jack: np.ndarray, strata: np.
 
 
 def bootstrap(statistic: Callable[[dict, jax.Array], jax.Array], cases: Cases, resamples: np.ndarray,
-              finish: Callable[[jax.Array], jax.Array] | None = None) -> tuple[np.ndarray, ...]:
+              finish: Callable[[jax.Array], jax.Array] | None = None, row_cost: int = 1) -> tuple[np.ndarray, ...]:
     """(value, bootstrap values (B, ...), jackknife values (N, ...)) of `statistic(cases, weights)` at unit weights,
     at each resample's multiplicities (`resamples` (B, ..., N), e.g. `stratified_resamples`, several stacked on
-    the middle axes) and with each case left out in turn: one jitted program, a `jax.lax.map` (vmapped in chunks)
-    over those weight rows, then `finish` (all rows -> statistics; default: as they are)."""
+    the middle axes) and with each case left out in turn: one jitted program, a `jax.lax.map` over those weight
+    rows, vmapped in chunks of about 4M elements of intermediates (`row_cost`: the statistic's intermediates per
+    element of a weight row), then `finish` (all rows -> statistics; default: as they are)."""
     b, n = resamples.shape[0], resamples.shape[-1]
     finish = finish or (lambda rows: rows)
 
@@ -269,7 +270,7 @@ def bootstrap(statistic: Callable[[dict, jax.Array], jax.Array], cases: Cases, r
 
         one = lambda r: statistic(cases, weights(r))  # noqa: E731
         rows = jnp.arange(1 + b + n)
-        chunk = min(len(rows), max(1, (1 << 22) // resamples[0].size))
+        chunk = min(len(rows), max(1, (1 << 22) // (resamples[0].size * row_cost)))
         return finish(jax.vmap(one)(rows) if chunk == len(rows) else jax.lax.map(one, rows, batch_size=chunk))
 
     rows = np.asarray(jax.jit(program)(jax.tree.map(jnp.asarray, cases), jnp.asarray(resamples, jnp.float32)))
@@ -325,7 +326,8 @@ def analyze(metrics: list[Metric], cases: Cases, columns: Mapping[str, Sequence[
         one = lambda v, defined: jnp.concatenate([v.reshape(-1), gaps(metrics, v, defined)])  # noqa: E731
         return jax.vmap(jax.vmap(one), (0, None))(rows, ~jnp.isnan(rows[0]))
 
-    value, boot, jack = bootstrap(per_group, {**cases, "_masks": masks}, resamples, finish)
+    cost = width * (len(metrics) + len(cases.get("auc", ())))  # per weight: every group's metrics, AUC per class
+    value, boot, jack = bootstrap(per_group, {**cases, "_masks": masks}, resamples, finish, cost)
     return {c: _report(metrics, names[c], strata[c], width, value[k], boot[:, k], jack[:, k], confidence_level,
                        min_cases) for k, c in enumerate(columns)}
 
