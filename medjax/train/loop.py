@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -58,6 +59,7 @@ class Setup(SetupBase):
     augment: Any = None  # (key, batch) -> batch inside the train step, or None
     window_step: Any = None  # the compiled sliding-window predictor, built on first use (volume_eval)
     finetune: Any = None  # medjax.train.finetune.Plan from config.finetune, None for plain training
+    case_ids: dict = dataclasses.field(default_factory=dict)  # {split: case ids in example order} (Dataset.cases)
     _eval_step: Any = dataclasses.field(default=None, repr=False)  # compiled on first validation
 
     def train_step_fn(self):
@@ -173,7 +175,8 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
     bags = getattr(task, "bag_inputs", False)  # images (N, K, *spatial, C): each instance is augmented alone
     augment = make_augment(config.augment, spatial_shape=example.shape[2 if bags else 1:-1],
                            channels=example.shape[-1], bags=bags)
-    return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan)
+    return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan,
+                 case_ids={name: data.cases(name) for name in splits})
 
 
 def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.ConfigDict:
@@ -235,9 +238,10 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
 
 
 def evaluate_cases(s: Setup, state: TrainState, split: str) -> tuple[dict[str, float], list[dict]]:
-    """`evaluate_split` plus one record per example (`task.case_records`): the task's `per_case` outputs (for
-    segmentation the predictions) are turned into per-case numbers on the host batch by batch
-    (`task.case_outputs`), so no split's worth of predictions is ever held. Only `evaluate` pays for this."""
+    """`evaluate_split` plus one record per example (`task.case_records`, with the case id and the example's
+    position `index`): the task's `per_case` outputs (for segmentation the predictions) are turned into per-case
+    numbers on the host batch by batch (`task.case_outputs`), so no split's worth of predictions is ever held.
+    Only `evaluate` pays for this."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
     task = s.task
@@ -248,7 +252,8 @@ def evaluate_cases(s: Setup, state: TrainState, split: str) -> tuple[dict[str, f
 
     outputs = _split_outputs(s, state, split, s.strategy.compile_eval_step(step),
                              lambda out: task.case_outputs(out, source))
-    records = [{"case": i, **r} for i, r in enumerate(task.case_records(outputs))]
+    ids = s.case_ids[split]
+    records = [{"case": ids[i], "index": i, **r} for i, r in enumerate(task.case_records(outputs))]
     return task.summarize(outputs), records
 
 
@@ -412,12 +417,22 @@ def restore_checkpoint(s: Any, workdir: str, which: str = "best") -> tuple[Any, 
     return canonical, step, used
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
-    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat)."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test",
+             calibrate: bool = False, subgroups: str | None = None,
+             group_columns: Sequence[str] | None = None) -> dict:
+    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat).
+    `calibrate` adds calibration before and after temperature scaling fit on `val`, `subgroups` (a metadata CSV
+    `case,<columns>`, optionally only `group_columns`) per-group metrics with bootstrap intervals
+    (`medjax.train.trust_eval`)."""
+    from medjax.train import trust_eval
+
     s = setup(config, workdir)
+    trust = trust_eval.request(s, split, calibrate, subgroups, group_columns)
     canonical, step, used = restore_checkpoint(s, workdir, which)
     result = {"split": split, "step": int(step), "checkpoint": used,
               **s.evaluate_checkpoint(canonical, int(step), split)}
+    if trust is not None:
+        result.update(trust_eval.report(s, canonical, int(step), used, split, trust))
     if s.is_main:
         _write_json(os.path.join(workdir, "eval.json"), result)
     return result
