@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from medjax.config import build_config
+from medjax.data import wsi_synthetic as W
 from medjax.data.stream import as_arrays
 from medjax.models import build_model
 from medjax.tasks import make_task
 from medjax.train import loop
 from medjax.train.parallel import replicated_to_host
-from tests.data import wsi_slides as W
 from tests.transfer.test_adapt import _medjax_to_torch, flat, random_variables
 
 ENCODER = dict(stage_sizes=(1,), block="basic", stem="small", width=4)  # the tiny config's encoder
