@@ -51,6 +51,8 @@ Rerunning the same command resumes from the latest checkpoint.
     "evaluate": """examples:
   medjax evaluate --config quickstart --workdir runs/quickstart
   medjax evaluate --config quickstart --workdir runs/quickstart --checkpoint latest --split val
+  medjax evaluate --config quickstart --workdir runs/quickstart --uncertainty tta --samples 8 \
+      --config.augment.transforms=flip,rot90
 
 """ + _OVERRIDES,
     "import-weights": """examples:
@@ -99,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
             p.add_argument("--split", default="test")
+            # uncertainty (medjax.train.uncertainty_eval)
+            p.add_argument("--uncertainty", choices=("mc_dropout", "tta", "ensemble"), default=None,
+                           help="also score S sampled predictions: MC-dropout passes, test-time augmentation draws "
+                                "or the ensemble's members -> eval.json 'uncertainty' and plots/")
+            p.add_argument("--samples", type=int, default=None,
+                           help="MC-dropout passes / TTA draws per member (default 10; an ensemble: its size)")
     p = _subparser(sub, "import-weights", "PyTorch weights -> a medjax pretrained-weights directory")
     p.add_argument("--arch", required=True, help="medjax model name (medjax.models.MODELS), e.g. resnet18")
     p.add_argument("--layout", required=True, choices=("torchvision", "monai"), help="the file's naming scheme")
@@ -323,7 +331,8 @@ def run(argv: list[str]) -> int:
     if args.command == "train":
         loop.train(config, args.workdir)
     else:
-        result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split)
+        result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split,
+                               uncertainty=args.uncertainty, samples=args.samples)
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

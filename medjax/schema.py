@@ -107,6 +107,10 @@ FINETUNE: Spec = {
     "head": Key(("head/*", "final_conv/*", "classifier/*"), "patterns naming the head for the linear probe"),
 }
 
+ENSEMBLE: Spec = {
+    "size": Key(1, "deep ensemble: K members (seeds seed..seed+K-1) trained as one vmapped program; 1 = off"),
+}
+
 GAN_EVAL: Spec = {"num_examples": Key(16, "generated examples scored and shown per GAN evaluation")}
 
 _GAN_TASK: Spec = {
@@ -278,9 +282,10 @@ DATA: dict[str, Spec] = {
 
 SECTIONS: dict[str, Spec] = {"optimizer": OPTIMIZER, "g_optimizer": OPTIMIZER, "d_optimizer": OPTIMIZER,
                              "checkpoint": CHECKPOINT, "parallel": PARALLEL, "inference": INFERENCE,
-                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "eval": GAN_EVAL}
+                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "ensemble": ENSEMBLE,
+                             "eval": GAN_EVAL}
 # Sections every config has (filled with their defaults when a file leaves them out).
-ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "augment")
+ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "ensemble", "augment")
 # Checked elsewhere: the network constructors' fields (at build) and the augmentation table.
 FREE_FORM = ("model", "generator", "discriminator", "augment")
 

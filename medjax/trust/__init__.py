@@ -1,0 +1,1 @@
+"""Trustworthy predictions: uncertainty, calibration and subgroup analysis (pure functions over predictions)."""

@@ -1,0 +1,48 @@
+"""Sampled predictions in one program: MC-dropout passes and ensemble members equal the passes run one by one."""
+
+import jax
+import ml_collections
+import numpy as np
+
+from medjax import rng
+from medjax.inference import predictive
+from medjax.tasks.classification import ClassificationTask
+from medjax.trust.uncertainty import mean_logits
+
+
+def _task():
+    return ClassificationTask(ml_collections.ConfigDict({"num_classes": 3}), ml_collections.ConfigDict(
+        {"name": "resnet", "stage_sizes": (1,), "block": "basic", "stem": "small", "width": 4,
+         "dropout_rate": 0.5}), [])
+
+
+def test_mc_dropout_samples_differ_and_their_mean_is_the_programs():
+    task = _task()
+    image = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    v = task.init_variables(rng.key(0), image)
+    state = type("S", (), {"params": v["params"], "batch_stats": v["batch_stats"]})
+    sample = jax.jit(lambda p, s, x: predictive.sampler(task, 0, "mc_dropout", 3, seed=7)(
+        type("S", (), {"params": p, "batch_stats": s}), {"image": x}))
+    stacked = np.asarray(sample(state.params, state.batch_stats, image))
+    base = jax.random.fold_in(rng.key(7), predictive.SAMPLE_STREAM)
+    one_by_one = np.stack([task.forward(v["params"], v["batch_stats"], image, jax.random.fold_in(base, t))
+                           for t in range(3)])
+    np.testing.assert_allclose(stacked, one_by_one, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(stacked[0], stacked[1]) and not np.allclose(stacked[1], stacked[2])
+    np.testing.assert_allclose(jax.nn.softmax(mean_logits(stacked, "softmax")),
+                               jax.nn.softmax(one_by_one).mean(0), rtol=1e-5)
+    deterministic = task.forward(v["params"], v["batch_stats"], image)
+    assert not np.allclose(stacked[0], deterministic)
+
+
+def test_members_are_each_members_model():
+    task = _task()
+    image = np.random.default_rng(1).normal(size=(2, 8, 8, 1)).astype(np.float32)
+    members = [task.init_variables(rng.key(k), image) for k in (0, 1)]
+    stacked = jax.tree.map(lambda *x: np.stack(x), *members)
+    logits = predictive.member_logits(task, stacked["params"], stacked["batch_stats"], image, 2)
+    for k, v in enumerate(members):
+        np.testing.assert_allclose(logits[k], task.forward(v["params"], v["batch_stats"], image), rtol=1e-5,
+                                   atol=1e-6)
+    np.testing.assert_allclose(predictive.predictive_logits(task, stacked["params"], stacked["batch_stats"], image, 2),
+                               mean_logits(logits, "softmax"), rtol=1e-6)

@@ -1,0 +1,57 @@
+"""Dropout in every registry model: rate 0 (the default) changes nothing (parameters, outputs); a rate > 0 drops
+only when the caller passes a dropout rng, in training and at inference (MC-dropout)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medjax.errors import MedjaxError
+from medjax.models import build_model
+from medjax.tasks.base import apply_model, dropout_rate
+
+TINY = {  # (constructor kwargs, input shape)
+    "resnet": (dict(stage_sizes=(1, 1), block="basic", stem="small", width=4), (2, 8, 8, 1)),
+    "densenet": (dict(growth_rate=4, block_config=(1, 1), num_init_features=4, stem="small"), (2, 8, 8, 1)),
+    "unet": (dict(features=(4, 8)), (2, 8, 8, 1)),
+    "basic_unet": (dict(features=(4, 4, 4, 4, 4, 4)), (2, 16, 16, 1)),
+    "monai_unet": (dict(channels=(4, 8), strides=(2,), num_res_units=1), (2, 8, 8, 1)),
+    "convlstm_unet": (dict(features=(4, 8)), (2, 3, 8, 8, 1)),
+    "convlstm_regressor": (dict(features=(4,), lstm_features=4), (2, 3, 8, 8, 1)),
+}
+
+
+def _rate_field(name):
+    return "dropout" if name == "monai_unet" else "dropout_rate"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_dropout_rate_zero_changes_nothing_and_a_rate_needs_a_key(name):
+    kwargs, shape = TINY[name]
+    plain = build_model(name, num_classes=3, **kwargs)
+    dropped = build_model(name, num_classes=3, **kwargs, **{_rate_field(name): 0.5})
+    assert dropout_rate(plain) == 0.0 and dropout_rate(dropped) == 0.5
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    variables = plain.init(jax.random.key(0), x, train=False)
+    shapes = jax.tree.map(lambda a: a.shape, variables)
+    assert jax.tree.map(lambda a: a.shape, dropped.init(jax.random.key(0), x, train=False)) == shapes
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    key = jax.random.key(1)
+    out = apply_model(plain, params, stats, x, train=False)[0]
+    np.testing.assert_array_equal(apply_model(plain, params, stats, x, train=False, dropout_key=key)[0], out)
+    np.testing.assert_array_equal(apply_model(dropped, params, stats, x, train=False)[0], out)  # no key: off
+    mc = apply_model(dropped, params, stats, x, train=False, dropout_key=key)[0]  # MC-dropout: on at inference
+    assert mc.shape == out.shape and not np.allclose(mc, out)
+    np.testing.assert_array_equal(apply_model(dropped, params, stats, x, train=False, dropout_key=key)[0], mc)
+
+
+def test_dropout_masks_scale_and_bad_rates():
+    from medjax.models.layers import Dropout
+
+    x = jnp.ones((4, 1000))
+    y = Dropout(0.25).apply({}, x, rngs={"dropout": jax.random.key(0)})
+    kept = np.asarray(y) != 0
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)  # inverted dropout keeps the mean
+    assert abs(kept.mean() - 0.75) < 0.02
+    with pytest.raises(MedjaxError, match=r"unet dropout_rate must be a number in \[0, 1\)"):
+        build_model("unet", num_classes=2, dropout_rate=1.0)

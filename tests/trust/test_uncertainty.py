@@ -1,0 +1,163 @@
+"""Uncertainty measures and referral curves against hand-computed values, the maps on disk, and the end-to-end
+`medjax evaluate --uncertainty ...` section."""
+
+import json
+import math
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medjax.errors import MedjaxError
+from medjax.trust import uncertainty as unc
+
+
+def _h(*p):
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_entropy_and_mutual_information_by_hand():
+    # two samples of three examples, two classes: disagreeing certainties, agreeing coin flips, a mixture
+    probs = np.array([[[1.0, 0.0], [0.5, 0.5], [0.8, 0.2]],
+                      [[0.0, 1.0], [0.5, 0.5], [0.4, 0.6]]])
+    total = [math.log(2), math.log(2), _h(0.6, 0.4)]
+    aleatoric = [0.0, math.log(2), (_h(0.8, 0.2) + _h(0.4, 0.6)) / 2]
+    np.testing.assert_allclose(unc.predictive_entropy(probs), total, rtol=1e-6)
+    np.testing.assert_allclose(unc.expected_entropy(probs), aleatoric, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(unc.mutual_information(probs), [math.log(2), 0.0, _h(0.6, 0.4) - aleatoric[2]],
+                               rtol=1e-5, atol=1e-7)
+    assert float(unc.entropy(np.array([0.25, 0.25, 0.5]))) == pytest.approx(1.5 * math.log(2), rel=1e-6)
+
+
+def test_uncertainty_of_logits_softmax_and_sigmoid():
+    logits = np.log(np.array([[[0.8, 0.2]], [[0.4, 0.6]]]))  # (S=2, N=1, C=2)
+    h, mi = unc.uncertainty(logits, "softmax")
+    assert float(h[0]) == pytest.approx(_h(0.6, 0.4), rel=1e-6)
+    assert float(mi[0]) == pytest.approx(_h(0.6, 0.4) - (_h(0.8, 0.2) + _h(0.4, 0.6)) / 2, rel=1e-4)
+    # two independent labels: p = (0.8, 0.5) and (0.4, 0.5) -> binary entropies of the means add up
+    p = np.array([[[0.8, 0.5]], [[0.4, 0.5]]])
+    h, mi = unc.uncertainty(np.log(p / (1 - p)), "sigmoid")
+    assert float(h[0]) == pytest.approx(_h(0.6, 0.4) + math.log(2), rel=1e-5)
+    assert float(mi[0]) == pytest.approx(_h(0.6, 0.4) - (_h(0.8, 0.2) + _h(0.4, 0.6)) / 2, rel=1e-4)
+    with pytest.raises(ValueError, match="regression"):
+        unc.uncertainty(logits, "mean")
+
+
+def test_mean_logits_give_the_mean_prediction():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(jax.nn.softmax(unc.mean_logits(logits, "softmax")),
+                               jax.nn.softmax(logits).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(jax.nn.sigmoid(unc.mean_logits(logits, "sigmoid")),
+                               jax.nn.sigmoid(logits).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(unc.mean_logits(logits, "mean"), logits.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(jax.nn.softmax(unc.mean_logits(logits[:1], "softmax")), jax.nn.softmax(logits[0]),
+                               rtol=1e-6)  # one sample: the model's own prediction
+
+
+def test_classification_referral_by_hand():
+    scores = np.array([0.9, 0.1, 0.5, 0.3, 0.7])  # referred first: case 0, then 4, 2, 3, 1
+    probs = np.array([[0.4, 0.6], [0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
+    labels = np.array([0, 0, 1, 1, 0])  # predicted 1, 0, 1, 0, 1: correct 0, 1, 1, 0, 0
+    rows = unc.classification_referral(scores, probs, labels, fractions=(0.0, 0.2, 0.4))
+    assert [r["retained"] for r in rows] == [5, 4, 3]
+    assert [r["fraction"] for r in rows] == [0.0, 0.2, 0.4]
+    assert [r["acc"] for r in rows] == pytest.approx([2 / 5, 2 / 4, 2 / 3])
+    # AUC of the positive-class score: all 5 -> pairs (pos 0.7, 0.4) vs neg (0.6, 0.1, 0.8): 3 of 6 ordered
+    # right; without case 0 -> neg (0.1, 0.8): 2 of 4; without cases 0 and 4 -> neg (0.1): 2 of 2
+    assert [r["auc"] for r in rows] == pytest.approx([3 / 6, 2 / 4, 1.0])
+    one_class = unc.classification_referral(np.array([0.9, 0.1]), probs[:2], np.array([1, 0]), fractions=(0.0, 0.5))
+    assert one_class[1]["auc"] is None and one_class[1]["acc"] == 1.0  # one class left: AUC undefined
+    assert len(unc.REFERRAL_FRACTIONS) == 11 and unc.REFERRAL_FRACTIONS[-1] == 0.5
+
+
+def test_dice_referral_and_ties():
+    rows = unc.dice_referral(np.array([0.2, 0.2, 0.9, 0.1]), np.array([0.5, np.nan, 0.1, 0.9]),
+                             fractions=(0.0, 0.25, 0.5, 0.75))
+    assert [r["dice"] for r in rows] == pytest.approx([0.5, 0.7, 0.7, 0.9])  # NaN cases are not averaged
+    rows = unc.referral_curve(np.zeros(4), lambda keep: {"kept": keep.tolist()}, fractions=(0.5,))
+    assert rows[0]["kept"] == [0, 1]  # ties: the lower indices are kept
+    with pytest.raises(MedjaxError, match="one uncertainty per case"):
+        unc.referral_curve(np.zeros((2, 2)), lambda keep: {})
+
+
+def test_maps_png_2d_and_nifti_3d(tmp_path):
+    maps = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5) / 10
+    paths = unc.save_maps(str(tmp_path / "u2"), np.ones((2, 4, 5, 1)), np.zeros((2, 4, 5), int), maps, maps / 2,
+                          ["bg", "fg"])
+    assert paths == [str(tmp_path / "u2.png")] and (tmp_path / "u2.png").stat().st_size > 0
+    vol = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    paths = unc.save_maps(str(tmp_path / "u3"), np.ones((2, 3, 4, 5, 1)), np.zeros((2, 3, 4, 5), int), vol, vol / 2,
+                          ["bg", "fg"], spacings=[(1.0, 2.0, 3.0), None])
+    assert [p.rsplit("/", 1)[1] for p in paths] == [
+        "u3_case0_entropy.nii.gz", "u3_case0_mutual_information.nii.gz",
+        "u3_case1_entropy.nii.gz", "u3_case1_mutual_information.nii.gz"]
+    img = nib.load(paths[1])
+    np.testing.assert_array_equal(np.asarray(img.dataobj), vol[0] / 2)
+    np.testing.assert_allclose(img.header.get_zooms(), (1.0, 2.0, 3.0))
+    assert nib.load(paths[2]).header.get_zooms() == (1.0, 1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------- end to end (one run)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-member ensemble of tiny U-Nets with dropout, 2 steps."""
+    from medjax.train import loop
+    from tests.train.helpers import synthetic_config
+
+    workdir = tmp_path_factory.mktemp("unc")
+    args = ["--config.ensemble.size=2", "--config.model.dropout_rate=0.2", "--config.num_train_steps=2",
+            "--config.eval_every=100", "--config.checkpoint_every=2"]
+    loop.train(synthetic_config(None, "segmentation", *args), str(workdir))
+    return workdir, args
+
+
+@pytest.mark.parametrize("method, extra, samples", [
+    ("ensemble", [], 2), ("mc_dropout", ["--samples", "2"], 2),
+    ("tta", ["--samples", "3", "--config.augment.transforms=('flip','rot90')"], 3)])
+def test_evaluate_uncertainty_section(trained, method, extra, samples):
+    from medjax.cli import main
+
+    workdir, args = trained
+    assert main(["evaluate", "--config", "synthetic:segmentation", "--workdir", str(workdir), "--split", "val",
+                 "--uncertainty", method, *extra, *args]) == 0
+    result = json.loads((workdir / "eval.json").read_text())
+    section = result["uncertainty"]
+    assert (section["method"], section["samples"], section["members"]) == (method, samples, 2)
+    assert set(section) == {"method", "samples", "members", "metrics", "mean_entropy", "mean_mutual_information",
+                            "referral", "plots"}
+    assert set(section["referral"]) == {"entropy", "mutual_information"}
+    rows = section["referral"]["entropy"]
+    assert [r["fraction"] for r in rows] == list(unc.REFERRAL_FRACTIONS)
+    assert [r["retained"] for r in rows] == [10 - int(f * 10 + 1e-9) for f in unc.REFERRAL_FRACTIONS]  # 10 cases
+    assert 0 < section["mean_mutual_information"] <= section["mean_entropy"] <= math.log(3)
+    assert section["plots"] == ["plots/uncertainty_referral_val.png", "plots/uncertainty_val.png"]
+    assert all((workdir / p).stat().st_size > 0 for p in section["plots"])
+    if method == "ensemble":  # the members' mean prediction is what plain evaluation scores too, case by case
+        assert section["metrics"]["dice_mean"] == pytest.approx(result["dice_mean"], rel=1e-6)
+        cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
+        foreground = [[c[k] for k in c if k.startswith("dice/")][1:] for c in cases]
+        case_dice = [np.mean([d for d in f if d is not None]) if any(d is not None for d in f) else np.nan
+                     for f in foreground]
+        assert rows[0]["dice"] == pytest.approx(np.nanmean(case_dice), rel=1e-6)
+
+
+def test_evaluate_uncertainty_refusals(trained):
+    from medjax.config import build_config
+    from medjax.train import loop
+
+    workdir, args = trained
+    config = build_config("synthetic:segmentation", args)
+    with pytest.raises(MedjaxError, match="--samples 3 with --uncertainty ensemble"):
+        loop.evaluate(config, str(workdir), uncertainty="ensemble", samples=3)
+    with pytest.raises(MedjaxError, match="undoes flip, rot90 exactly but not affine"):
+        loop.evaluate(build_config("synthetic:segmentation", [*args, "--config.augment.transforms=('affine',)"]),
+                      str(workdir), uncertainty="tta")
+    plain = build_config("synthetic:segmentation", ["--config.num_train_steps=2"])
+    with pytest.raises(MedjaxError, match="needs a run trained with config.ensemble.size > 1"):
+        loop.evaluate(plain, str(workdir / "none"), uncertainty="ensemble")
+    with pytest.raises(MedjaxError, match="mc_dropout needs dropout"):
+        loop.evaluate(plain, str(workdir / "none"), uncertainty="mc_dropout")
