@@ -37,11 +37,9 @@ def active_transforms(cfg: ml_collections.ConfigDict) -> list[str]:
     return [n for n in names if n in DEFAULTS and p(n) > 0]
 
 
-def make_tta(cfg: ml_collections.ConfigDict, spatial_shape: Sequence[int], dense: bool) -> Callable:
-    """`draw(key, batch) -> (image, voxel_map or None)`: one augmentation draw of every example of `batch` (needs
-    "image" and "index"); with `dense` (segmentation) also the map (N, *spatial) of the input voxel each output
-    voxel shows, for `invert`. MedjaxError naming `config.augment.transforms` when there is nothing to draw or,
-    with `dense`, a transform cannot be undone."""
+def check(cfg: ml_collections.ConfigDict, dense: bool) -> None:
+    """MedjaxError naming `config.augment.transforms` when there is nothing to draw or, with `dense`
+    (segmentation), a transform cannot be undone."""
     names = active_transforms(cfg)
     if not names:
         raise MedjaxError("--uncertainty tta draws from config.augment, which applies no transform: set e.g. "
@@ -51,6 +49,13 @@ def make_tta(cfg: ml_collections.ConfigDict, spatial_shape: Sequence[int], dense
         raise MedjaxError(f"--uncertainty tta for segmentation undoes {', '.join(EXACTLY_INVERTIBLE)} exactly but not "
                           f"{', '.join(bad)} (a resampling): set --config.augment.transforms to flip, rot90 and "
                           "intensity transforms for evaluation")
+
+
+def make_tta(cfg: ml_collections.ConfigDict, spatial_shape: Sequence[int], dense: bool) -> Callable:
+    """`draw(key, batch) -> (image, voxel_map or None)`: one augmentation draw of every example of `batch` (needs
+    "image" and "index"); with `dense` (segmentation) also the map (N, *spatial) of the input voxel each output
+    voxel shows, for `invert`. Refuses what `check` refuses."""
+    check(cfg, dense)
     augment = make_augment(cfg, spatial_shape=spatial_shape)
 
     def draw(key: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array | None]:

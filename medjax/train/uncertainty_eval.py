@@ -27,7 +27,7 @@ from medjax import metrics
 from medjax.data.stream import as_source
 from medjax.errors import MedjaxError
 from medjax.inference import predictive
-from medjax.inference.tta import make_tta
+from medjax.inference import tta as tta_lib
 from medjax.tasks.base import dropout_rate
 from medjax.trust import uncertainty as unc
 
@@ -57,6 +57,8 @@ def check(s: Any, method: str, samples: int | None) -> int:
             raise MedjaxError(f"--samples {samples} with --uncertainty ensemble: the ensemble has "
                               f"config.ensemble.size={s.members} members (leave --samples out)")
         return s.members
+    if method == "tta":
+        tta_lib.check(s.config.augment, dense=s.config.task.name == "segmentation")
     if method == "mc_dropout" and dropout_rate(s.task.model) <= 0:
         raise MedjaxError(f"--uncertainty mc_dropout needs dropout: config.model ({s.config.model.name!r}) has "
                           "dropout rate 0; train with --config.model.dropout_rate=0.1 (monai_unet: dropout)")
@@ -74,7 +76,7 @@ def evaluate(s: Any, state: Any, split: str, method: str, samples: int | None = 
     source = as_source(s.splits[split], f"split {split!r}")
     tta = None
     if method == "tta":
-        tta = make_tta(config.augment, np.shape(source[0]["image"])[:-1], dense)
+        tta = tta_lib.make_tta(config.augment, np.shape(source[0]["image"])[:-1], dense)
     sample = predictive.sampler(task, s.members, None if method == "ensemble" else method, t, config.seed, tta)
 
     def step(state: Any, batch: dict) -> dict:

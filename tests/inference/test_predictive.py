@@ -20,18 +20,20 @@ def test_mc_dropout_samples_differ_and_their_mean_is_the_programs():
     task = _task()
     image = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
     v = task.init_variables(rng.key(0), image)
-    state = type("S", (), {"params": v["params"], "batch_stats": v["batch_stats"]})
-    sample = jax.jit(lambda p, s, x: predictive.sampler(task, 0, "mc_dropout", 3, seed=7)(
-        type("S", (), {"params": p, "batch_stats": s}), {"image": x}))
-    stacked = np.asarray(sample(state.params, state.batch_stats, image))
+    sampler = predictive.sampler(task, 0, "mc_dropout", 3, seed=7)
     base = jax.random.fold_in(rng.key(7), predictive.SAMPLE_STREAM)
-    one_by_one = np.stack([task.forward(v["params"], v["batch_stats"], image, jax.random.fold_in(base, t))
-                           for t in range(3)])
+
+    @jax.jit
+    def programs(p, s, x):  # the vmapped passes; the same passes one by one; the deterministic forward
+        one_by_one = [task.forward(p, s, x, jax.random.fold_in(base, t)) for t in range(3)]
+        return sampler(type("S", (), {"params": p, "batch_stats": s}), {"image": x}), one_by_one, task.forward(p, s, x)
+
+    stacked, one_by_one, deterministic = programs(v["params"], v["batch_stats"], image)
+    stacked, one_by_one = np.asarray(stacked), np.stack(one_by_one)
     np.testing.assert_allclose(stacked, one_by_one, rtol=1e-5, atol=1e-6)
     assert not np.allclose(stacked[0], stacked[1]) and not np.allclose(stacked[1], stacked[2])
     np.testing.assert_allclose(jax.nn.softmax(mean_logits(stacked, "softmax")),
                                jax.nn.softmax(one_by_one).mean(0), rtol=1e-5)
-    deterministic = task.forward(v["params"], v["batch_stats"], image)
     assert not np.allclose(stacked[0], deterministic)
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from medjax import rng
 from medjax.errors import MedjaxError
 from medjax.models import build_model
 from medjax.tasks.base import apply_model, dropout_rate
@@ -32,23 +33,26 @@ def test_dropout_rate_zero_changes_nothing_and_a_rate_needs_a_key(name):
     dropped = build_model(name, num_classes=3, **kwargs, **{_rate_field(name): 0.5})
     assert dropout_rate(plain) == 0.0 and dropout_rate(dropped) == 0.5
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-    variables = plain.init(jax.random.key(0), x, train=False)
-    shapes = jax.tree.map(lambda a: a.shape, variables)
-    assert jax.tree.map(lambda a: a.shape, dropped.init(jax.random.key(0), x, train=False)) == shapes
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    key = jax.random.key(1)
-    out = apply_model(plain, params, stats, x, train=False)[0]
-    np.testing.assert_array_equal(apply_model(plain, params, stats, x, train=False, dropout_key=key)[0], out)
-    np.testing.assert_array_equal(apply_model(dropped, params, stats, x, train=False)[0], out)  # no key: off
-    mc = apply_model(dropped, params, stats, x, train=False, dropout_key=key)[0]  # MC-dropout: on at inference
-    assert mc.shape == out.shape and not np.allclose(mc, out)
-    np.testing.assert_array_equal(apply_model(dropped, params, stats, x, train=False, dropout_key=key)[0], mc)
+    init = lambda model: jax.eval_shape(lambda: model.init(rng.key(0), x, train=False))  # noqa: E731
+    assert init(dropped) == init(plain)  # the same parameters and statistics: rate 0 or not, same checkpoints
+
+    @jax.jit
+    def outputs(key):  # one program per model: the plain model, rate 0.5 without a key, rate 0.5 with the key
+        v = plain.init(rng.key(0), x, train=False)
+        p, s = v["params"], v.get("batch_stats", {})
+        run = lambda model, k=None: apply_model(model, p, s, x, train=False, dropout_key=k)[0]  # noqa: E731
+        return run(plain), run(dropped), run(dropped, key)
+
+    out, no_key, mc = outputs(rng.key(1))
+    np.testing.assert_array_equal(no_key, out)  # no key: dropout off
+    assert mc.shape == out.shape and not np.allclose(mc, out)  # MC-dropout: on at inference, BatchNorm in eval
 
 
 def test_dropout_masks_scale_and_bad_rates():
     from medjax.models.layers import Dropout
 
     x = jnp.ones((4, 1000))
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, x, rngs={"dropout": jax.random.key(0)}), x)  # rate 0
     y = Dropout(0.25).apply({}, x, rngs={"dropout": jax.random.key(0)})
     kept = np.asarray(y) != 0
     np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)  # inverted dropout keeps the mean

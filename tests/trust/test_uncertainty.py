@@ -1,7 +1,6 @@
 """Uncertainty measures and referral curves against hand-computed values, the maps on disk, and the end-to-end
 `medjax evaluate --uncertainty ...` section."""
 
-import json
 import math
 
 import jax
@@ -99,65 +98,25 @@ def test_maps_png_2d_and_nifti_3d(tmp_path):
     assert nib.load(paths[2]).header.get_zooms() == (1.0, 1.0, 1.0)
 
 
-# ----------------------------------------------------------------------------------- end to end (one run)
+def test_evaluate_refuses_what_a_method_cannot_do(tmp_path):
+    """Refused before any checkpoint is read (tests/train/test_ensemble.py evaluates a trained ensemble with every
+    method, end to end)."""
+    from types import SimpleNamespace
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-member ensemble of tiny U-Nets with dropout, 2 steps."""
-    from medjax.train import loop
-    from tests.train.helpers import synthetic_config
-
-    workdir = tmp_path_factory.mktemp("unc")
-    args = ["--config.ensemble.size=2", "--config.model.dropout_rate=0.2", "--config.num_train_steps=2",
-            "--config.eval_every=100", "--config.checkpoint_every=2"]
-    loop.train(synthetic_config(None, "segmentation", *args), str(workdir))
-    return workdir, args
-
-
-@pytest.mark.parametrize("method, extra, samples", [
-    ("ensemble", [], 2), ("mc_dropout", ["--samples", "2"], 2),
-    ("tta", ["--samples", "3", "--config.augment.transforms=('flip','rot90')"], 3)])
-def test_evaluate_uncertainty_section(trained, method, extra, samples):
-    from medjax.cli import main
-
-    workdir, args = trained
-    assert main(["evaluate", "--config", "synthetic:segmentation", "--workdir", str(workdir), "--split", "val",
-                 "--uncertainty", method, *extra, *args]) == 0
-    result = json.loads((workdir / "eval.json").read_text())
-    section = result["uncertainty"]
-    assert (section["method"], section["samples"], section["members"]) == (method, samples, 2)
-    assert set(section) == {"method", "samples", "members", "metrics", "mean_entropy", "mean_mutual_information",
-                            "referral", "plots"}
-    assert set(section["referral"]) == {"entropy", "mutual_information"}
-    rows = section["referral"]["entropy"]
-    assert [r["fraction"] for r in rows] == list(unc.REFERRAL_FRACTIONS)
-    assert [r["retained"] for r in rows] == [10 - int(f * 10 + 1e-9) for f in unc.REFERRAL_FRACTIONS]  # 10 cases
-    assert 0 < section["mean_mutual_information"] <= section["mean_entropy"] <= math.log(3)
-    assert section["plots"] == ["plots/uncertainty_referral_val.png", "plots/uncertainty_val.png"]
-    assert all((workdir / p).stat().st_size > 0 for p in section["plots"])
-    if method == "ensemble":  # the members' mean prediction is what plain evaluation scores too, case by case
-        assert section["metrics"]["dice_mean"] == pytest.approx(result["dice_mean"], rel=1e-6)
-        cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
-        foreground = [[c[k] for k in c if k.startswith("dice/")][1:] for c in cases]
-        case_dice = [np.mean([d for d in f if d is not None]) if any(d is not None for d in f) else np.nan
-                     for f in foreground]
-        assert rows[0]["dice"] == pytest.approx(np.nanmean(case_dice), rel=1e-6)
-
-
-def test_evaluate_uncertainty_refusals(trained):
     from medjax.config import build_config
-    from medjax.train import loop
+    from medjax.train import loop, uncertainty_eval
 
-    workdir, args = trained
-    config = build_config("synthetic:segmentation", args)
-    with pytest.raises(MedjaxError, match="--samples 3 with --uncertainty ensemble"):
-        loop.evaluate(config, str(workdir), uncertainty="ensemble", samples=3)
-    with pytest.raises(MedjaxError, match="undoes flip, rot90 exactly but not affine"):
-        loop.evaluate(build_config("synthetic:segmentation", [*args, "--config.augment.transforms=('affine',)"]),
-                      str(workdir), uncertainty="tta")
-    plain = build_config("synthetic:segmentation", ["--config.num_train_steps=2"])
-    with pytest.raises(MedjaxError, match="needs a run trained with config.ensemble.size > 1"):
-        loop.evaluate(plain, str(workdir / "none"), uncertainty="ensemble")
-    with pytest.raises(MedjaxError, match="mc_dropout needs dropout"):
-        loop.evaluate(plain, str(workdir / "none"), uncertainty="mc_dropout")
+    def refused(method, samples, *args):
+        with pytest.raises(MedjaxError) as e:
+            loop.evaluate(build_config("synthetic:segmentation", list(args)), str(tmp_path), uncertainty=method,
+                          samples=samples)
+        return str(e.value)
+
+    assert "--samples 3 with --uncertainty ensemble" in refused("ensemble", 3, "--config.ensemble.size=2")
+    assert "undoes flip, rot90 exactly but not affine" in refused("tta", None, "--config.augment.transforms=affine")
+    assert "needs a run trained with config.ensemble.size > 1" in refused("ensemble", None)
+    assert "mc_dropout needs dropout" in refused("mc_dropout", None)
+    assert "unknown --uncertainty 'bald'" in refused("bald", None)
+    regression = SimpleNamespace(task=SimpleNamespace(kind="mean"), config=build_config("synthetic:segmentation", []))
+    with pytest.raises(MedjaxError, match="needs a classification or segmentation task"):
+        uncertainty_eval.check(regression, "tta", None)
