@@ -42,9 +42,19 @@ def test_members_are_each_members_model():
     image = np.random.default_rng(1).normal(size=(2, 8, 8, 1)).astype(np.float32)
     members = [task.init_variables(rng.key(k), image) for k in (0, 1)]
     stacked = jax.tree.map(lambda *x: np.stack(x), *members)
-    logits = predictive.member_logits(task, stacked["params"], stacked["batch_stats"], image, 2)
-    for k, v in enumerate(members):
-        np.testing.assert_allclose(logits[k], task.forward(v["params"], v["batch_stats"], image), rtol=1e-5,
-                                   atol=1e-6)
-    np.testing.assert_allclose(predictive.predictive_logits(task, stacked["params"], stacked["batch_stats"], image, 2),
-                               mean_logits(logits, "softmax"), rtol=1e-6)
+    key = rng.key(3)
+
+    @jax.jit
+    def programs(stacked, members):  # vmapped over the members (without and with MC-dropout), and one by one
+        p, s = stacked["params"], stacked["batch_stats"]
+        return (predictive.member_logits(task, p, s, image, 2), predictive.predictive_logits(task, p, s, image, 2),
+                predictive.member_logits(task, p, s, image, 2, key),
+                [task.forward(v["params"], v["batch_stats"], image) for v in members],
+                [task.forward(v["params"], v["batch_stats"], image, jax.random.fold_in(key, k))  # member k folds k
+                 for k, v in enumerate(members)])
+
+    logits, mean, dropped, one_by_one, dropped_one_by_one = programs(stacked, members)
+    np.testing.assert_allclose(logits, np.stack(one_by_one), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean, mean_logits(logits, "softmax"), rtol=1e-6)
+    np.testing.assert_allclose(dropped, np.stack(dropped_one_by_one), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(dropped, logits)

@@ -22,30 +22,56 @@ TINY = {  # (constructor kwargs, input shape)
 }
 
 
+# dropout layers per model: the head; the bottleneck and every decoder block; every convolution's ADN
+DROPOUT_SITES = {"resnet": 1, "densenet": 1, "convlstm_regressor": 1, "unet": 2, "convlstm_unet": 2,
+                 "basic_unet": 18, "monai_unet": 3}  # monai: down0, bottom, up0 (its residual unit ends conv-only)
+
+
 def _rate_field(name):
     return "dropout" if name == "monai_unet" else "dropout_rate"
 
 
+def _draws(model, x, variables, key):
+    """How many dropout masks a forward pass in eval mode draws: traced, not compiled."""
+    forward = lambda p, s, x: apply_model(model, p, s, x, train=False, dropout_key=key)[0]  # noqa: E731
+    jaxpr = jax.make_jaxpr(forward)(variables["params"], variables.get("batch_stats", {}), x)
+    return str(jaxpr).count("name=_bernoulli")
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_dropout_rate_zero_changes_nothing_and_a_rate_needs_a_key(name):
+    """Same parameters at any rate (same checkpoints and imports); rate 0, or no key, draws nothing (the forward
+    pass is the plain one); a rate with a key draws at every dropout site (MC-dropout: BatchNorm in eval mode)."""
     kwargs, shape = TINY[name]
     plain = build_model(name, num_classes=3, **kwargs)
     dropped = build_model(name, num_classes=3, **kwargs, **{_rate_field(name): 0.5})
     assert dropout_rate(plain) == 0.0 and dropout_rate(dropped) == 0.5
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    init = lambda model: jax.eval_shape(lambda x: model.init(rng.key(0), x, train=False), x)  # noqa: E731
+    variables = init(plain)
+    assert init(dropped) == variables
+    key = rng.key(1)
+    assert _draws(plain, x, variables, key) == 0 and _draws(dropped, x, variables, None) == 0
+    assert _draws(dropped, x, variables, key) == DROPOUT_SITES[name]
+
+
+@pytest.mark.parametrize("name", ["resnet", "unet"])
+def test_mc_dropout_outputs(name):
+    kwargs, shape = TINY[name]
+    plain = build_model(name, num_classes=3, **kwargs)
+    dropped = build_model(name, num_classes=3, **kwargs, dropout_rate=0.5)
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-    init = lambda model: jax.eval_shape(lambda: model.init(rng.key(0), x, train=False))  # noqa: E731
-    assert init(dropped) == init(plain)  # the same parameters and statistics: rate 0 or not, same checkpoints
 
     @jax.jit
-    def outputs(key):  # one program per model: the plain model, rate 0.5 without a key, rate 0.5 with the key
+    def outputs(key):  # the plain model, rate 0.5 without a key, rate 0.5 with the key
         v = plain.init(rng.key(0), x, train=False)
         p, s = v["params"], v.get("batch_stats", {})
         run = lambda model, k=None: apply_model(model, p, s, x, train=False, dropout_key=k)[0]  # noqa: E731
         return run(plain), run(dropped), run(dropped, key)
 
     out, no_key, mc = outputs(rng.key(1))
-    np.testing.assert_array_equal(no_key, out)  # no key: dropout off
-    assert mc.shape == out.shape and not np.allclose(mc, out)  # MC-dropout: on at inference, BatchNorm in eval
+    np.testing.assert_array_equal(no_key, out)
+    assert mc.shape == out.shape and not np.allclose(mc, out)
 
 
 def test_dropout_masks_scale_and_bad_rates():

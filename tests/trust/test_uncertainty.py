@@ -120,3 +120,20 @@ def test_evaluate_refuses_what_a_method_cannot_do(tmp_path):
     regression = SimpleNamespace(task=SimpleNamespace(kind="mean"), config=build_config("synthetic:segmentation", []))
     with pytest.raises(MedjaxError, match="needs a classification or segmentation task"):
         uncertainty_eval.check(regression, "tta", None)
+
+
+def test_classification_section_scores_the_mean_prediction(tmp_path):
+    """TTA on a (fresh) classifier: the section's metrics and referral rows are those of its mean prediction."""
+    from medjax.config import build_config
+    from medjax.train import loop, uncertainty_eval
+
+    config = build_config("synthetic:classification", ["--config.augment.transforms=flip,gamma"])
+    s = loop.setup(config, str(tmp_path))
+    section = uncertainty_eval.evaluate(s, s.initial_state(), "val", "tta", 2)
+    rows = section["referral"]["entropy"]
+    assert (section["method"], section["samples"], section["members"]) == ("tta", 2, 1)
+    assert set(rows[0]) == {"fraction", "retained", "acc", "auc"}
+    assert rows[0]["acc"] == pytest.approx(section["metrics"]["acc"]) and rows[0]["retained"] == 10
+    assert rows[0]["auc"] == pytest.approx(section["metrics"]["auc"])
+    assert section["plots"] == ["plots/uncertainty_referral_val.png"]
+    assert 0 <= section["mean_mutual_information"] <= section["mean_entropy"] <= math.log(3)
