@@ -116,6 +116,10 @@ TRUST: Spec = {  # medjax evaluate --calibrate / --subgroups (medjax.trust, docs
     "min_group_cases": Key(10, "subgroups: a group with fewer cases gets no CI (reported, with the reason)"),
 }
 
+ENSEMBLE: Spec = {
+    "size": Key(1, "deep ensemble: K members (seeds seed..seed+K-1) trained as one vmapped program; 1 = off"),
+}
+
 GAN_EVAL: Spec = {"num_examples": Key(16, "generated examples scored and shown per GAN evaluation")}
 
 _GAN_TASK: Spec = {
@@ -318,9 +322,9 @@ DATA: dict[str, Spec] = {
 SECTIONS: dict[str, Spec] = {"optimizer": OPTIMIZER, "g_optimizer": OPTIMIZER, "d_optimizer": OPTIMIZER,
                              "checkpoint": CHECKPOINT, "parallel": PARALLEL, "inference": INFERENCE,
                              "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "trust": TRUST,
-                             "eval": GAN_EVAL}
+                             "ensemble": ENSEMBLE, "eval": GAN_EVAL}
 # Sections every config has (filled with their defaults when a file leaves them out).
-ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "trust", "augment")
+ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "trust", "ensemble", "augment")
 # Checked elsewhere: the network constructors' fields (at build) and the augmentation table.
 FREE_FORM = ("model", "generator", "discriminator", "augment")
 

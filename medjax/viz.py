@@ -312,3 +312,50 @@ def save_subgroups_png(path: str, panels: Sequence[Mapping], dpi: int = 100) -> 
         ax.set_title(panel["title"], fontsize=9)
         ax.grid(alpha=0.3, axis="x")
     _save_atomic(fig, path, dpi)
+
+
+def save_uncertainty_png(path: str, images: np.ndarray, preds: np.ndarray, entropy: np.ndarray,
+                         mutual_information: np.ndarray, class_names: Sequence[str], max_rows: int = 4,
+                         panel_inches: float = 2.5, dpi: int = 100) -> None:
+    """Rows of [image, prediction overlay, predictive entropy, mutual information] for the first `max_rows` 2D
+    examples: images (N, H, W[, C]), preds (N, H, W) class maps, the maps (N, H, W) in nats. Every row shares one
+    colour scale per map, from 0 to its largest value over the rows shown, so rows compare."""
+    images, preds = np.asarray(images), np.asarray(preds)
+    maps = [np.asarray(entropy, np.float32), np.asarray(mutual_information, np.float32)]
+    rows = min(max_rows, len(images))
+    num_classes = max(len(class_names), int(preds.max(initial=0)) + 1)
+    fig, axes = _figure((4 * panel_inches, rows * panel_inches), rows, 4)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.02, hspace=0.12)
+    tops = [max(float(m[:rows].max(initial=0.0)), 1e-6) for m in maps]
+    for r in range(rows):
+        grey = _as_2d_image(images[r])
+        for c, title in enumerate(("image", "prediction", "entropy (nats)", "mutual information (nats)")):
+            ax = axes[r, c]
+            if c < 2:
+                ax.imshow(grey, cmap=None if grey.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+                if c == 1:
+                    ax.imshow(_rgba_overlay(preds[r], num_classes), interpolation="nearest")
+            else:
+                ax.imshow(maps[c - 2][r], cmap="magma", vmin=0, vmax=tops[c - 2], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{title}" + (f", max {tops[c - 2]:.3g}" if c >= 2 else ""), fontsize=8)
+    _save_atomic(fig, path, dpi)
+
+
+def save_referral_png(path: str, curves: dict[str, list[dict]], dpi: int = 100) -> None:
+    """Referral curves: each metric of the retained cases against the fraction referred, one line per uncertainty
+    score (`curves`: score name -> rows of `medjax.trust.uncertainty.referral_curve`)."""
+    metrics = [k for k in next(iter(curves.values()))[0] if k not in ("fraction", "retained")]
+    fig, axes = _figure((3.5 * len(metrics), 3.0), 1, len(metrics))
+    for ax, metric in zip(axes[0], metrics):
+        for score, rows in curves.items():
+            xs = [r["fraction"] for r in rows if r[metric] is not None]
+            ax.plot(xs, [r[metric] for r in rows if r[metric] is not None], marker="o", markersize=3, label=score)
+        ax.set_xlabel("fraction referred")
+        ax.set_ylabel(f"{metric} of the retained cases")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_atomic(fig, path, dpi)

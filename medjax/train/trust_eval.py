@@ -20,8 +20,10 @@ import numpy as np
 
 from medjax import metrics
 from medjax.errors import MedjaxError
-from medjax.tasks.base import apply_model, keep_valid
+from medjax.inference.predictive import predictive_logits
+from medjax.tasks.base import keep_valid
 from medjax.train import loop, volume_eval
+from medjax.train.steps import make_eval_step
 from medjax.trust import calibration
 from medjax.trust import subgroups as subgroups_lib
 
@@ -106,9 +108,11 @@ def predictions(s: Any, state: Any, splits: set[str]) -> dict[str, dict[str, np.
     if s.config.task.name == "segmentation" and volume_eval.uses_windows(s.config):
         return {split: _window_predictions(s, state, split) for split in splits}
 
+    score = make_eval_step(task, s.members)
+
     def step(state: Any, batch: dict) -> dict:
-        out = task.eval_outputs(state.params, state.batch_stats, batch)
-        logits, _ = apply_model(task.model, state.params, state.batch_stats, batch["image"], train=False)
+        out = score(state, batch)
+        logits = predictive_logits(task, state.params, state.batch_stats, batch["image"], s.members)
         extra = {"label": batch["label"], "index": batch["index"]}
         if "mask" in batch:
             extra["mask"] = batch["mask"]
@@ -118,7 +122,7 @@ def predictions(s: Any, state: Any, splits: set[str]) -> dict[str, dict[str, np.
     if s.config.task.name == "classification":
         found = {}
         for split in splits:
-            out = keep_valid(loop._split_outputs(s, state, split, compiled))
+            out = keep_valid(loop.split_outputs(s, state, split, compiled))
             labels = out["label"] if task.multi_label else out["label"].reshape(-1)
             found[split] = {"logits": out["logits"], "labels": labels, "probs": out["probs"], "case_labels": labels}
         return found
@@ -133,7 +137,7 @@ def predictions(s: Any, state: Any, splits: set[str]) -> dict[str, dict[str, np.
 
     found = {}
     for split in splits:
-        out = loop._split_outputs(s, state, split, compiled, on_host)
+        out = loop.split_outputs(s, state, split, compiled, on_host)
         voxels = {k: out.pop(k) for k in ("logits", "labels")}
         found[split] = {**voxels, "dice": _case_dice(task.case_records(out), task.class_names)}
     return found

@@ -15,12 +15,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from medjax import metrics
 from medjax.data.stream import as_source
 from medjax.errors import MedjaxError
+from medjax.inference.predictive import predictive_logits
 from medjax.inference.sliding_window import sliding_window_volume
 
 
@@ -35,8 +37,9 @@ def window_predictor(s, state: Any) -> Callable[[np.ndarray], np.ndarray]:
     if s.window_step is None:
         task = s.task
 
-        def probabilities(st, batch):
-            return {"prob": task.probabilities(st.params, st.batch_stats, batch["image"])}
+        def probabilities(st, batch):  # an ensemble's: its members' mean probabilities
+            logits = predictive_logits(task, st.params, st.batch_stats, batch["image"], s.members)
+            return {"prob": jax.nn.softmax(logits.astype(jnp.float32), axis=-1)}
 
         s.window_step = s.strategy.compile_eval_step(probabilities)
 

@@ -74,7 +74,7 @@ def test_the_loop_trains_and_evaluates_slides_as_bags(run):
     params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
     arrays = as_arrays(s.splits["val"])
     assert arrays["image"].shape == (2, 16, 16, 16, 3) and arrays["instance_mask"].sum() == 32
-    logits = jax.jit(lambda p, b: s.task.forward(p, b, arrays, train=False)[0])(params, stats)
+    logits = jax.jit(lambda p, b: s.task.forward_bags(p, b, arrays, train=False)[0])(params, stats)
     probs = np.asarray(jax.nn.softmax(logits), np.float64)
     probs /= probs.sum(-1, keepdims=True)
     labels = arrays["label"]
