@@ -56,6 +56,9 @@ Rerunning the same command resumes from the latest checkpoint.
     "evaluate": """examples:
   medjax evaluate --config quickstart --workdir runs/quickstart
   medjax evaluate --config quickstart --workdir runs/quickstart --checkpoint latest --split val
+  medjax evaluate --config quickstart --workdir runs/quickstart --calibrate --subgroups meta.csv
+  medjax evaluate --config quickstart --workdir runs/quickstart --uncertainty tta --samples 8 \
+      --config.augment.transforms=flip,rot90
 
 """ + _OVERRIDES,
     "import-weights": """examples:
@@ -115,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
             p.add_argument("--split", default="test")
+            p.add_argument("--calibrate", action="store_true",
+                           help="ECE, MCE, Brier, NLL before and after temperature scaling fit on val (docs/trust.md)")
+            p.add_argument("--subgroups", default=None, metavar="CSV",
+                           help="per-case metadata case,<columns>: metrics per group with bootstrap CIs")
+            p.add_argument("--group-columns", dest="group_columns", default=None, metavar="A,B",
+                           help="the --subgroups columns to analyse (default: all)")
+            # uncertainty (medjax.train.uncertainty_eval)
+            p.add_argument("--uncertainty", choices=("mc_dropout", "tta", "ensemble"), default=None,
+                           help="also score S sampled predictions: MC-dropout passes, test-time augmentation draws "
+                                "or the ensemble's members -> eval.json 'uncertainty' and plots/")
+            p.add_argument("--samples", type=int, default=None,
+                           help="MC-dropout passes / TTA draws per member (default 10; an ensemble: its size)")
     p = _subparser(sub, "import-weights", "PyTorch weights -> a medjax pretrained-weights directory")
     p.add_argument("--arch", required=True, help="medjax model name (medjax.models.MODELS), e.g. resnet18")
     p.add_argument("--layout", required=True, choices=("torchvision", "monai"), help="the file's naming scheme")
@@ -379,7 +394,10 @@ def run(argv: list[str]) -> int:
     if args.command == "train":
         loop.train(config, args.workdir)
     else:
-        result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split)
+        result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split,
+                               calibrate=args.calibrate, subgroups=args.subgroups,
+                               group_columns=args.group_columns.split(",") if args.group_columns else None,
+                               uncertainty=args.uncertainty, samples=args.samples)
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

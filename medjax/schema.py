@@ -107,6 +107,19 @@ FINETUNE: Spec = {
     "head": Key(("head/*", "final_conv/*", "classifier/*"), "patterns naming the head for the linear probe"),
 }
 
+TRUST: Spec = {  # medjax evaluate --calibrate / --subgroups (medjax.trust, docs/trust.md)
+    "n_bins": Key(15, "calibration: bins of ECE / MCE (equal-width; ece_mass: equal-mass) and of the diagram"),
+    "voxels_per_case": Key(4096, "segmentation calibration: voxels drawn per case (inside its mask, seeded); 0 = "
+                                 "all"),
+    "bootstrap_resamples": Key(1000, "subgroups: bootstrap resamples (within each group) of every CI"),
+    "confidence_level": Key(0.95, "subgroups: two-sided level of the percentile and BCa intervals"),
+    "min_group_cases": Key(10, "subgroups: a group with fewer cases gets no CI (reported, with the reason)"),
+}
+
+ENSEMBLE: Spec = {
+    "size": Key(1, "deep ensemble: K members (seeds seed..seed+K-1) trained as one vmapped program; 1 = off"),
+}
+
 GAN_EVAL: Spec = {"num_examples": Key(16, "generated examples scored and shown per GAN evaluation")}
 
 _GAN_TASK: Spec = {
@@ -357,9 +370,10 @@ DATA: dict[str, Spec] = {
 
 SECTIONS: dict[str, Spec] = {"optimizer": OPTIMIZER, "g_optimizer": OPTIMIZER, "d_optimizer": OPTIMIZER,
                              "checkpoint": CHECKPOINT, "parallel": PARALLEL, "inference": INFERENCE,
-                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "eval": GAN_EVAL}
+                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "trust": TRUST,
+                             "ensemble": ENSEMBLE, "eval": GAN_EVAL}
 # Sections every config has (filled with their defaults when a file leaves them out).
-ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "augment")
+ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "trust", "ensemble", "augment")
 # Checked elsewhere: the network constructors' fields (at build) and the augmentation table.
 FREE_FORM = ("model", "generator", "discriminator", "augment")
 

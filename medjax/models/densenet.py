@@ -10,7 +10,8 @@ Submodule names mirror torchvision's `features.*` so a torch -> flax import tabl
 `denseblock{b}_denselayer{l}/norm1|conv1|...`, `features.transition{b}.norm|conv` -> `transition{b}/norm|conv`,
 `features.norm5` -> `norm5`, `classifier` -> `head`. MONAI's DenseNet121 is the same network (its dense layers
 add a `.layers` level and its head is `class_layers.out`). With 3 input channels and 1000 classes densenet121
-has torchvision's 7,978,856 parameters. There is no dropout (torchvision's and MONAI's default drop rate, 0).
+has torchvision's 7,978,856 parameters. `dropout_rate` (default 0: none, torchvision's and MONAI's default) drops
+the pooled features before the head, for MC-dropout.
 
 The model returns logits only (softmax or per-label sigmoid is the task's business).
 """
@@ -83,7 +84,8 @@ class DenseNet(nn.Module):
     halvings); `"small"` is a 3x3/1 conv without pooling, for 28 px MedMNIST inputs. `bn_axis_name` is only for
     pmap/shard_map strategies that need cross-device BatchNorm statistics.
     `remat` recomputes each dense layer's activations in the backward pass instead of storing them (`nn.remat`):
-    less memory for a slower step, same numbers and parameter names.
+    less memory for a slower step, same numbers and parameter names. `dropout_rate` drops the pooled features
+    before the head (0: no operation; no parameters either way).
     """
 
     num_classes: int
@@ -96,9 +98,11 @@ class DenseNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         layers.check_choice("densenet stem", self.stem, STEMS)
+        layers.check_dropout("densenet dropout_rate", self.dropout_rate)
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
         super().__post_init__()
 
@@ -135,6 +139,7 @@ class DenseNet(nn.Module):
 
         x = nn.relu(norm("norm5")(x))
         x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
+        x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_head_init, name="head")(x)
         return jnp.asarray(x, jnp.float32)  # losses want float32 even when computing in bfloat16
 

@@ -81,6 +81,9 @@ class ResNet(nn.Module):
     `feature_stages` (e.g. (1, 2, 3)) makes the network a backbone: it returns those stages' outputs (a list,
     finest first) instead of logits, builds no stage after the last one named and no head (torchvision's
     `IntermediateLayerGetter`, which MONAI's RetinaNet feature extractor uses); parameter names are unchanged.
+    `dropout_rate` drops pooled features before the head (torchvision's place for a classifier's dropout, as in
+    its VGG/DenseNet heads); 0 (the default) adds no operation, and it has no parameters, so any rate loads the
+    same checkpoints. It enables MC-dropout (`medjax evaluate --uncertainty mc_dropout`).
     """
 
     stage_sizes: Sequence[int]
@@ -96,10 +99,12 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     feature_stages: Sequence[int] = ()
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail at construction (config time), not at the first trace.
         layers.check_choice("resnet block", self.block, BLOCKS)
+        layers.check_dropout("resnet dropout_rate", self.dropout_rate)
         layers.check_choice("resnet stem", self.stem, STEMS)
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
         for what, value in (("stem_kernel", self.stem_kernel), ("stem_stride", self.stem_stride)):
@@ -154,6 +159,7 @@ class ResNet(nn.Module):
             return features
 
         x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
+        x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return jnp.asarray(x, jnp.float32)  # losses want float32 even when computing in bfloat16
 
