@@ -92,8 +92,8 @@ def score(pred, gt, max_detections: int, seed: int = 0) -> dict:
     froc = metrics.froc(pb, ps, gb, num_resamples=RESAMPLES, seed=seed)
     coco = metrics.coco_metrics(pb, ps, pl, gb, gl, 1, max_dets=(1, 10, max_detections))
     return {"cpm": froc["cpm"], "cpm_ci": list(froc["cpm_ci"]),
-            **{f"sensitivity@{r:g}": float(v) for r, v in zip(froc["fp_rates"], froc["sensitivity"])},
-            "mAP": float(coco["mAP"]), "AP50": float(coco["AP50"]), "lesions": froc["num_lesions"],
+            **{f"froc/{r:g}": float(v) for r, v in zip(froc["fp_rates"], froc["sensitivity"])},
+            "map": float(coco["mAP"]), "ap50": float(coco["AP50"]), "lesions": froc["num_lesions"],
             "cases": froc["num_cases"], "detections_per_case": float(np.mean([len(b) for b in pb]))}
 
 
@@ -125,8 +125,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lo, hi = r["cpm_ci"]
         lines.append(f"| {r['dims']}D ({r['cases']} test cases, {r['lesions']} lesions) | {ARMS[r['arm']]} | "
-                     f"{r['cpm']:.3f} [{lo:.3f}, {hi:.3f}] | {r['sensitivity@0.125']:.3f} | "
-                     f"{r['sensitivity@1']:.3f} | {r['sensitivity@8']:.3f} | {r['mAP']:.3f} | {r['AP50']:.3f} | "
+                     f"{r['cpm']:.3f} [{lo:.3f}, {hi:.3f}] | {r['froc/0.125']:.3f} | "
+                     f"{r['froc/1']:.3f} | {r['froc/8']:.3f} | {r['map']:.3f} | {r['ap50']:.3f} | "
                      f"{r['steps']} | {r['train_wall_s']:.0f} |")
     return "\n".join(lines)
 

@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "or the ensemble's members -> eval.json 'uncertainty' and plots/")
             p.add_argument("--samples", type=int, default=None,
                            help="MC-dropout passes / TTA draws per member (default 10; an ensemble: its size)")
+            p.add_argument("--save-predictions", dest="save_predictions", action="store_true",
+                           help="detection: each case's boxes -> WORKDIR/predictions/SPLIT/CASE.json")
     p = _subparser(sub, "import-weights", "PyTorch weights -> a medjax pretrained-weights directory")
     p.add_argument("--arch", required=True, help="medjax model name (medjax.models.MODELS), e.g. resnet18")
     p.add_argument("--layout", required=True, choices=("torchvision", "monai"), help="the file's naming scheme")
@@ -397,7 +399,8 @@ def run(argv: list[str]) -> int:
         result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split,
                                calibrate=args.calibrate, subgroups=args.subgroups,
                                group_columns=args.group_columns.split(",") if args.group_columns else None,
-                               uncertainty=args.uncertainty, samples=args.samples)
+                               uncertainty=args.uncertainty, samples=args.samples,
+                               save_predictions=args.save_predictions)
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

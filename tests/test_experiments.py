@@ -412,7 +412,7 @@ def test_detection_icbm152_tiny_scores_detector_and_segmenter_alike(tmp_path):
     for r in rows:
         assert (r["cases"], r["lesions"], r["steps"]) == (4, 4, 4)
         assert r["cpm_ci"][0] <= r["cpm"] <= r["cpm_ci"][1]
-        assert r["cpm"] == pytest.approx(np.mean([r[f"sensitivity@{x:g}"] for x in (0.125, 0.25, 0.5, 1, 2, 4, 8)]))
+        assert r["cpm"] == pytest.approx(np.mean([r[f"froc/{x:g}"] for x in (0.125, 0.25, 0.5, 1, 2, 4, 8)]))
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["rows"] == json.loads(json.dumps(rows)) and "CPUs" in result["machine"]
     table = (tmp_path / "table.md").read_text().splitlines()

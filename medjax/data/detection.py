@@ -154,11 +154,12 @@ def _read_json(path: str, root: str, class_names: Sequence[str], box_format: str
             where = f"{path} {key}[{i}]"
             if not isinstance(item, dict) or "image" not in item:
                 raise MedjaxError(f"{where}: expected {{\"image\": path, \"box\": [[...]], \"label\": [...]}}")
+            image = os.path.join(root, str(item["image"]))
+            where = f"{where} (case {splits_lib.case_id(image)!r})"
             boxes = _box_rows(item.get("box", []), where)
             labels = list(item.get("label", []))
             if len(labels) != len(boxes):
                 raise MedjaxError(f"{where}: {len(boxes)} boxes but {len(labels)} labels")
-            image = os.path.join(root, str(item["image"]))
             entries.append(BoxEntry(splits_lib.case_id(image), image, _corners(boxes, box_format),
                                     np.asarray([_class_index(v, class_names, where) for v in labels], np.int32),
                                     split if given else None))
@@ -177,8 +178,8 @@ def _read_csv(path: str, images_dir: str, class_names: Sequence[str], box_format
         raise MedjaxError(f"{path}: expected a header case,class,x1,y1,(z1,)x2,y2,(z2) and one box per row")
     by_case: dict[str, tuple[list, list]] = {}
     for n, row in enumerate(rows[1:], start=2):
-        where = f"{path} line {n}"
         case = row[0].strip()
+        where = f"{path} line {n} (case {case!r})"
         boxes, classes = by_case.setdefault(case, ([], []))
         values = [c.strip() for c in row[1:]]
         if not any(values):
@@ -258,9 +259,9 @@ def load_boxes_case(entry: BoxEntry, cfg: ml_collections.ConfigDict, dims: int) 
             "boxes": padded, "box_labels": classes, "box_valid": valid, "spacing": spacing}
 
 
-def load_boxes_source(cfg: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
+def load_boxes_source(cfg: ml_collections.ConfigDict) -> tuple[dict, list[str], dict[str, list[str]]]:
     """The `boxes` source: ({split: cached random-access source}, class names: "background" then the declared
-    ones, as the painted label maps number them) from `data.root` and `data.boxes_file`, split by
+    ones, as the painted label maps number them, {split: case ids}) from `data.root` and `data.boxes_file`, split by
     `medjax.data.splits`, cached as array_record like the `msd` source."""
     from medjax.data.cache import build_or_load, file_fingerprint
 
@@ -298,7 +299,7 @@ def load_boxes_source(cfg: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
     name = "boxes_" + "".join(ch if ch.isalnum() else "_" for ch in os.path.basename(os.path.normpath(cfg.root)))
     sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
                             cache_dir=cfg.cache_dir or None)
-    return sources, ["background", *class_names]
+    return sources, ["background", *class_names], splits_lib.select_ids([e.case for e in entries], split)
 
 
 def _channels(image_path: str) -> int:
@@ -322,12 +323,19 @@ class BoxedSource:
         return {**self.source[i], **{k: v[i] for k, v in self.table.items()}}
 
 
-def _component_table(source: Any, num_classes: int, max_boxes: int, split: str) -> dict[str, np.ndarray]:
+def _component_table(source: Any, names: Sequence[str], max_boxes: int, split: str,
+                     cases: Sequence[str]) -> dict[str, np.ndarray]:
     rows = []
     for i in range(len(source)):
         label = np.asarray(source[i]["label"])
-        boxes, classes = component_boxes(label, num_classes)
-        rows.append(pad_boxes(boxes, classes, max_boxes, f"split {split!r} example {i}"))
+        where = f"split {split!r} case {cases[i]!r}"
+        top = int(label.max(initial=0))
+        if top >= len(names) or int(label.min(initial=0)) < 0:
+            bad = top if top >= len(names) else int(label.min())
+            raise MedjaxError(f"{where}: label value {bad} is not a declared class (the dataset declares {list(names)}"
+                              f", values 0..{len(names) - 1})")
+        boxes, classes = component_boxes(label, len(names) - 1)
+        rows.append(pad_boxes(boxes, classes, max_boxes, where))
     return {k: np.stack([r[j] for r in rows]) for j, k in enumerate(BOX_KEYS)}
 
 
@@ -350,13 +358,13 @@ def with_boxes(data: Any, cfg: ml_collections.ConfigDict) -> Any:
             raise MedjaxError(f"split {split!r} of dataset {cfg.name!r} has neither boxes nor label maps, which the "
                               f"detection task needs")
         derived = True
-        table = _component_table(source, len(names) - 1, int(cfg.max_boxes), split)
+        table = _component_table(source, names, int(cfg.max_boxes), split, data.cases(split))
         out[split] = {**value, **table} if isinstance(value, Mapping) else BoxedSource(source, table)
     train = as_source(out["train"], "train split")
     if not any(np.asarray(train[i]["box_valid"]).any() for i in range(len(train))):
         what = "label map" if derived else "boxes list"
         raise MedjaxError(f"dataset {cfg.name!r}: every training case's {what} is empty (no object to detect)")
-    return Dataset(out, names[1:])
+    return Dataset(out, names[1:], case_ids=data.case_ids)
 
 
 # ------------------------------------------------------------------------------------------ training patches

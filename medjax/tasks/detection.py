@@ -18,10 +18,11 @@ devices (`psum`) before dividing, so pmap and sharding give the same numbers.
 
 Evaluation (`eval_outputs`), inside the jitted eval step: `postprocess.detect` (sigmoid, score threshold, top-k
 per level, decode, clip, class-wise NMS) gives `max_detections` fixed-size detections per image, returned with the
-padded ground truth. `summarize` (host) unpads them and reports COCO `mAP`, `AP50`, `AP75`, `AR<max_detections>`
-and `AP/<class>` (`medjax.detection.metrics.coco_metrics`) and LUNA16's `cpm` and `sensitivity@<r>` at 1/8 ... 8
-false positives per case (`froc`, class-agnostic, hits by `froc_match`). Large volumes are evaluated by sliding
-windows (`config.inference.roi_size`; `medjax.train.volume_eval`), the windows' detections merged per case.
+padded ground truth. `summarize` (host) unpads them and reports COCO `map`, `ap50`, `ap75`, `ar<max_detections>`
+and `ap/<class>` (`medjax.detection.metrics.coco_metrics`) and LUNA16's `cpm` and `froc/<r>`, the sensitivity at
+r = 1/8 ... 8 false positives per case (`froc`, class-agnostic, hits by `froc_match`); `case_records` lists each
+case's reference boxes and detections. Large volumes are evaluated by sliding windows (`config.inference.roi_size`;
+`medjax.train.volume_eval`), the windows' detections merged per case.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ class DetectionTask:
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
         return self.model.init(rng, image, train=False)
 
-    def _forward(self, params: Any, batch_stats: Any, image: jax.Array, train: bool):
+    def _forward(self, params: Any, batch_stats: Any, image: jax.Array, train: bool,
+                 dropout_key: jax.Array | None = None):
         """(head outputs, new batch stats, logits (N, M, K), deltas (N, M, 2d), anchors (M, 2d), level sizes)."""
-        out, stats = apply_model(self.model, params, batch_stats, image, train)
+        out, stats = apply_model(self.model, params, batch_stats, image, train, dropout_key=dropout_key)
         spatial = tuple(int(n) for n in image.shape[1:-1])
         feats = tuple(tuple(int(n) for n in m.shape[1:-1]) for m in out["cls"])
         anchors, sizes = _anchors(self.anchor_shapes, spatial, feats)
@@ -161,7 +163,7 @@ class DetectionTask:
         return cls_loss, box_loss, losses.weighted_mean(terms[4].astype(jnp.float32), w)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
-        out, stats, logits, deltas, anchors, sizes = self._forward(params, batch_stats, batch["image"], True)
+        out, stats, logits, deltas, anchors, sizes = self._forward(params, batch_stats, batch["image"], True, rng)
         cls_loss, box_loss, fg = self.head_loss(logits, deltas, anchors, sizes, batch)
         total = cls_loss + self.cfg.box_loss_weight * box_loss
         metrics_out = {"cls_loss": cls_loss, "box_loss": box_loss, "fg_anchors": fg}
@@ -190,6 +192,21 @@ class DetectionTask:
     def predict(self, params: Any, batch_stats: Any, image: jax.Array) -> dict:
         return self.detect(params, batch_stats, image)._asdict()
 
+    def case_records(self, outputs: dict[str, np.ndarray]) -> list[dict]:
+        """Per example (host): its reference boxes and its kept detections, best first, as lists (voxel corners,
+        class names, boxes rounded to 1e-4 voxels and scores to 1e-6)."""
+        records = []
+        for i in range(len(outputs["boxes"])):
+            det, ref = np.asarray(outputs["det_valid"][i], bool), np.asarray(outputs["gt_valid"][i], bool)
+            records.append({
+                "num_boxes": int(ref.sum()), "num_detections": int(det.sum()),
+                "reference": {"box": np.round(np.asarray(outputs["gt_boxes"][i])[ref], 4).tolist(),
+                              "label": [self.class_names[c] for c in np.asarray(outputs["gt_labels"][i])[ref]]},
+                "detections": {"box": np.round(np.asarray(outputs["boxes"][i])[det], 4).tolist(),
+                               "score": np.round(np.asarray(outputs["scores"][i])[det], 6).tolist(),
+                               "label": [self.class_names[c] for c in np.asarray(outputs["labels"][i])[det]]}})
+        return records
+
     def summarize(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """COCO and FROC numbers over the valid examples (see the module docstring)."""
         out = keep_valid(outputs)
@@ -198,12 +215,11 @@ class DetectionTask:
         gl = [lab[v] for lab, v in zip(out["gt_labels"], out["gt_valid"])]
         coco = metrics.coco_metrics(pb, ps, pl, gb, gl, self.num_classes,
                                     max_dets=(1, 10, self.cfg.max_detections))
-        result = {k: float(coco[k]) for k in ("mAP", "AP50", "AP75")}
-        result[f"AR{self.cfg.max_detections}"] = float(coco[f"AR{self.cfg.max_detections}"])
-        result.update({f"AP/{name}": float(ap) for name, ap in zip(self.class_names, coco["AP_per_class"])})
+        result = {k.lower(): float(coco[k]) for k in ("mAP", "AP50", "AP75", f"AR{self.cfg.max_detections}")}
+        result.update({f"ap/{name}": float(ap) for name, ap in zip(self.class_names, coco["AP_per_class"])})
         froc = metrics.froc(pb, ps, gb, match=self.cfg.froc_match, iou_threshold=self.cfg.froc_iou)
         result["cpm"] = float(froc["cpm"])
-        result.update({f"sensitivity@{r:g}": float(s) for r, s in zip(froc["fp_rates"], froc["sensitivity"])})
+        result.update({f"froc/{r:g}": float(s) for r, s in zip(froc["fp_rates"], froc["sensitivity"])})
         result["num_lesions"] = float(froc["num_lesions"])
         return result
 

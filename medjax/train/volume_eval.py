@@ -8,10 +8,10 @@ Every process walks the same cases in the same order, which multi-host evaluatio
 Config (`config.inference`): `roi_size` (the window; usually the training patch size), `overlap` (0.5),
 `mode` ("gaussian" or "constant"), `sigma_scale` (0.125).
 
-Detection tasks (those with `detect`) are evaluated by sliding-window detection instead
-(`evaluate_detection_volumes`): each device call detects a batch of windows (network and post-processing in one
-program), and each case's window detections are shifted and merged (`medjax.inference.sliding_window_detect`,
-`task.window_merge` / `window_merge_iou`), then scored by the task's summary.
+Detection tasks (those with `detect`) are evaluated by sliding-window detection instead (`detection_outputs`):
+each device call detects a batch of windows (network and post-processing in one program), and each case's window
+detections are shifted and merged (`medjax.inference.sliding_window_detect`, `task.window_merge` /
+`window_merge_iou`) into the per-case outputs the task scores (`medjax.train.loop.evaluate_detections`).
 """
 
 from __future__ import annotations
@@ -71,8 +71,6 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
     task's surface metrics of each case too (HD95, ASSD, NSD in mm from the case's "spacing"); with
     `preview_path`, the middle slice of the first case (image, reference, prediction) is saved there;
     `on_case(i, probabilities (*spatial, K), example)` sees each case's blended probabilities."""
-    if hasattr(s.task, "detect"):
-        return evaluate_detection_volumes(s, state, split)
     source = _cases(s, split)
     cases = len(source)
     predict = window_predictor(s, state)
@@ -130,13 +128,14 @@ def detection_predictor(s, state: Any) -> Callable[[np.ndarray], dict]:
     return predict
 
 
-def evaluate_detection_volumes(s, state: Any, split: str) -> tuple[dict, list[dict]]:
-    """(the task's summary, per-case records) of every case of `split` detected by sliding windows."""
+def detection_outputs(s, state: Any, split: str) -> dict[str, np.ndarray]:
+    """The detection task's eval outputs (`task.eval_outputs`' keys, one row per case) of every case of `split`
+    detected by sliding windows."""
     source = _cases(s, split)
     inf, cfg = s.config.inference, s.task.cfg
     bs = s.config.eval_batch_size or s.config.batch_size
     predict = detection_predictor(s, state)
-    rows, records = [], []
+    rows = []
     for i in range(len(source)):
         example = source[i]
         image = np.asarray(example["image"])
@@ -146,11 +145,9 @@ def evaluate_detection_volumes(s, state: Any, split: str) -> tuple[dict, list[di
         rows.append({"boxes": det.boxes, "scores": det.scores, "labels": det.labels, "det_valid": det.valid,
                      "gt_boxes": np.asarray(example["boxes"]), "gt_labels": np.asarray(example["box_labels"]),
                      "gt_valid": np.asarray(example["box_valid"])})
-        records.append({"case": i, "shape": list(image.shape[:-1]), "num_boxes": int(rows[-1]["gt_valid"].sum()),
-                        "num_detections": int(det.valid.sum())})
     outputs = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     outputs["weight"] = np.ones(len(rows), np.float32)
-    return s.task.summarize(outputs), records
+    return outputs
 
 
 def _save_preview(s, path: str, image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> None:

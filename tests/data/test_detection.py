@@ -2,6 +2,7 @@
 connected components of label maps, box-aware patches, and the bad inputs that must stop a run with one line."""
 
 import json
+import re
 
 import ml_collections
 import nibabel as nib
@@ -84,43 +85,69 @@ def _raises(match, fn, *args):
 
 
 def test_bad_boxes_files_stop_with_one_line(json_root, tmp_path):
-    (tmp_path / "img").mkdir()
-    _nifti(tmp_path / "img" / "x.nii.gz", np.ones((8, 8, 4)), np.eye(4))
-
-    def load(text, **kw):
-        (tmp_path / "b.csv").write_text("case,class,x1,y1,z1,x2,y2,z2\n" + text)
-        return load_splits(_boxes_config(tmp_path, tmp_path, boxes_file="b.csv", images_dir="img",
-                                         class_names=("lesion",), val_fraction=0.0, test_fraction=0.0, **kw))
-
-    _raises("lies outside the image of size", load, "x,lesion,1,1,1,9,2,2\n")
-    _raises("has zero size along axis 2", load, "x,lesion,1,1,2,3,3,2\n")
-    _raises(r"class 'nodule' is not declared in config.data.class_names \['lesion'\]", load,
-            "x,nodule,1,1,1,3,3,2\n")
-    _raises("names case 'y', but .* has no image file y", load, "x,lesion,1,1,1,3,3,2\ny,lesion,1,1,1,3,3,2\n")
+    """The JSON datalist's missing image and the border rule (the CSV cases go through the CLI below)."""
     entries = json.loads((json_root / "boxes.json").read_text())
     entries["training"][0]["image"] = "images/missing.nii.gz"
     (tmp_path / "missing.json").write_text(json.dumps(entries))
     cfg = _boxes_config(json_root, tmp_path, boxes_file=str(tmp_path / "missing.json"), class_names=("lesion",))
     _raises("names case 'missing' whose image .* does not exist", load_splits, cfg)
+    entries["training"][0]["label"] = [3]
+    (tmp_path / "undeclared.json").write_text(json.dumps(entries))
+    cfg = _boxes_config(json_root, tmp_path, boxes_file=str(tmp_path / "undeclared.json"), class_names=("lesion",))
+    _raises(r"undeclared.json training\[0\] \(case 'missing'\): class 3 is not declared", load_splits, cfg)
     check_boxes(np.array([[0, 0, 8, 8]]), (8, 8), "edge")  # touching the border is inside
 
 
-def test_cli_exits_2_on_a_box_outside_the_image(json_root, tmp_path, capsys):
+def _csv_data(tmp_path, rows):
+    (tmp_path / "img").mkdir()
+    for case in ("x", "y"):
+        _nifti(tmp_path / "img" / f"{case}.nii.gz", np.ones((8, 8, 4)), np.eye(4))
+    (tmp_path / "b.csv").write_text("case,class,x1,y1,z1,x2,y2,z2\n" + rows)
+    return dict(name="boxes", root=str(tmp_path), boxes_file="b.csv", images_dir="img", class_names=("lesion",))
+
+
+def _empty_decathlon(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    for i in range(3):
+        _nifti(tmp_path / "imagesTr" / f"c{i}.nii.gz", np.ones((8, 8, 8)), np.eye(4))
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(tmp_path / "labelsTr" / f"c{i}.nii.gz"))
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "name": "empty", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "lesion"}, "test": [],
+        "training": [{"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"} for i in range(3)]}))
+    return dict(name="msd", root=str(tmp_path))
+
+
+BAD_INPUTS = {  # the issue's list: data, what the one line must say
+    "box outside the image": (lambda p: _csv_data(p, "x,lesion,1,1,1,9,2,2\ny,lesion,1,1,1,2,2,2\n"),
+                              r"case 'x' \(.*x.nii.gz\): box 0 \[1.0, 1.0, 1.0, 9.0, 2.0, 2.0\] lies outside the "
+                              r"image of size \(8, 8, 4\)"),
+    "zero-size box": (lambda p: _csv_data(p, "x,lesion,1,1,1,2,2,2\ny,lesion,1,1,2,3,3,2\n"),
+                      r"case 'y' \(.*y.nii.gz\): box 0 \[1.0, 1.0, 2.0, 3.0, 3.0, 2.0\] has zero size along axis 2"),
+    "undeclared class": (lambda p: _csv_data(p, "x,nodule,1,1,1,3,3,2\n"),
+                         r"b.csv line 2 \(case 'x'\): class 'nodule' is not declared in config.data.class_names"),
+    "case without an image": (lambda p: _csv_data(p, "x,lesion,1,1,1,3,3,2\nz,lesion,1,1,1,3,3,2\n"),
+                              r"b.csv names case 'z', but .*img has no image file z"),
+    "every label map empty": (_empty_decathlon, r"dataset 'msd': every training case's label map is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_cli_exits_2_with_one_line_naming_the_bad_input(case, tmp_path, capsys):
+    """`medjax train` on each bad input of the issue's list: exit status 2, one line on stderr, before training."""
     from medjax.cli import main
 
-    entries = json.loads((json_root / "boxes.json").read_text())
-    entries["training"][0]["box"] = [[-1.0, 8.0, 1.5, 50.0, 14.0, 7.5]]
-    (tmp_path / "outside.json").write_text(json.dumps(entries))
-    config = tmp_path / "outside.py"
+    make, message = BAD_INPUTS[case]
+    data = {**make(tmp_path), "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.0, "test_fraction": 0.0}
+    config = tmp_path / "bad.py"
     config.write_text(
         "import ml_collections\nfrom medjax.configs import detection_icbm152\n\n\ndef get_config(arg=None):\n"
         "    c = detection_icbm152.get_config('3d,tiny')\n"
-        f"    c.data = ml_collections.ConfigDict(dict(name='boxes', root={str(json_root)!r}, class_names=('lesion',), "
-        f"boxes_file={str(tmp_path / 'outside.json')!r}, coordinates='world', cache_dir={str(tmp_path)!r}))\n"
-        "    return c\n")
-    code = main(["train", "--config", str(config), "--workdir", str(tmp_path / "run")])
+        f"    c.data = ml_collections.ConfigDict({data!r})\n    return c\n")
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "box 0 [" in err and "lies outside the image" in err
+    assert err.count("\n") == 0 and re.search(message, err), err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_boxes_from_label_map_components():
@@ -139,6 +166,12 @@ def test_boxes_from_label_map_components():
     empty = Dataset({"train": {"image": np.zeros((2, 8, 8, 1)), "label": np.zeros((2, 8, 8), np.int32)}}, ["bg", "x"])
     _raises("every training case's label map is empty", with_boxes, empty,
             ml_collections.ConfigDict(dict(name="msd", max_boxes=4)))
+    label[1, 0, 0] = 3  # a value the dataset does not declare
+    data = Dataset({"train": {"image": np.zeros((2, 8, 8, 1)), "label": label}}, ["background", "cell", "nucleus"],
+                   case_ids={"train": ["a", "b"]})
+    _raises(r"split 'train' case 'b': label value 3 is not a declared class \(the dataset declares \['background', "
+            r"'cell', 'nucleus'\], values 0..2\)", with_boxes, data,
+            ml_collections.ConfigDict(dict(name="x", max_boxes=4)))
 
 
 def test_box_patch_moves_clips_and_drops_boxes():

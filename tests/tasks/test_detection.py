@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from medjax.detection import metrics
+from medjax.errors import MedjaxError
 from medjax.train import loop, volume_eval
 from medjax.train.parallel import replicated_to_host
 from tests.train.helpers import assert_trees_close, run_steps
@@ -59,9 +60,11 @@ def test_trains_on_component_boxes_and_evaluates_its_own_detections(trained):
     assert [r["step"] for r in train] == [2, 4]
     assert all(r["fg_anchors"] > 1 and r["box_loss"] > 0 for r in train)  # every batch has matched anchors
     np.testing.assert_allclose([r["loss"] for r in train], [r["cls_loss"] + r["box_loss"] for r in train], rtol=1e-6)
-    assert {"mAP", "AP50", "AP75", "AR8", "AP/class1", "AP/class2", "cpm", "sensitivity@1"} <= set(last)
+    assert {"map", "ap50", "ap75", "ar8", "ap/class1", "ap/class2", "cpm", "froc/1"} <= set(last)
     result = loop.evaluate(config, str(workdir), which="latest", split="test")
     assert json.loads((workdir / "eval.json").read_text())["cpm"] == result["cpm"]
+    assert {"map", "ap50", "cpm", *(f"froc/{r}" for r in ("0.125", "0.25", "0.5", "1", "2", "4", "8"))} <= set(result)
+    assert result["cpm"] == pytest.approx(np.mean([result[k] for k in result if k.startswith("froc/")]), abs=1e-12)
     # the same numbers from the checkpoint's detections, unpadded by hand
     s, canonical, _ = _latest(config, workdir)
     params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
@@ -72,9 +75,43 @@ def test_trains_on_component_boxes_and_evaluates_its_own_detections(trained):
     gl = [lab[v] for lab, v in zip(test["box_labels"], test["box_valid"])]
     coco = metrics.coco_metrics(pb, ps, pl, gb, gl, 2, max_dets=(1, 10, 8))
     froc = metrics.froc(pb, ps, gb)
-    assert result["mAP"] == pytest.approx(coco["mAP"], abs=1e-12) and result["AP50"] == pytest.approx(coco["AP50"])
+    assert result["map"] == pytest.approx(coco["mAP"], abs=1e-12) and result["ap50"] == pytest.approx(coco["AP50"])
     assert result["cpm"] == pytest.approx(froc["cpm"], abs=1e-12)
     assert result["num_lesions"] == sum(len(b) for b in gb) > 4
+    # eval_cases.json: each case's reference boxes and kept detections (best first), named by the case id
+    cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
+    assert [c["case"] for c in cases] == [str(i) for i in range(4)]
+    for c, boxes, scores, labels, ref in zip(cases, pb, ps, pl, gb):
+        np.testing.assert_allclose(c["detections"]["box"], boxes.reshape(-1, 4), atol=1e-4)
+        np.testing.assert_allclose(c["detections"]["score"], scores, atol=1e-6)
+        assert c["detections"]["label"] == [f"class{k + 1}" for k in labels]
+        np.testing.assert_array_equal(c["reference"]["box"], ref)
+        assert (c["num_boxes"], c["num_detections"]) == (len(ref), len(boxes))
+    assert (workdir / "plots" / "test_detections.png").stat().st_size > 1000
+
+
+def test_cli_evaluate_saves_each_cases_boxes(trained, tmp_path, capsys):
+    """`medjax evaluate --save-predictions`: predictions/test/<case>.json per case, the eval_cases.json detections
+    in MONAI's box convention, and the PNG of the 4 cases."""
+    from matplotlib.image import imread
+
+    from medjax.cli import main
+
+    config, workdir, _ = trained
+    file = tmp_path / "det.py"
+    file.write_text("import json\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
+                    f"    return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
+    assert main(["evaluate", "--config", str(file), "--workdir", str(workdir), "--checkpoint", "latest",
+                 "--save-predictions"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
+    saved = [json.loads((workdir / "predictions" / "test" / f"{i}.json").read_text()) for i in range(4)]
+    assert sorted(p.name for p in (workdir / "predictions" / "test").iterdir()) == [f"{i}.json" for i in range(4)]
+    for c, p in zip(cases, saved):
+        assert p == {"case": c["case"], "split": "test", "step": 4, "coordinates": "voxel", "box_format": "corner",
+                     **c["detections"]}
+    assert printed["cpm"] == json.loads((workdir / "eval.json").read_text())["cpm"]
+    assert imread(str(workdir / "plots" / "test_detections.png")).shape[:2] == (330, 1200)  # 4 panels of 3 in
 
 
 def test_one_window_per_image_is_whole_image_evaluation(trained):
@@ -84,9 +121,9 @@ def test_one_window_per_image_is_whole_image_evaluation(trained):
     whole = loop.evaluate_split(s, state, "test")
     windowed = detection_config(**{"inference.roi_size": (16, 16)})
     sw = loop.setup(windowed, str(workdir))
-    summary, cases = volume_eval.evaluate_detection_volumes(sw, sw.strategy.from_canonical(canonical), "test")
-    assert summary == whole
-    assert [c["num_boxes"] for c in cases] == s.splits["test"]["box_valid"].sum(axis=1).tolist()
+    outputs = volume_eval.detection_outputs(sw, sw.strategy.from_canonical(canonical), "test")
+    assert sw.task.summarize(outputs) == whole
+    np.testing.assert_array_equal(outputs["gt_valid"].sum(axis=1), s.splits["test"]["box_valid"].sum(axis=1))
 
 
 def test_resume_is_exact(trained, tmp_path):
@@ -135,10 +172,29 @@ def test_decathlon_folder_instances_from_components_in_3d(tmp_path):
         model=dict(name="retina_unet", features=(4, 8), head_levels=(2,), head_channels=8, head_convs=1),
         inference=dict(roi_size=(8, 8, 8), overlap=0.25), **{"task.anchor_shapes": (3.0,)})
     last = loop.train(config, str(tmp_path / "run"))
-    assert {"cpm", "AP/big", "AP/small", "num_lesions"} <= set(last) and last["num_lesions"] == 2.0
+    assert {"cpm", "ap/big", "ap/small", "num_lesions"} <= set(last) and last["num_lesions"] == 2.0
     result = loop.evaluate(config, str(tmp_path / "run"), split="test")
     cases = json.loads((tmp_path / "run" / "eval_cases.json").read_text())["cases"]
     assert result["num_lesions"] == 2.0 and [c["num_boxes"] for c in cases] == [2]
-    assert cases[0]["shape"] == [16, 16, 16] and cases[0]["num_detections"] <= 8
+    assert cases[0]["case"] in {"c0", "c1", "c2", "c3"} and cases[0]["num_detections"] <= 8
+    assert sorted(cases[0]["reference"]["label"]) == ["big", "small"]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["split"] == "train" and records[0]["seg_loss"] > 0  # the Retina U-Net's auxiliary loss
+
+
+def test_refusals_name_the_key():
+    from tests.train.helpers import synthetic_config
+
+    with pytest.raises(MedjaxError, match=r"config.ensemble.size=2: detectors \(task 'detection'\) do not train"):
+        loop.setup(detection_config(**{"ensemble.size": 2}), "unused")
+    with pytest.raises(MedjaxError, match="--save-predictions writes detection boxes; config.task.name='segmentation'"):
+        loop.evaluate(synthetic_config(None, "segmentation"), "unused", save_predictions=True)
+
+
+def test_boxes_in_slice():
+    from medjax.viz import boxes_in_slice
+
+    boxes = np.array([[1, 2, 3, 4, 5, 6], [0, 0, 5.5, 2, 2, 7], [0, 0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(boxes_in_slice(boxes, 4), [[1, 2, 4, 5]])  # voxel 4's centre 4.5: box 0 only
+    np.testing.assert_array_equal(boxes_in_slice(boxes, 5), [[1, 2, 4, 5], [0, 0, 2, 2]])  # 5.5: both edges count
+    np.testing.assert_array_equal(boxes_in_slice(boxes[:, [0, 1, 3, 4]], 9), boxes[:, [0, 1, 3, 4]])  # 2D as is
