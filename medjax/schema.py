@@ -186,6 +186,8 @@ TASKS: dict[str, Spec] = {
         "bg_iou": Key(0.4, "iou matcher: below this background; in between ignored"),
         "focal_gamma": Key(2.0, "classification focal loss gamma (0 with focal_alpha < 0 is BCE)"),
         "focal_alpha": Key(0.25, "focal loss alpha (foreground weight); < 0 = none"),
+        "cls_loss_norm": Key("foreground", "focal loss sum divided by the foreground anchors (RetinaNet, torchvision) "
+                                           "| elements: averaged over every (anchor, class) (MONAI without a sampler)"),
         "box_loss": Key("smooth_l1", "smooth_l1 (on encoded deltas) | giou (1 - GIoU of decoded boxes)"),
         "smooth_l1_beta": Key(1.0 / 9, "smooth_l1: the quadratic zone (MONAI's 1/9)"),
         "box_loss_weight": Key(1.0, "weight of the box loss against the classification loss"),

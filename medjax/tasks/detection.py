@@ -8,9 +8,12 @@ U-Net a "label" map (N, *spatial) with values 0..K (the auxiliary segmentation t
 Training (`loss`), traced once per input shape: the model's per-level maps are flattened in the anchors' order
 (`medjax.detection.postprocess.flatten_levels`); the anchors are numpy constants made from the static shapes
 (`anchor_shapes` at the finest level, doubled per coarser level: MONAI's `AnchorGeneratorWithAnchorShape`); each
-image's anchors are matched to its boxes by ATSS or IoU thresholds (`medjax.detection.matching`), and the loss is
-MONAI's `RetinaNetDetector.compute_loss` without a sampler (tested against it): the focal loss averaged over
-every (non-ignored anchor, class) element of the batch, plus `box_loss_weight` times the smooth-L1 loss of the
+image's anchors are matched to its boxes by ATSS or IoU thresholds (`medjax.detection.matching`). The loss is the
+focal loss summed over every (non-ignored anchor, class) element of the batch and divided by the batch's
+foreground anchors (`cls_loss_norm="foreground"`: the RetinaNet paper's and torchvision's normalisation; with
+`"elements"` it is averaged over the elements, which is MONAI's `RetinaNetDetector.compute_loss` without a
+sampler, tested against it, and leaves the classification gradient ~1/(anchors x classes) too small to learn
+from), plus `box_loss_weight` times the smooth-L1 loss of the
 encoded deltas averaged over the foreground anchors' coordinates (or 1 - GIoU of the decoded boxes averaged over
 the foreground anchors), plus for the Retina U-Net `seg_loss_weight` times Dice + CE of its segmentation output.
 The averages are over the global batch under either strategy: under pmap the element counts are summed across
@@ -46,6 +49,7 @@ from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
 MATCHERS = ("atss", "iou")
 BOX_LOSSES = ("smooth_l1", "giou")
+CLS_NORMS = ("foreground", "elements")
 
 
 def anchor_sides(anchor_shapes: Sequence, spatial_dims: int) -> np.ndarray:
@@ -85,6 +89,7 @@ class DetectionTask:
             raise MedjaxError(f"config.task.num_classes={self.num_classes} but the data names "
                               f"{len(self.class_names)} foreground classes: {self.class_names}")
         for key, value, known in (("matcher", cfg.matcher, MATCHERS), ("box_loss", cfg.box_loss, BOX_LOSSES),
+                                  ("cls_loss_norm", cfg.cls_loss_norm, CLS_NORMS),
                                   ("window_merge", cfg.window_merge, pp.MERGE_METHODS),
                                   ("froc_match", cfg.froc_match, ("distance", "iou"))):
             if value not in known:
@@ -158,7 +163,8 @@ class DetectionTask:
             logits.astype(jnp.float32), deltas.astype(jnp.float32), jnp.asarray(batch["boxes"], jnp.float32),
             batch["box_labels"], batch["box_valid"])
         w = jnp.asarray(batch["weight"], jnp.float32)
-        cls_loss = self._global_mean(terms[0], terms[1].astype(jnp.float32), w)
+        cls_count = terms[4] if self.cfg.cls_loss_norm == "foreground" else terms[1]
+        cls_loss = self._global_mean(terms[0], cls_count.astype(jnp.float32), w)
         box_loss = self._global_mean(terms[2], terms[3].astype(jnp.float32), w)
         return cls_loss, box_loss, losses.weighted_mean(terms[4].astype(jnp.float32), w)
 

@@ -73,13 +73,18 @@ def _monai_loss(dims, anchors, feats, logits, deltas, batch, box_loss, alpha):
 @pytest.mark.parametrize("dims,box_loss,alpha", [(2, "smooth_l1", 0.25), (3, "giou", None), (3, "smooth_l1", None)])
 def test_loss_equals_monai_retinanet_detector(dims, box_loss, alpha):
     shapes, anchors, sizes, feats, logits, deltas, batch = _case(dims, seed=dims)
-    task = _task(box_loss=box_loss, focal_alpha=-1.0 if alpha is None else alpha)
+    task = _task(box_loss=box_loss, focal_alpha=-1.0 if alpha is None else alpha, cls_loss_norm="elements")
     task.anchor_shapes = shapes
     cls, box, fg = jax.jit(lambda lg, dl, b: task.head_loss(lg, dl, anchors, sizes, b))(logits, deltas, batch)
     ref_cls, ref_box = _monai_loss(dims, anchors, feats, logits, deltas, batch, box_loss, alpha)
     assert float(fg) > 2  # the boxes have foreground anchors, so the box loss is really compared
     np.testing.assert_allclose(float(cls), ref_cls, rtol=1e-5)
     np.testing.assert_allclose(float(box), ref_box, rtol=1e-5)
+    # the default divides the same sum by the foreground anchors (ATSS ignores none: N x M x K elements)
+    task.cfg.cls_loss_norm = "foreground"
+    cls_fg = jax.jit(lambda lg, dl, b: task.head_loss(lg, dl, anchors, sizes, b)[0])(logits, deltas, batch)
+    n, m, k = logits.shape
+    np.testing.assert_allclose(float(cls_fg), ref_cls * n * m * k / (float(fg) * n), rtol=1e-5)
 
 
 def test_padded_examples_and_devices_do_not_change_the_loss():
