@@ -38,49 +38,37 @@ def _config(dims: int, arm: str, tiny: bool, steps: int | None):
 
 
 def _case_detections(config, workdir: str, split: str, arm: str):
-    """Per-case (boxes, scores, labels) of the best checkpoint on `split`, and the reference boxes / labels."""
+    """Per-case (boxes, scores, labels) of the best checkpoint on `split`, the reference (boxes, labels), and for
+    the detector `medjax evaluate`'s summary of the same detections."""
     import jax
 
     from medjax.data.stream import as_source
+    from medjax.detection import metrics
     from medjax.detection.instances import segmentation_detections
-    from medjax.inference import sliding_window_detect
     from medjax.train import loop, volume_eval
 
     s = loop.setup(config, workdir)
     canonical, _, _ = loop.restore_checkpoint(s, workdir, "best")
     state = s.strategy.from_canonical(canonical)
+    if arm == "det":  # evaluate's detections (medjax.train.loop.evaluate_detections)
+        out = loop.detection_outputs(s, state, split)
+        pred = list(zip(*metrics.unpad((out["boxes"], out["scores"], out["labels"], out["det_valid"]))))
+        gt = [(b[v], lab[v]) for b, lab, v in zip(out["gt_boxes"], out["gt_labels"], out["gt_valid"])]
+        return pred, gt, s.task.summarize(out)
     source = as_source(s.splits[split])
     windows = volume_eval.uses_windows(s.config)
     task = s.task
-    if arm == "det":
-        predict = volume_eval.detection_predictor(s, state) if windows else None
-        detect = None if windows else jax.jit(lambda st, x: task.detect(st.params, st.batch_stats, x)._asdict())
-    else:
-        predict = volume_eval.window_predictor(s, state) if windows else None
-        probs = None if windows else jax.jit(lambda st, x: task.probabilities(st.params, st.batch_stats, x))
+    predict = volume_eval.window_predictor(s, state) if windows else None
+    probs = None if windows else jax.jit(lambda st, x: task.probabilities(st.params, st.batch_stats, x))
     pred, gt = [], []
     for i in range(len(source)):
         example = source[i]
         image = np.asarray(example["image"])
-        if arm == "det":
-            cfg = task.cfg
-            if windows:
-                det = sliding_window_detect(predict, image, tuple(s.config.inference.roi_size),
-                                            overlap=s.config.inference.overlap,
-                                            sw_batch_size=s.config.eval_batch_size, padding_value=float(image.min()),
-                                            merge=cfg.window_merge, iou_threshold=cfg.window_merge_iou,
-                                            max_detections=cfg.max_detections)
-                det = det._asdict()
-            else:
-                det = {k: np.asarray(v[0]) for k, v in detect(state, image[None]).items()}
-            v = det["valid"]
-            pred.append((det["boxes"][v], det["scores"][v], det["labels"][v]))
-        else:
-            p = volume_eval.predict_volume(s, predict, image) if windows else np.asarray(probs(state, image[None])[0])
-            pred.append(segmentation_detections(p))
+        p = volume_eval.predict_volume(s, predict, image) if windows else np.asarray(probs(state, image[None])[0])
+        pred.append(segmentation_detections(p))
         valid = np.asarray(example["box_valid"])
         gt.append((np.asarray(example["boxes"])[valid], np.asarray(example["box_labels"])[valid]))
-    return pred, gt
+    return pred, gt, None
 
 
 def score(pred, gt, max_detections: int, seed: int = 0) -> dict:
@@ -105,12 +93,11 @@ def run_arm(dims: int, arm: str, tiny: bool, out: str, steps: int | None) -> dic
     t0 = time.perf_counter()
     loop.train(config, workdir)
     train_s = time.perf_counter() - t0
-    pred, gt = _case_detections(config, workdir, "test", arm)
+    pred, gt, evaluated = _case_detections(config, workdir, "test", arm)
     max_detections = _config(dims, "det", tiny, steps)[0].task.max_detections  # the segmenter is held to it too
     pred = [tuple(a[np.argsort(-p[1], kind="stable")[:max_detections]] for a in p) for p in pred]
     result = score(pred, gt, max_detections)
-    if arm == "det":  # the script's detections are evaluate's
-        evaluated = loop.evaluate(config, workdir, split="test")
+    if evaluated is not None:  # the script's detections are evaluate's
         if not np.isclose(evaluated["cpm"], result["cpm"], atol=1e-9):
             raise RuntimeError(f"{variant}: evaluate's CPM {evaluated['cpm']} != the script's {result['cpm']}")
     with open(os.path.join(workdir, "timing.json")) as f:

@@ -270,17 +270,21 @@ def evaluate_cases(s: Setup, state: TrainState, split: str) -> tuple[dict[str, f
     return task.summarize(outputs), records
 
 
-def evaluate_detections(s: Setup, state: TrainState, split: str) -> tuple[dict[str, float], list[dict]]:
-    """A detection task's summary of `split` and one record per case (`task.case_records`: its reference boxes
-    and kept detections, with the case id and position `index`), from whole images (the eval step) or sliding
-    windows (`volume_eval.detection_outputs`)."""
+def detection_outputs(s: Setup, state: TrainState, split: str) -> dict[str, np.ndarray]:
+    """A detection task's eval outputs, one row per case of `split` (padded detections and reference boxes),
+    from whole images (the eval step) or sliding windows (`volume_eval.detection_outputs`)."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
     if volume_eval.uses_windows(s.config):
-        outputs = volume_eval.detection_outputs(s, state, split)
-    else:
-        step = s.strategy.compile_eval_step(make_eval_step(s.task, s.members))
-        outputs = keep_valid(split_outputs(s, state, split, step))
+        return volume_eval.detection_outputs(s, state, split)
+    step = s.strategy.compile_eval_step(make_eval_step(s.task, s.members))
+    return keep_valid(split_outputs(s, state, split, step))
+
+
+def evaluate_detections(s: Setup, state: TrainState, split: str) -> tuple[dict[str, float], list[dict]]:
+    """A detection task's summary of `split` and one record per case (`task.case_records`: its reference boxes
+    and kept detections, with the case id and position `index`)."""
+    outputs = detection_outputs(s, state, split)
     ids = s.case_ids[split]
     records = [{"case": ids[i], "index": i, **r} for i, r in enumerate(s.task.case_records(outputs))]
     return s.task.summarize(outputs), records
