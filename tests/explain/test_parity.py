@@ -211,7 +211,7 @@ def test_vanilla_and_guided_gradients_match_monai():
                              (gradients.guided_backprop, visualize.GuidedBackpropGrad)):
         ours = ours_fn(apply, variables, x, TARGETS)
         maker = ref_cls(net)
-        ref = _per_example(lambda x1, t: maker(x1.clone(), index=int(t)).numpy(), xt, TARGETS)
+        ref = _per_example(lambda x1, t, m=maker: m(x1.clone(), index=int(t)).numpy(), xt, TARGETS)
         assert_parity(ours, np.moveaxis(ref, 1, -1))
     assert gradients.count_relus(apply, variables, x) == 1 + 4 * 2  # the stem's and two per basic block
     assert not np.allclose(gradients.saliency(apply, variables, x, TARGETS),
