@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax.errors import MedjaxError
-from medjax.explain.core import Apply, map_chunked, map_examples
+from medjax.explain.core import Apply, layer_shapes, map_chunked, map_examples
 
 ACTIVATIONS = ("softmax", "sigmoid")
 
@@ -112,36 +112,42 @@ def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.vmap(one)(a, b)
 
 
-def top_down_layers(variables: Any) -> list[str]:
-    """The top-level parameter groups, output side first (Flax keeps them in call order): the cascade's order."""
-    return list(variables["params"])[::-1]
+def top_down_layers(apply: Apply, variables: Any, x: jax.Array) -> list[str]:
+    """The top-level modules that hold parameters, in reverse call order (output side first): the cascade's order.
+    (Call order comes from tracing the model: a restored checkpoint's dicts are sorted by name.)"""
+    called = [name for name in layer_shapes(apply, variables, x) if "/" not in name]
+    return [name for name in called if name in variables["params"]][::-1]
 
 
 def randomization_check(explain: Callable[[Any], jax.Array], variables: Any, random_variables: Any,
-                        layers: Sequence[str] | None = None) -> dict[str, Any]:
+                        layers: Sequence[str]) -> dict[str, Any]:
     """Cascading model-parameter randomisation: for i = 1..len(layers), the maps `explain(variables_i)` where
-    variables_i takes the first i `layers` (default `top_down_layers`: head first) from `random_variables` (a
+    variables_i takes the first i `layers` (e.g. `top_down_layers`: head first) from `random_variables` (a
     fresh initialisation: params and BatchNorm statistics), compared with `explain(variables)`.
 
     Returns {"layers": [...], "spearman": (len(layers), N), "spearman_abs": (len(layers), N)}: rank correlation of
     the signed maps and of their absolute values (Adebayo et al. report both). One program: the cascade is a
     `lax.map` over i, each step selecting every layer's leaves with a where, so no copy of the weights is stacked.
     """
-    layers = list(layers or top_down_layers(variables))
+    layers = list(layers)
     unknown = [name for name in layers if name not in variables["params"]]
     if unknown:
         raise MedjaxError(f"no parameters named {unknown[0]!r}; top-level layers: {', '.join(variables['params'])}")
     depth = {name: i for i, name in enumerate(layers)}
 
-    def mixed(i):
-        def pick(path, trained, fresh):
-            name = getattr(path[1], "key", None) if len(path) > 1 else None
-            return jnp.where(depth[name] < i, fresh, trained) if name in depth else trained
+    @jax.jit
+    def check(trained_variables, fresh_variables):
+        def mixed(i):
+            def pick(path, trained, fresh):
+                name = getattr(path[1], "key", None) if len(path) > 1 else None
+                return jnp.where(depth[name] < i, fresh, trained) if name in depth else trained
 
-        return jax.tree_util.tree_map_with_path(pick, variables, random_variables)
+            return jax.tree_util.tree_map_with_path(pick, trained_variables, fresh_variables)
 
-    reference = explain(variables)
-    cascade = jax.lax.map(lambda i: explain(mixed(i)), jnp.arange(1, len(layers) + 1))
-    return {"layers": layers,
-            "spearman": jax.vmap(lambda m: spearman(reference, m))(cascade),
-            "spearman_abs": jax.vmap(lambda m: spearman(jnp.abs(reference), jnp.abs(m)))(cascade)}
+        reference = explain(trained_variables)
+        cascade = jax.lax.map(lambda i: explain(mixed(i)), jnp.arange(1, len(layers) + 1))
+        return (jax.vmap(lambda m: spearman(reference, m))(cascade),
+                jax.vmap(lambda m: spearman(jnp.abs(reference), jnp.abs(m)))(cascade))
+
+    signed, absolute = check(variables, random_variables)
+    return {"layers": layers, "spearman": signed, "spearman_abs": absolute}
