@@ -13,10 +13,14 @@ weights (`bench.build_models`), eager or through `torch.compile`, explained by
   window starts as `explain.occlusion_stride`, the baseline as a constant fill, logits: `activate=False`,
   `n_batch` = `explain.batch_size`); it takes one example at a time, so the batch is a Python loop.
 
-Targets are medjax's predicted classes, passed to both. Before timing counts, each torch variant's maps must agree
-with medjax's within 1e-4 of their largest magnitude (occlusion: medjax's score - MONAI's mean occluded logit).
-Each call explains the whole batch (minutes on a CPU at the protocol shape), so a row times the first call (with
-compilation) and then `EXPLAIN_REPEATS[mode]` more.
+The rows explain 4 examples per call with 32 model evaluations in flight (the MedMNIST 3D protocol's batch): IG's
+4 x 50 evaluations go through the model 32 at a time on both sides (medjax: 32 + 18 steps per example; Captum: 8
+steps of the 4 examples per chunk) and occlusion's 27 windows in one call per example, so the cost per example does
+not depend on how many are explained and examples/s is what a batch of 32 examples would give.
+
+Targets are medjax's predicted classes, passed to both. Each torch variant's maps must agree with medjax's within
+1e-4 of their largest magnitude (occlusion: medjax's score - MONAI's mean occluded logit). A call takes minutes on
+a CPU at this shape, so a row times the first call (with compilation) and then `EXPLAIN_REPEATS[mode]` more.
 """
 
 from __future__ import annotations

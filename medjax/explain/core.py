@@ -112,8 +112,9 @@ def check_layer(apply: Apply, variables: Any, x: jax.Array, layer: str | None, m
         candidates = [n for n in top if shapes[n] != tuple(out_shape)] or spatial
         return candidates[-1]
     if layer not in shapes:
+        nested = next((n for n in reversed(spatial) if "/" in n), spatial[-1])
         raise MedjaxError(f"no layer named {layer!r}; layers with a spatial output: {', '.join(top)} (nested ones "
-                          f"as NAME/CHILD, e.g. {spatial[-1]})")
+                          f"as NAME/CHILD, e.g. {nested})")
     if layer not in spatial:
         raise MedjaxError(f"{method} needs a spatial feature map but layer {layer!r} outputs shape {shapes[layer]}; "
                           f"layers with a spatial output: {', '.join(top)}")

@@ -116,7 +116,8 @@ def explain(config: ml_collections.ConfigDict, workdir: str, method: str, layer:
         scores = np.asarray(jax.vmap(lambda lg, t, r: core.target_score(lg[None], t, r))(
             jnp.asarray(logits), jnp.asarray(targets), None if region is None else jnp.asarray(region)))
         for j, i in enumerate(indices):
-            records.append({"example": i, "target": int(targets[j]), "score": float(scores[j]),
+            records.append({"example": i, "target": int(targets[j]), "class": _class_name(s.task, int(targets[j])),
+                            "score": float(scores[j]),
                             "deletion_auc": float(curves["deletion_auc"][j]),
                             "insertion_auc": float(curves["insertion_auc"][j]),
                             **({"region_voxels": int(region[j].sum())} if region is not None else {}),
@@ -138,6 +139,11 @@ def explain(config: ml_collections.ConfigDict, workdir: str, method: str, layer:
     return entry
 
 
+def _class_name(task: Any, index: int) -> str:
+    names = getattr(task, "class_names", None) or []
+    return str(names[index]) if index < len(names) else f"class{index}"
+
+
 def _write_figures(out: str, method: str, shown: list[tuple], records: list[dict]) -> None:
     from medjax.viz import save_heatmap_png
 
@@ -148,8 +154,8 @@ def _write_figures(out: str, method: str, shown: list[tuple], records: list[dict
         by_shape.setdefault(image.shape, []).append(k)
     for g, ks in enumerate(by_shape.values()):
         name = f"{method}.png" if len(by_shape) == 1 else f"{method}_{g}.png"
-        titles = [f"example {shown[k][0]}: class {records[k]['target']}, deletion AUC "
-                  f"{records[k]['deletion_auc']:.3f}" for k in ks]
+        titles = [f"example {shown[k][0]}: {records[k]['class']}, deletion AUC {records[k]['deletion_auc']:.3f}"
+                  for k in ks]
         save_heatmap_png(os.path.join(out, name), np.stack([shown[k][1] for k in ks]),
                          np.stack([shown[k][2] for k in ks]), titles)
     for i, image, voxels, spacing in shown:

@@ -15,9 +15,10 @@ def test_explain_rows_use_the_medmnist_3d_protocol_and_monai_defaults():
         assert (row.kind, row.explain, row.torch_model) == ("explain", method, "monai_resnet")
         for mode in ("full", "quick"):
             config = bench.case_config(row, mode, "float32")
-            assert (config.batch_size, config.model.name, config.model.stem) == (32, "resnet18", "small")
-            assert bench.case_data(row, config, mode)["image"].shape == (32, 28, 28, 28, 1)
-        assert config.explain.batch_size == 32 and config.explain.baseline == 0.0
+            assert (config.model.name, config.model.stem) == ("resnet18", "small")
+            # 4 examples per timed call; the model sees the protocol's batch of 32 inputs (steps / occluded copies)
+            assert bench.case_data(row, config, mode)["image"].shape == (4, 28, 28, 28, 1)
+            assert config.explain.batch_size == 32 and config.explain.baseline == 0.0
     ig = bench.case_config(bench.CASES["explain_ig_r18_3d"], "full", "float32").explain
     assert (ig.ig_steps, ig.ig_method) == (50, "gausslegendre")
     occ = bench.case_config(bench.CASES["explain_occlusion_r18_3d"], "full", "float32").explain

@@ -50,7 +50,7 @@ def test_explain_writes_overlays_and_faithfulness(trained_classifier, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--method", "gradcam", "--layer", "layer4"],
      "no layer named 'layer4'; layers with a spatial output: stem_conv, stem_bn, stem_relu, stage1_block1, "
-     "stage2_block1 (nested ones as NAME/CHILD, e.g. stage2_block1)"),
+     "stage2_block1 (nested ones as NAME/CHILD, e.g. stage2_block1/relu_out)"),
     (["--method", "gradcampp", "--layer", "head"],
      "gradcampp needs a spatial feature map but layer 'head' outputs shape (1, 3)"),
     (["--method", "ig", "--layer", "stem_conv"], "--layer applies to gradcam and gradcampp, not ig"),
@@ -63,6 +63,12 @@ def test_explain_errors_are_one_line_exit_2(trained_classifier, capsys, args, me
     assert err.startswith("medjax: error: ") and err.count("\n") == 1 and message in err, err
 
 
+def test_help_has_examples_and_the_override_syntax():
+    text = cli._parser()._subparsers._group_actions[0].choices["explain"].format_help()
+    assert "examples:\n  medjax explain" in text and "--config.KEY=VALUE" in text
+    assert "{gradcam,gradcampp,saliency,guided,smoothgrad,ig,occlusion}" in text
+
+
 def test_3d_maps_are_written_as_nifti_on_the_input_grid(tmp_path):
     """3D inputs: the heat map and the image as NIfTI with the example's voxel size, next to the PNG."""
     import nibabel as nib
@@ -71,7 +77,7 @@ def test_3d_maps_are_written_as_nifti_on_the_input_grid(tmp_path):
 
     image = np.random.default_rng(0).normal(size=(6, 5, 4, 1)).astype(np.float32)
     voxels = np.arange(120, dtype=np.float32).reshape(6, 5, 4)
-    records = [{"target": 1, "deletion_auc": 0.25}]
+    records = [{"target": 1, "class": "lesion", "deletion_auc": 0.25}]
     _write_figures(str(tmp_path), "occlusion", [(3, image, voxels, np.array([0.5, 0.5, 2.0]))], records)
     heat = nib.load(tmp_path / "occlusion_example3.nii.gz")
     np.testing.assert_array_equal(heat.get_fdata(), voxels)
