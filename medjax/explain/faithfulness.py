@@ -81,8 +81,9 @@ def deletion_insertion(apply: Apply, variables: Any, x: jax.Array, maps: jax.Arr
         curves = map_chunked(point, counts, chunk)  # (steps + 1, 2)
         return curves.T
 
-    curves = map_examples(one, {"x": x, "map": maps, "target": target, "region": region}, 2 * (steps + 1),
-                          batch_size)
+    # each curve point is two evaluations (deleted, inserted)
+    curves = map_examples(one, {"x": x, "map": maps, "target": target, "region": region}, steps + 1,
+                          None if batch_size is None else max(1, batch_size // 2))
     deletion, insertion = curves[:, 0], curves[:, 1]
     return {"deletion": deletion, "insertion": insertion, "deletion_auc": auc(deletion),
             "insertion_auc": auc(insertion)}

@@ -26,7 +26,7 @@ from medjax.explain import core, faithfulness
 from medjax.explain.gradients import count_relus
 from medjax.explain.methods import METHODS, bind, voxel_maps
 
-TASKS = ("classification", "segmentation")
+EXPLAINABLE_TASKS = ("classification", "segmentation")
 
 
 def choose_targets(logits: np.ndarray, target: int | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -69,7 +69,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, method: str, layer:
 
     if method not in METHODS:
         raise MedjaxError(f"unknown explanation method {method!r}; known: {', '.join(METHODS)}")
-    if config.task.name not in TASKS:
+    if config.task.name not in EXPLAINABLE_TASKS:
         raise MedjaxError(f"medjax explain explains classification and segmentation runs, not "
                           f"config.task.name={config.task.name!r}")
     if layer is not None and not METHODS[method].layer:

@@ -29,6 +29,7 @@ def test_explain_writes_overlays_and_faithfulness(trained_classifier, capsys):
                                                                                             "best")
     rows = printed["examples"]
     assert [r["example"] for r in rows] == [0, 1, 2, 3] and [r["target"] for r in rows] == [2, 0, 0, 0]
+    assert [r["class"] for r in rows] == ["class2", "class0", "class0", "class0"]  # the data's class names
     assert {r["layer"] for r in rows} == {"stage2_block1"}  # the default: the last top-level feature map
     assert printed["mean_deletion_auc"] == pytest.approx(np.mean([r["deletion_auc"] for r in rows]))
     assert (printed["mean_deletion_auc"], printed["mean_insertion_auc"]) == pytest.approx((0.7658, 0.9389), abs=1e-3)
