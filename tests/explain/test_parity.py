@@ -163,16 +163,25 @@ def test_segmentation_target_gradcam_and_ig_match_monai_and_captum(unet2d):
     assert_parity(ig, np.moveaxis(ref.detach().numpy(), 1, -1))
 
 
-@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
-def test_integrated_gradients_match_captum(method, resnet2d):
+def test_integrated_gradients_match_captum(resnet2d):
     net, apply, variables, x, xt = resnet2d
-    ours = gradients.integrated_gradients(apply, variables, x, TARGETS, steps=20, method=method, baseline=-0.5)
+    ours = gradients.integrated_gradients(apply, variables, x, TARGETS, steps=20, baseline=-0.5)
     ref = captum_attr.IntegratedGradients(net).attribute(xt, baselines=-0.5, target=torch.from_numpy(TARGETS),
-                                                         n_steps=20, method=method)
+                                                         n_steps=20)
     assert_parity(ours, np.moveaxis(ref.detach().numpy(), 1, -1))
-    if method == "gausslegendre":  # completeness: attributions add up to score(x) - score(baseline), up to 5% here
-        gap = (np.asarray(apply(variables, x)) - np.asarray(apply(variables, np.full_like(x, -0.5))))[[0, 1], TARGETS]
-        np.testing.assert_allclose(np.asarray(ours).reshape(2, -1).sum(1), gap, rtol=0.05)
+    # completeness: the attributions add up to score(x) - score(baseline), up to 5% with 20 Gauss-Legendre points
+    gap = (np.asarray(apply(variables, x)) - np.asarray(apply(variables, np.full_like(x, -0.5))))[[0, 1], TARGETS]
+    np.testing.assert_allclose(np.asarray(ours).reshape(2, -1).sum(1), gap, rtol=0.05)
+
+
+@pytest.mark.parametrize("method", gradients.IG_METHODS)
+def test_integration_rules_are_captums(method):
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    step_sizes, alphas = approximation_parameters(method)
+    a, w = gradients.ig_rule(7, method)
+    np.testing.assert_allclose(a, alphas(7), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(w, step_sizes(7), rtol=1e-6)
 
 
 def test_occlusion_matches_monai(resnet2d):
