@@ -411,4 +411,39 @@ def save_detections_png(path: str, panels: Sequence[tuple[str, np.ndarray, Mappi
         ax.set_yticks([])
         ax.set_title(title, fontsize=9)
     fig.suptitle("reference (green) and detections (red, score)", fontsize=9)
+
+
+def save_attribution_png(path: str, images: np.ndarray, maps: np.ndarray, row_titles: Sequence[str] | None = None,
+                         panel_inches: float = 2.5, dpi: int = 100) -> None:
+    """Rows of [image, attribution map over the image] (an explanation per example), 2D or the middle slice of 3D.
+
+    images: (N, *spatial, C); maps: (N, *spatial), one value per voxel. Each map is shown on its own symmetric
+    scale (red positive, blue negative, transparent near 0), so a map's largest value is always full colour.
+    """
+    from matplotlib import colormaps
+
+    images, maps = np.asarray(images, np.float32), np.asarray(maps, np.float32)
+    if len(images) != len(maps) or len(images) == 0 or images.shape[:-1] != maps.shape:
+        raise ValueError(f"need one map per image of its spatial shape, got images {images.shape}, maps {maps.shape}")
+    if maps.ndim == 4:  # 3D: the middle slice along the first spatial axis
+        mid = maps.shape[1] // 2
+        images, maps = images[:, mid], maps[:, mid]
+    rows = len(images)
+    fig, axes = _figure((2 * panel_inches, rows * panel_inches), rows, 2)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.01, wspace=0.02, hspace=0.15)
+    for r in range(rows):
+        grey = _as_2d_image(images[r])
+        cmap = None if grey.ndim == 3 else "gray"
+        scale = float(np.abs(maps[r]).max()) or 1.0
+        colours = colormaps["bwr"]((maps[r] / scale + 1) / 2)
+        colours[..., 3] = np.clip(np.abs(maps[r]) / scale, 0, 1) * 0.8
+        for c in range(2):
+            ax = axes[r, c]
+            ax.imshow(grey, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if c == 1:
+                ax.imshow(colours, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_titles:
+            axes[r, 1].set_title(row_titles[r], fontsize=8)
     _save_atomic(fig, path, dpi)

@@ -61,8 +61,10 @@ class _DenseLayer(_Unit):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = layers.spatial_ndim(x)
-        y = self.make_conv(self.bn_size * self.growth_rate, 1, nd, "conv1")(nn.relu(self.make_norm("norm1")(x)))
-        return self.make_conv(self.growth_rate, 3, nd, "conv2")(nn.relu(self.make_norm("norm2")(y)))
+        y = layers.ReLU(name="relu1")(self.make_norm("norm1")(x))
+        y = self.make_conv(self.bn_size * self.growth_rate, 1, nd, "conv1")(y)
+        y = layers.ReLU(name="relu2")(self.make_norm("norm2")(y))
+        return self.make_conv(self.growth_rate, 3, nd, "conv2")(y)
 
 
 class _Transition(_Unit):
@@ -73,7 +75,7 @@ class _Transition(_Unit):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = layers.spatial_ndim(x)
-        x = self.make_conv(self.features, 1, nd, "conv")(nn.relu(self.make_norm("norm")(x)))
+        x = self.make_conv(self.features, 1, nd, "conv")(layers.ReLU(name="relu")(self.make_norm("norm")(x)))
         return ops.pool_blocks(x, (2,) * nd, "avg")
 
 
@@ -121,7 +123,7 @@ class DenseNet(nn.Module):
         else:
             x = layers.conv(self.num_init_features, 3, nd, 1, use_bias=False, name="conv0", dtype=self.dtype,
                             kernel_init=_conv_init)(x)
-        x = nn.relu(norm("norm0")(x))
+        x = layers.ReLU(name="relu0")(norm("norm0")(x))
         if self.stem == "standard":
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
@@ -137,7 +139,7 @@ class DenseNet(nn.Module):
                 features //= 2
                 x = _Transition(features=features, name=f"transition{b}", **shared)(x)
 
-        x = nn.relu(norm("norm5")(x))
+        x = layers.ReLU(name="relu5")(norm("norm5")(x))
         x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
         x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_head_init, name="head")(x)

@@ -104,6 +104,19 @@ def norm(
     raise MedjaxError(f"unknown norm {kind!r}; expected one of {', '.join(NORM_KINDS)}")
 
 
+class ReLU(nn.Module):
+    """`nn.relu` as a parameterless module (it adds no variables, so checkpoints and weight tables are unchanged).
+
+    Being a module makes each ReLU a point that `flax.linen.intercept_methods` reaches by type: guided
+    backpropagation (`medjax.explain.guided_backprop`) swaps in its own backward pass there, on the very model
+    that was trained, where a plain `nn.relu` call would need a second model definition or a model flag.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+
 def check_choice(what: str, value: str, choices: Sequence[str]) -> None:
     """Raise `MedjaxError` naming `what`, the bad value and the valid ones."""
     if value not in choices:

@@ -51,18 +51,18 @@ class _Block(nn.Module):
 
         if self.bottleneck:
             out_features = self.features * 4
-            y = nn.relu(norm("bn1")(conv(self.features, 1, 1, "conv1")(x)))
-            y = nn.relu(norm("bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
+            y = layers.ReLU(name="relu1")(norm("bn1")(conv(self.features, 1, 1, "conv1")(x)))
+            y = layers.ReLU(name="relu2")(norm("bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
             y = norm("bn3")(conv(out_features, 1, 1, "conv3")(y))
         else:
             out_features = self.features
-            y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
+            y = layers.ReLU(name="relu1")(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
             y = norm("bn2")(conv(self.features, 3, 1, "conv2")(y))
 
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out_features:
             shortcut = norm("downsample_bn")(conv(out_features, 1, self.strides, "downsample_conv")(x))
-        return nn.relu(y + shortcut)
+        return layers.ReLU(name="relu_out")(y + shortcut)
 
 
 class ResNet(nn.Module):
@@ -134,7 +134,7 @@ class ResNet(nn.Module):
         x = ops.Conv(self.width, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel], use_bias=False,
                      dtype=self.dtype, kernel_init=_conv_init, name="stem_conv")(x)
         x = layers.norm(self.norm, train=train, name="stem_bn", axis_name=self.bn_axis_name, dtype=self.dtype)(x)
-        x = nn.relu(x)
+        x = layers.ReLU(name="stem_relu")(x)
         if (standard if self.stem_pool is None else self.stem_pool):
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 

@@ -22,8 +22,8 @@ ACTIVATIONS = ("relu", "leaky_relu")
 LEAKY_SLOPE = 0.1  # MONAI's BasicUNet default
 
 
-def _activation(kind: str, x: jax.Array) -> jax.Array:
-    return nn.relu(x) if kind == "relu" else nn.leaky_relu(x, LEAKY_SLOPE)
+def _activation(kind: str, x: jax.Array, name: str) -> jax.Array:
+    return layers.ReLU(name=name)(x) if kind == "relu" else nn.leaky_relu(x, LEAKY_SLOPE)
 
 
 def _max_pool2(x: jax.Array) -> jax.Array:
@@ -58,7 +58,7 @@ class ConvBlock(nn.Module):
             x = layers.conv(self.features, 3, nd, use_bias=False, name=f"conv{k}", dtype=self.dtype)(x)
             x = layers.norm(self.norm, train=self.train, name=f"norm{k}", axis_name=self.bn_axis_name,
                             num_groups=self.num_groups, dtype=self.dtype)(x)
-            x = _activation(self.activation, x)
+            x = _activation(self.activation, x, f"relu{k}")
         return x
 
 
