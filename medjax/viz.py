@@ -411,6 +411,7 @@ def save_detections_png(path: str, panels: Sequence[tuple[str, np.ndarray, Mappi
         ax.set_yticks([])
         ax.set_title(title, fontsize=9)
     fig.suptitle("reference (green) and detections (red, score)", fontsize=9)
+    _save_atomic(fig, path, dpi)
 
 
 def save_attribution_png(path: str, images: np.ndarray, maps: np.ndarray, row_titles: Sequence[str] | None = None,
