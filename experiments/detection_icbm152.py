@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     t0 = time.perf_counter()
     rows = [run_arm(d, arm, args.tiny, args.out, args.steps) for d in args.dims for arm in ARMS]
     md = table(rows)
-    result = {"command": "python -m experiments.detection_icbm152 " + " ".join(argv or []),
+    args_given = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join(["python -m experiments.detection_icbm152", *args_given]),
               "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs",
               "total_s": time.perf_counter() - t0, "rows": rows}
     for name, text in (("results.json", json.dumps(result, indent=2)), ("table.md", md + "\n")):

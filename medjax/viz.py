@@ -361,15 +361,16 @@ def save_referral_png(path: str, curves: dict[str, list[dict]], dpi: int = 100) 
     _save_atomic(fig, path, dpi)
 
 
-def boxes_in_slice(boxes: np.ndarray, index: int) -> np.ndarray:
-    """The 2D boxes (x1, y1, x2, y2) that 3D corner boxes (x1, y1, z1, x2, y2, z2) cut on the slice `index` of the
-    third array axis (the voxel centre index + 1/2 lies inside [z1, z2]); 2D boxes are returned as they are."""
+def boxes_in_slice(boxes: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the 2D boxes (x1, y1, x2, y2) that 3D corner boxes (x1, y1, z1, x2, y2, z2) cut on the slice `index` of the
+    third array axis, i.e. whose [z1, z2] holds the voxel centre index + 1/2; which boxes those are (a mask)). 2D
+    boxes are returned as they are, all kept."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)
     if boxes.shape[1] == 4:
-        return boxes
+        return boxes, np.ones(len(boxes), bool)
     centre = index + 0.5
     inside = (boxes[:, 2] <= centre) & (centre <= boxes[:, 5])
-    return boxes[inside][:, [0, 1, 3, 4]]
+    return boxes[inside][:, [0, 1, 3, 4]], inside
 
 
 def save_detections_png(path: str, panels: Sequence[tuple[str, np.ndarray, Mapping]], extra: int = 2,
@@ -397,9 +398,9 @@ def save_detections_png(path: str, panels: Sequence[tuple[str, np.ndarray, Mappi
             index = int(np.clip((anchor[2] + anchor[5]) / 2, 0, image.shape[2] - 1)) if anchor is not None \
                 else image.shape[2] // 2
             image, title = image[:, :, index], f"{title} (slice {index})"
-            keep = (det[:, 2] <= index + 0.5) & (index + 0.5 <= det[:, 5]) if len(det) else np.zeros(0, bool)
-            det, scores = det[keep], [s for s, k in zip(scores, keep) if k]
-            ref = boxes_in_slice(ref, index)
+            det, keep = boxes_in_slice(det, index)
+            scores = [s for s, k in zip(scores, keep) if k]
+            ref = boxes_in_slice(ref, index)[0]
         ax.imshow(_as_2d_image(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         for boxes, colour in ((ref, "lime"), (det, "red")):
             for b in boxes.reshape(-1, 4):  # array axis 0 is the plot's vertical axis; voxel i spans i-1/2 .. i+1/2

@@ -191,10 +191,19 @@ def test_refusals_name_the_key():
         loop.evaluate(synthetic_config(None, "segmentation"), "unused", save_predictions=True)
 
 
-def test_boxes_in_slice():
-    from medjax.viz import boxes_in_slice
+def test_boxes_in_slice_and_the_3d_detections_png(tmp_path):
+    from matplotlib.image import imread
+
+    from medjax.viz import boxes_in_slice, save_detections_png
 
     boxes = np.array([[1, 2, 3, 4, 5, 6], [0, 0, 5.5, 2, 2, 7], [0, 0, 0, 1, 1, 1]])
-    np.testing.assert_array_equal(boxes_in_slice(boxes, 4), [[1, 2, 4, 5]])  # voxel 4's centre 4.5: box 0 only
-    np.testing.assert_array_equal(boxes_in_slice(boxes, 5), [[1, 2, 4, 5], [0, 0, 2, 2]])  # 5.5: both edges count
-    np.testing.assert_array_equal(boxes_in_slice(boxes[:, [0, 1, 3, 4]], 9), boxes[:, [0, 1, 3, 4]])  # 2D as is
+    cut, mask = boxes_in_slice(boxes, 4)  # voxel 4's centre 4.5: box 0 only
+    np.testing.assert_array_equal(cut, [[1, 2, 4, 5]])
+    np.testing.assert_array_equal(mask, [True, False, False])
+    np.testing.assert_array_equal(boxes_in_slice(boxes, 5)[0], [[1, 2, 4, 5], [0, 0, 2, 2]])  # 5.5: edges count
+    np.testing.assert_array_equal(boxes_in_slice(boxes[:, [0, 1, 3, 4]], 9)[0], boxes[:, [0, 1, 3, 4]])  # 2D as is
+    record = {"reference": {"box": boxes[:1].tolist()}, "detections": {"box": boxes.tolist(), "score": [0.9, 0.5, 0.1]}}
+    empty = {"reference": {"box": []}, "detections": {"box": [], "score": []}}
+    save_detections_png(str(tmp_path / "d.png"), [("a", np.zeros((8, 8, 8, 1)), record), ("b", np.zeros((8, 8, 8, 1)),
+                                                                                          empty)])
+    assert imread(str(tmp_path / "d.png")).shape[:2] == (330, 600)
