@@ -71,10 +71,10 @@ def test_time_distributed_applies_a_model_frame_by_frame():
     x = _seq((2, 3, 8, 8, 1))
     unet = UNet(2, features=(4, 8))
     td = TimeDistributed(unet)
-    v = jax.jit(lambda x: td.init(jax.random.key(0), x, train=False))(x)  # jitted: one compile, not one per op
-    out = jax.jit(lambda v, x: td.apply(v, x, train=False))(v, x)
-    frame = jax.jit(lambda v, x: unet.apply(v, x, train=False))(
-        {"params": v["params"]["module"], "batch_stats": v["batch_stats"]["module"]}, x[:, 1])
+    v = td.init(jax.random.key(0), x, train=False)
+    out = td.apply(v, x, train=False)
+    frame = unet.apply({"params": v["params"]["module"], "batch_stats": v["batch_stats"]["module"]}, x[:, 1],
+                       train=False)
     np.testing.assert_allclose(out[:, 1], frame, rtol=1e-5, atol=1e-6)
     # `model.time_distributed=True` in a config wraps any registered model the same way.
     from medjax.tasks.base import model_from_config
@@ -82,7 +82,7 @@ def test_time_distributed_applies_a_model_frame_by_frame():
     cfg = ml_collections.ConfigDict(dict(name="unet", features=(4, 8), time_distributed=True))
     wrapped = model_from_config(cfg, 2, None)
     assert isinstance(wrapped, TimeDistributed) and wrapped.module == unet
-    np.testing.assert_allclose(jax.jit(lambda v, x: wrapped.apply(v, x, train=False))(v, x), out)
+    np.testing.assert_allclose(wrapped.apply(v, x, train=False), out)
 
 
 def test_sequence_models_shapes_and_errors():
