@@ -119,9 +119,7 @@ COMPUTE_OPTIONS = {  # name -> (precision, remat, grad_accum_steps)
 }
 
 
-def run_compute(case_name: str, repeats: int, options: list[str], batch_size: int | None,
-                shape: str = "full") -> list[dict]:
-    """One row per compute option; `shape` "smoke" runs the row's tiny test model (notebooks' quick setting)."""
+def run_compute(case_name: str, repeats: int, options: list[str], batch_size: int | None) -> list[dict]:
     import jax
 
     from medjax.train.parallel import make_strategy
@@ -131,7 +129,7 @@ def run_compute(case_name: str, repeats: int, options: list[str], batch_size: in
     rows = []
     for name in options:
         precision, remat, accum = COMPUTE_OPTIONS[name]
-        task, tx, variables, batch = _setup(case_name, precision, remat, batch_size, shape)
+        task, tx, variables, batch = _setup(case_name, precision, remat, batch_size)
         if len(batch["label"]) % accum:
             rows.append({"option": name, "skipped": f"batch {len(batch['label'])} not divisible by {accum}"})
             continue
@@ -141,8 +139,7 @@ def run_compute(case_name: str, repeats: int, options: list[str], batch_size: in
         mem = step.lower(state, placed).compile().memory_analysis()
         first, median, _ = timed_steps(step, state, placed, repeats)
         rows.append({"option": name, "precision": precision, "remat": remat, "grad_accum_steps": accum,
-                     "case": case_name, "batch": len(batch["label"]), "input_shape": list(batch["image"].shape),
-                     "step_s": median, "first_step_s": first,
+                     "case": case_name, "batch": len(batch["label"]), "step_s": median, "first_step_s": first,
                      "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
                      "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
                      "output_bytes": getattr(mem, "output_size_in_bytes", None)})
