@@ -82,14 +82,14 @@ def test_missing_config_file_exit_2(repo, tmp_path):
 
 def test_kill_9_and_resume_is_bitwise_identical(repo, tmp_path):
     """SIGKILL at arbitrary moments (mid-step, mid-save), restart with the same command: same final bits."""
-    args = ["--config.num_train_steps=12", "--config.checkpoint_every=2", "--config.eval_every=6"]
+    args = ["--config.num_train_steps=24", "--config.checkpoint_every=2", "--config.eval_every=6"]
     ref = tmp_path / "ref"
     assert medjax(repo, "train", "--config", SYNTH, "--workdir", str(ref), *args).returncode == 0
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "medjax.cli", "train", "--config", SYNTH, "--workdir", str(run), *args]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
     kills = 0
-    for wait_for_step in (4, 8):  # kill once a given checkpoint exists, plus a little jitter
+    for wait_for_step in (4, 12):  # kill once a given checkpoint exists, plus a little jitter
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and not (run / "checkpoints" / str(wait_for_step)).exists():
@@ -106,7 +106,7 @@ def test_kill_9_and_resume_is_bitwise_identical(repo, tmp_path):
     assert r.returncode == 0, r.stderr
     step_a, a = final_params(repo, ref, *args)
     step_b, b = final_params(repo, run, *args)
-    assert step_a == step_b == 12
+    assert step_a == step_b == 24
     import jax
 
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
