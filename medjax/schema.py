@@ -107,6 +107,20 @@ FINETUNE: Spec = {
     "head": Key(("head/*", "final_conv/*", "classifier/*"), "patterns naming the head for the linear probe"),
 }
 
+PRIVACY: Spec = {
+    "enabled": Key(False, "DP-SGD: per-example clipping, Gaussian noise, Poisson batches (supervised tasks)"),
+    "noise_multiplier": Key(0.0, "sigma: the noise std is sigma * clip_norm; 0 = solved from target_epsilon"),
+    "target_epsilon": Key(0.0, "privacy budget at delta: solves sigma (noise_multiplier=0) or stops the run when "
+                               "spent; 0 = none"),
+    "delta": Key(1e-5, "delta of the (epsilon, delta) guarantee; must be below 1 / training examples"),
+    "clip_norm": Key(1.0, "bound on each example's gradient L2 norm over all parameters"),
+    "sampling": Key("poisson", "poisson: each example in a batch with probability batch_size / N (shuffle: refused, "
+                               "no accountant covers it)"),
+    "accountant": Key("pld", "pld (exact for the truncated Poisson batches) | rdp (dp-accounting)"),
+    "microbatch_size": Key(0, "per-example gradients of this many examples per device at a time; 0 = all at once"),
+    "padded_batch_size": Key(0, "fixed batch shape of Poisson batches (larger samples are cut to it); 0 = auto"),
+}
+
 GAN_EVAL: Spec = {"num_examples": Key(16, "generated examples scored and shown per GAN evaluation")}
 
 _GAN_TASK: Spec = {
@@ -308,9 +322,10 @@ DATA: dict[str, Spec] = {
 
 SECTIONS: dict[str, Spec] = {"optimizer": OPTIMIZER, "g_optimizer": OPTIMIZER, "d_optimizer": OPTIMIZER,
                              "checkpoint": CHECKPOINT, "parallel": PARALLEL, "inference": INFERENCE,
-                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "eval": GAN_EVAL}
+                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "privacy": PRIVACY,
+                             "eval": GAN_EVAL}
 # Sections every config has (filled with their defaults when a file leaves them out).
-ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "augment")
+ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "privacy", "augment")
 # Checked elsewhere: the network constructors' fields (at build) and the augmentation table.
 FREE_FORM = ("model", "generator", "discriminator", "augment")
 

@@ -96,24 +96,32 @@ class TrainStream:
     """Endless shuffled training batches (this process's rows of each global batch), resumable by position.
 
     Each batch carries "index" (the examples' stream positions, which key the on-device augmentation) and
-    "weight" (1). `keys` restricts the example keys kept (default: all)."""
+    "weight" (1; 0 marks padding rows of a `select`). `keys` restricts the example keys kept (default: all).
+    `select` (batch number -> (global indices, weights), each (global_batch_size,)) replaces the shuffled order,
+    e.g. by DP-SGD's Poisson batches (`medjax.privacy.sampling`); like the shuffled order it must be a pure
+    function of the batch number."""
 
     def __init__(self, split: Any, global_batch_size: int, rows: slice, seed: int,
                  transform: Transform | None = None, keys: tuple[str, ...] | None = None,
-                 num_threads: int = 2, prefetch: int = 4):
+                 num_threads: int = 2, prefetch: int = 4,
+                 select: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None):
         self.source = as_source(split, "train split")
         self.n = len(self.source)
         if self.n == 0:
             raise MedjaxError("train split: the split is empty")
         self.global_batch_size, self.rows, self.seed = global_batch_size, rows, seed
         self.transform, self.keys = transform, keys
-        self.num_threads, self.prefetch = num_threads, prefetch
+        self.num_threads, self.prefetch, self.select = num_threads, prefetch, select
         self.position = 0
         self._iter: Iterator | None = None
 
     def batch_at(self, position: int) -> dict[str, np.ndarray]:
         """The batch that starts at stream position `position` (a pure function of it)."""
-        idx = global_indices(self.seed, position, self.global_batch_size, self.n)[self.rows]
+        if self.select is None:
+            idx = global_indices(self.seed, position, self.global_batch_size, self.n)[self.rows]
+            weight = np.ones(len(idx), np.float32)
+        else:
+            idx, weight = (a[self.rows] for a in self.select(position // self.global_batch_size))
         positions = (np.arange(self.global_batch_size) + position)[self.rows]
         if self.transform is None:
             batch = _gather(self.source, idx, self.keys)
@@ -122,7 +130,7 @@ class TrainStream:
                         for i, g in zip(idx, positions)]
             batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in (self.keys or examples[0])}
         batch["index"] = positions.astype(np.int32)
-        batch["weight"] = np.ones(len(idx), np.float32)
+        batch["weight"] = np.asarray(weight, np.float32)
         return batch
 
     def _start(self) -> Iterator:
