@@ -81,15 +81,15 @@ def check(config: ml_collections.ConfigDict, num_train: int) -> None:
 
 
 def check_model(config: ml_collections.ConfigDict, batch_stats: Any) -> None:
-    """Refuse models with BatchNorm, naming the first such layer and the fix."""
-    paths = sorted(flatten_dict(dict(batch_stats or {}), sep="/"))
-    if not paths:
+    """Refuse models with BatchNorm, naming one such layer, how many there are, and the fix."""
+    layers = sorted({path.rsplit("/", 1)[0] for path in flatten_dict(dict(batch_stats or {}), sep="/")})
+    if not layers:
         return
-    layer = paths[0].rsplit("/", 1)[0]
     fix = ("set config.model.norm=group (or instance)" if "norm" in config.model
            else "use a model with a `norm` option and set config.model.norm=group (or instance)")
-    raise MedjaxError(f"config.privacy: model {config.model.name!r} has BatchNorm (layer {layer!r}), whose batch "
-                      f"statistics mix examples, so per-example gradients (DP-SGD) are not defined; {fix}")
+    raise MedjaxError(f"config.privacy: model {config.model.name!r} has {len(layers)} BatchNorm layer(s) (e.g. "
+                      f"{layers[0]!r}), whose batch statistics mix examples, so per-example gradients (DP-SGD) are "
+                      f"not defined; {fix}")
 
 
 def make_dp_grads(task: Any, clip_norm: float, noise_std: float, normalizer: float, axis_name: str | None = None,
