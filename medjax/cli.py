@@ -2,6 +2,8 @@
 
     medjax train --config quickstart --workdir runs/quickstart [--config.key=value ...]
     medjax evaluate --config quickstart --workdir runs/quickstart
+    medjax explain --config quickstart --workdir runs/quickstart --method gradcam|gradcampp|saliency|smoothgrad|ig|
+        guided|occlusion [--layer NAME] [--split test] [--num 8] [--target CLASS]
     medjax keys [SECTION] [--config quickstart]
     medjax import-weights --arch resnet18 --layout torchvision --in resnet18.pth --out weights/resnet18
         [--num_classes K] [--in_channels C] [--spatial_dims 2|3] [--inflate_mode average|center]
@@ -19,6 +21,9 @@ inflates every convolution kernel to 3D (`medjax.transfer.adapt.inflate_kernel`,
 
 `deid` writes a de-identified copy of every DICOM file under IN_DIR to the same path under OUT_DIR (DICOM PS3.15
 Annex E Basic Profile: `medjax.privacy.deid`) and OUT_DIR/deid_report.csv, one row per input file.
+`explain` restores the best checkpoint and explains the first examples of a split with one method
+(`medjax.explain`): WORKDIR/explain/METHOD.png, NIfTI heat maps for 3D inputs, and explain.json with each map's
+deletion / insertion AUC (faithfulness).
 
 `bench` times medjax against PyTorch (eager and torch.compile) on the same models and weights at the shapes the
 experiment configs train on (`medjax.bench`; needs torch and monai: `pip install 'medjax[bench]'`) ->
@@ -56,6 +61,20 @@ Rerunning the same command resumes from the latest checkpoint.
     "evaluate": """examples:
   medjax evaluate --config quickstart --workdir runs/quickstart
   medjax evaluate --config quickstart --workdir runs/quickstart --checkpoint latest --split val
+  medjax evaluate --config quickstart --workdir runs/quickstart --calibrate --subgroups meta.csv
+  medjax evaluate --config quickstart --workdir runs/quickstart --uncertainty tta --samples 8 \
+      --config.augment.transforms=flip,rot90
+
+""" + _OVERRIDES,
+    "explain": """examples:
+  medjax explain --config synthetic:classification --workdir runs/cls --method gradcam
+  medjax explain --config medmnist_resnet18:3d --workdir runs/organ3d --method ig --num 4 --target 2
+  medjax explain --config quickstart --workdir runs/quickstart --method occlusion --layer dec1 \\
+      --config.explain.occlusion_window=16
+
+--layer (gradcam, gradcampp) is a module path such as stage4_block2 or stage4_block2/conv2; default: the last
+top-level feature map before the output. Method options (integration steps, noise draws, occlusion window, the
+baseline, the evaluations in flight) are the config's explain section: medjax keys explain.
 
 """ + _OVERRIDES,
     "import-weights": """examples:
@@ -115,6 +134,32 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
             p.add_argument("--split", default="test")
+            p.add_argument("--calibrate", action="store_true",
+                           help="ECE, MCE, Brier, NLL before and after temperature scaling fit on val (docs/trust.md)")
+            p.add_argument("--subgroups", default=None, metavar="CSV",
+                           help="per-case metadata case,<columns>: metrics per group with bootstrap CIs")
+            p.add_argument("--group-columns", dest="group_columns", default=None, metavar="A,B",
+                           help="the --subgroups columns to analyse (default: all)")
+            # uncertainty (medjax.train.uncertainty_eval)
+            p.add_argument("--uncertainty", choices=("mc_dropout", "tta", "ensemble"), default=None,
+                           help="also score S sampled predictions: MC-dropout passes, test-time augmentation draws "
+                                "or the ensemble's members -> eval.json 'uncertainty' and plots/")
+            p.add_argument("--samples", type=int, default=None,
+                           help="MC-dropout passes / TTA draws per member (default 10; an ensemble: its size)")
+    p = _subparser(sub, "explain", "explain a run's predictions on the first examples of a split -> "
+                                   "WORKDIR/explain/")
+    p.add_argument("--config", required=True, help="experiment file, optionally file.py:arg (e.g. :tiny)")
+    p.add_argument("--workdir", required=True, help="the trained run's directory")
+    from medjax.explain import METHOD_NAMES
+
+    p.add_argument("--method", required=True, choices=METHOD_NAMES, help="the attribution method")
+    p.add_argument("--layer", default=None, help="gradcam / gradcampp: the layer (module path) to explain")
+    p.add_argument("--split", default="test")
+    p.add_argument("--num", type=int, default=8, help="explain the first NUM examples of the split")
+    p.add_argument("--target", type=int, default=None,
+                   help="class to explain (default: the predicted class; segmentation: the largest predicted one)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument("--num_cpu_devices", type=int, default=None, help="fake CPU devices (testing parallelism)")
     p = _subparser(sub, "import-weights", "PyTorch weights -> a medjax pretrained-weights directory")
     p.add_argument("--arch", required=True, help="medjax model name (medjax.models.MODELS), e.g. resnet18")
     p.add_argument("--layout", required=True, choices=("torchvision", "monai"), help="the file's naming scheme")
@@ -329,6 +374,25 @@ def bench_command(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def explain_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`medjax explain`: medjax.explain.run on the run's checkpoint; prints the method's explain.json entry."""
+    from medjax.config import build_config
+
+    config = build_config(args.config, overrides)
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    from medjax.train import distributed
+
+    distributed.configure_devices(args.num_cpu_devices)
+    from medjax.explain.run import explain
+
+    entry = explain(config, args.workdir, args.method, args.layer, args.split, args.num, args.target,
+                    args.checkpoint)
+    print(json.dumps(entry, indent=2, sort_keys=True))
+    return 0
+
+
 def keys_command(args: argparse.Namespace, overrides: list[str]) -> int:
     """`medjax keys`: the schema's table, or a loaded config's values of its keys."""
     from medjax import schema
@@ -352,6 +416,8 @@ def run(argv: list[str]) -> int:
         return keys_command(args, overrides)
     if args.command == "deid":
         return deid_command(args, overrides)
+    if args.command == "explain":
+        return explain_command(args, overrides)
     if args.command == "import-weights":
         import absl.logging
 
@@ -379,7 +445,10 @@ def run(argv: list[str]) -> int:
     if args.command == "train":
         loop.train(config, args.workdir)
     else:
-        result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split)
+        result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split,
+                               calibrate=args.calibrate, subgroups=args.subgroups,
+                               group_columns=args.group_columns.split(",") if args.group_columns else None,
+                               uncertainty=args.uncertainty, samples=args.samples)
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

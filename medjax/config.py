@@ -83,7 +83,9 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Set dotted `key` to the value parsed from `text`; unknown keys and type mismatches raise MedjaxError."""
+    """Set dotted `key` to the value parsed from `text`; unknown keys and type mismatches raise MedjaxError. A
+    network section (`model`, `generator`, `discriminator`) holds the constructor's arguments, so a key it does
+    not list yet is added (e.g. `--config.model.dropout_rate=0.1`): the constructor rejects a wrong one, naming it."""
     parts = key.split(".")
     node = config
     for i, part in enumerate(parts[:-1]):
@@ -91,10 +93,11 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
             raise MedjaxError(f"unknown config key: config.{'.'.join(parts[: i + 1])}")
         node = node[part]
     leaf = parts[-1]
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    network = len(parts) == 2 and parts[0] in ("model", "generator", "discriminator")
+    if not isinstance(node, ml_collections.ConfigDict) or (leaf not in node and not network):
         raise MedjaxError(f"unknown config key: config.{key}")
     value = _parse_value(text)
-    current = node[leaf]
+    current = node.get(leaf)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(current, (list, tuple)) and isinstance(value, str) and all(isinstance(v, str) for v in current):

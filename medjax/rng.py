@@ -27,3 +27,14 @@ def to_data(k: jax.Array) -> jax.Array:
 def from_data(data: jax.Array) -> jax.Array:
     """The typed key back from its raw data."""
     return jax.random.wrap_key_data(data, impl=PRNG_IMPL)
+
+
+def threefry(k: jax.Array) -> jax.Array:
+    """A threefry key from any key (typed, or raw key data): for medjax's `rbg` keys the first half of the data,
+    which is the threefry key the same seed / fold_in chain would give. Randomness that is vmapped (per example,
+    per ensemble member, per MC-dropout sample) draws from these: JAX's vmap rule for `rng_bit_generator` (rbg's
+    bits) draws every batch element's bits from the FIRST key, while threefry draws each key's own."""
+    import jax.numpy as jnp
+
+    data = jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
+    return jax.random.wrap_key_data(jnp.asarray(data, jnp.uint32)[..., :2], impl="threefry2x32")

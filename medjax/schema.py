@@ -121,6 +121,34 @@ PRIVACY: Spec = {
     "padded_batch_size": Key(0, "fixed batch shape of Poisson batches (larger samples are cut to it); 0 = auto"),
 }
 
+TRUST: Spec = {  # medjax evaluate --calibrate / --subgroups (medjax.trust, docs/trust.md)
+    "n_bins": Key(15, "calibration: bins of ECE / MCE (equal-width; ece_mass: equal-mass) and of the diagram"),
+    "voxels_per_case": Key(4096, "segmentation calibration: voxels drawn per case (inside its mask, seeded); 0 = "
+                                 "all"),
+    "bootstrap_resamples": Key(1000, "subgroups: bootstrap resamples (within each group) of every CI"),
+    "confidence_level": Key(0.95, "subgroups: two-sided level of the percentile and BCa intervals"),
+    "min_group_cases": Key(10, "subgroups: a group with fewer cases gets no CI (reported, with the reason)"),
+}
+
+ENSEMBLE: Spec = {
+    "size": Key(1, "deep ensemble: K members (seeds seed..seed+K-1) trained as one vmapped program; 1 = off"),
+}
+
+EXPLAIN: Spec = {
+    "batch_size": Key(32, "medjax explain: model evaluations in flight per device (examples x samples); 0 = all"),
+    "baseline": Key(0.0, "medjax explain: the input value meaning 'no signal' (IG baseline, occlusion and "
+                         "deletion/insertion fill)"),
+    "ig_steps": Key(50, "integrated gradients: points of the path integral"),
+    "ig_method": Key("gausslegendre", "integrated gradients: gausslegendre | riemann_left | riemann_right | "
+                                      "riemann_middle | riemann_trapezoid (Captum's rules)"),
+    "smoothgrad_samples": Key(25, "smoothgrad: noisy copies per example (noise seeded by config.seed)"),
+    "smoothgrad_stdev": Key(0.15, "smoothgrad: noise std as a fraction of each example's max - min"),
+    "occlusion_window": Key(8, "occlusion: the occluded window's side in voxels (or one per axis)"),
+    "occlusion_stride": Key(4, "occlusion: step between windows (or one per axis); the last window ends at the "
+                               "border"),
+    "faithfulness_steps": Key(20, "deletion/insertion curves: equal fractions of the voxels removed / added"),
+}
+
 GAN_EVAL: Spec = {"num_examples": Key(16, "generated examples scored and shown per GAN evaluation")}
 
 _GAN_TASK: Spec = {
@@ -323,9 +351,10 @@ DATA: dict[str, Spec] = {
 SECTIONS: dict[str, Spec] = {"optimizer": OPTIMIZER, "g_optimizer": OPTIMIZER, "d_optimizer": OPTIMIZER,
                              "checkpoint": CHECKPOINT, "parallel": PARALLEL, "inference": INFERENCE,
                              "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "privacy": PRIVACY,
-                             "eval": GAN_EVAL}
+                             "trust": TRUST, "ensemble": ENSEMBLE, "eval": GAN_EVAL, "explain": EXPLAIN}
 # Sections every config has (filled with their defaults when a file leaves them out).
-ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "privacy", "augment")
+ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "privacy", "trust", "ensemble",
+          "explain", "augment")
 # Checked elsewhere: the network constructors' fields (at build) and the augmentation table.
 FREE_FORM = ("model", "generator", "discriminator", "augment")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,11 +29,11 @@ CLASS_COLOURS = (
 OVERLAY_ALPHA = 0.45
 
 
-def _figure(figsize, nrows=1, ncols=1, **kwargs):
+def _figure(figsize, nrows=1, ncols=1, gridspec_kw=None, **kwargs):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, **kwargs)  # no pyplot: no global state, no display backend
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=gridspec_kw)
     return fig, axes
 
 
@@ -249,4 +249,149 @@ def save_heatmap_png(path: str, thumbnail: np.ndarray, heat: np.ndarray, extent:
     fig.colorbar(shown, ax=axes[0, 1], fraction=0.046, pad=0.02, label=label)
     if title:
         fig.suptitle(title, fontsize=9)
+    _save_atomic(fig, path, dpi)
+
+
+def save_reliability_png(path: str, panels: Sequence[tuple[str, Mapping[str, np.ndarray]]], dpi: int = 100) -> None:
+    """Reliability diagrams side by side, one per (title, bins): bins as `medjax.trust.calibration.bin_statistics`
+    gives them for equal-width bins (`count`, mean `confidence` and `accuracy` per bin; the last bin holds the
+    confidences of exactly 1.0 and is drawn at 1.0). Top: accuracy per bin as bars against the diagonal of perfect
+    calibration, the gap to the bin's mean confidence in red; bottom: the share of examples per bin."""
+    fig, axes = _figure((4.0 * len(panels), 5.0), 2, len(panels), gridspec_kw={"height_ratios": (3, 1)})
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.09, top=0.93, hspace=0.08, wspace=0.25)
+    for col, (title, bins) in enumerate(panels):
+        count = np.asarray(bins["count"], np.float64)
+        n = len(count) - 1
+        left = np.r_[np.arange(n) / n, 1.0]
+        width = np.r_[np.full(n, 1.0 / n), 0.4 / n]
+        filled = count > 0
+        ax, hist = axes[0, col], axes[1, col]
+        ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1, label="perfect calibration")
+        ax.bar(left[filled], np.asarray(bins["accuracy"])[filled], width[filled], align="edge", color="C0",
+               edgecolor="white", label="accuracy")
+        conf = np.asarray(bins["confidence"])[filled]
+        acc = np.asarray(bins["accuracy"])[filled]
+        ax.bar(left[filled], conf - acc, width[filled], bottom=acc, align="edge", color="C3", alpha=0.35,
+               label="gap to confidence")
+        ax.set_xlim(0, 1.0 + 0.4 / n)
+        ax.set_ylim(0, 1)
+        ax.set_xticks([])
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        hist.bar(left, count / max(count.sum(), 1.0), width, align="edge", color="0.4")
+        hist.set_xlim(ax.get_xlim())
+        hist.set_xlabel("confidence")
+        if col == 0:
+            ax.set_ylabel("accuracy")
+            hist.set_ylabel("share")
+            ax.legend(fontsize=7, loc="upper left")
+    _save_atomic(fig, path, dpi)
+
+
+def save_subgroups_png(path: str, panels: Sequence[Mapping], dpi: int = 100) -> None:
+    """One panel per metric (`title`): each group's value (`values`, None = undefined, not drawn) as a point with
+    its confidence interval (`intervals`, (low, high) or None) as a bar, the group labelled with its size
+    (`groups`, `n`)."""
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = _figure((4.0 * cols, 0.4 + rows * (0.6 + 0.35 * max(len(p["groups"]) for p in panels))), rows, cols)
+    fig.subplots_adjust(left=0.14, right=0.98, bottom=0.05, top=0.95, hspace=0.6, wspace=0.55)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_axis_off()
+            continue
+        panel = panels[k]
+        y = np.arange(len(panel["groups"]))
+        for i, (value, interval) in enumerate(zip(panel["values"], panel["intervals"])):
+            if interval is not None:
+                ax.plot(interval, [i, i], color="C0", lw=2)
+            if value is not None:
+                ax.plot([value], [i], "o", color="C0" if interval is not None else "0.5", ms=5)
+        ax.set_yticks(y, [f"{g} (n={n})" for g, n in zip(panel["groups"], panel["n"])], fontsize=8)
+        ax.set_ylim(len(y) - 0.5, -0.5)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    _save_atomic(fig, path, dpi)
+
+
+def save_uncertainty_png(path: str, images: np.ndarray, preds: np.ndarray, entropy: np.ndarray,
+                         mutual_information: np.ndarray, class_names: Sequence[str], max_rows: int = 4,
+                         panel_inches: float = 2.5, dpi: int = 100) -> None:
+    """Rows of [image, prediction overlay, predictive entropy, mutual information] for the first `max_rows` 2D
+    examples: images (N, H, W[, C]), preds (N, H, W) class maps, the maps (N, H, W) in nats. Every row shares one
+    colour scale per map, from 0 to its largest value over the rows shown, so rows compare."""
+    images, preds = np.asarray(images), np.asarray(preds)
+    maps = [np.asarray(entropy, np.float32), np.asarray(mutual_information, np.float32)]
+    rows = min(max_rows, len(images))
+    num_classes = max(len(class_names), int(preds.max(initial=0)) + 1)
+    fig, axes = _figure((4 * panel_inches, rows * panel_inches), rows, 4)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.02, hspace=0.12)
+    tops = [max(float(m[:rows].max(initial=0.0)), 1e-6) for m in maps]
+    for r in range(rows):
+        grey = _as_2d_image(images[r])
+        for c, title in enumerate(("image", "prediction", "entropy (nats)", "mutual information (nats)")):
+            ax = axes[r, c]
+            if c < 2:
+                ax.imshow(grey, cmap=None if grey.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+                if c == 1:
+                    ax.imshow(_rgba_overlay(preds[r], num_classes), interpolation="nearest")
+            else:
+                ax.imshow(maps[c - 2][r], cmap="magma", vmin=0, vmax=tops[c - 2], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{title}" + (f", max {tops[c - 2]:.3g}" if c >= 2 else ""), fontsize=8)
+    _save_atomic(fig, path, dpi)
+
+
+def save_referral_png(path: str, curves: dict[str, list[dict]], dpi: int = 100) -> None:
+    """Referral curves: each metric of the retained cases against the fraction referred, one line per uncertainty
+    score (`curves`: score name -> rows of `medjax.trust.uncertainty.referral_curve`)."""
+    metrics = [k for k in next(iter(curves.values()))[0] if k not in ("fraction", "retained")]
+    fig, axes = _figure((3.5 * len(metrics), 3.0), 1, len(metrics))
+    for ax, metric in zip(axes[0], metrics):
+        for score, rows in curves.items():
+            xs = [r["fraction"] for r in rows if r[metric] is not None]
+            ax.plot(xs, [r[metric] for r in rows if r[metric] is not None], marker="o", markersize=3, label=score)
+        ax.set_xlabel("fraction referred")
+        ax.set_ylabel(f"{metric} of the retained cases")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_atomic(fig, path, dpi)
+
+
+def save_attribution_png(path: str, images: np.ndarray, maps: np.ndarray, row_titles: Sequence[str] | None = None,
+                         panel_inches: float = 2.5, dpi: int = 100) -> None:
+    """Rows of [image, attribution map over the image] (an explanation per example), 2D or the middle slice of 3D.
+
+    images: (N, *spatial, C); maps: (N, *spatial), one value per voxel. Each map is shown on its own symmetric
+    scale (red positive, blue negative, transparent near 0), so a map's largest value is always full colour.
+    """
+    from matplotlib import colormaps
+
+    images, maps = np.asarray(images, np.float32), np.asarray(maps, np.float32)
+    if len(images) != len(maps) or len(images) == 0 or images.shape[:-1] != maps.shape:
+        raise ValueError(f"need one map per image of its spatial shape, got images {images.shape}, maps {maps.shape}")
+    if maps.ndim == 4:  # 3D: the middle slice along the first spatial axis
+        mid = maps.shape[1] // 2
+        images, maps = images[:, mid], maps[:, mid]
+    rows = len(images)
+    fig, axes = _figure((2 * panel_inches, rows * panel_inches), rows, 2)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.01, wspace=0.02, hspace=0.15)
+    for r in range(rows):
+        grey = _as_2d_image(images[r])
+        cmap = None if grey.ndim == 3 else "gray"
+        scale = float(np.abs(maps[r]).max()) or 1.0
+        colours = colormaps["bwr"]((maps[r] / scale + 1) / 2)
+        colours[..., 3] = np.clip(np.abs(maps[r]) / scale, 0, 1) * 0.8
+        for c in range(2):
+            ax = axes[r, c]
+            ax.imshow(grey, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if c == 1:
+                ax.imshow(colours, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_titles:
+            axes[r, 1].set_title(row_titles[r], fontsize=8)
     _save_atomic(fig, path, dpi)

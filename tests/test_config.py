@@ -88,3 +88,15 @@ def test_a_users_file_extends_a_shipped_config(tmp_path):
     c = build_config(f"{mine}:tiny", ["--config.seed=5"])
     base = load_config("image_folder_unet:tiny")
     assert (c.batch_size, c.seed) == (3, 5) and c.model.to_dict() == base.model.to_dict()
+
+
+def test_a_network_key_can_be_added_and_the_constructor_checks_it(repo):
+    from medjax.tasks import make_task
+
+    c = build_config(QUICKSTART, ["--config.model.dropout_rate=0.1"])
+    assert c.model.dropout_rate == 0.1
+    assert make_task(c, ["c0", "c1", "c2", "c3"]).model.dropout_rate == 0.1
+    with pytest.raises(MedjaxError, match="config.model: .*dropout_rat"):
+        make_task(build_config(QUICKSTART, ["--config.model.dropout_rat=0.1"]), ["c0", "c1", "c2", "c3"])
+    with pytest.raises(MedjaxError, match=r"unknown config key: config\.model\.norm\.x"):
+        build_config(QUICKSTART, ["--config.model.norm.x=1"])

@@ -89,7 +89,7 @@ def test_msd_unet3d_tiny(repo, tmp_path):
     # 6 labelled cases: 1 test (20%), 1 val (20%), 4 train; the unlabelled imagesTs case is not used
     cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
     (test_case,) = case_split(6, 0.2, 0.2, 0)["test"]
-    assert [c["case"] for c in cases] == [0]  # position within the test split
+    assert [(c["case"], c["index"]) for c in cases] == [(f"brain_{test_case:03d}", 0)]  # id, position in the split
     assert cases[0]["shape"] == [20 + 2 * test_case, 18 + test_case, 16 + test_case % 3]
     case_dice = [c["dice/ball"] for c in cases]
     assert result["dice/ball"] == pytest.approx(np.mean(case_dice))
@@ -297,7 +297,8 @@ def test_image_folder_patch_trained_evaluates_whole_images_with_surface_metrics(
     assert [result["dice/class0"], result["dice/class1"]] == pytest.approx(dice, abs=1e-6)
 
     cases = json.loads((workdir / "eval_cases.json").read_text())["cases"]
-    assert [c["case"] for c in cases] == [0, 1]
+    assert [(c["case"], c["index"]) for c in cases] == [(f"case{i:02d}", k)
+                                                        for k, i in enumerate(case_split(10, 0.2, 0.2, 0)["test"])]
     expected = np.stack([_monai_surface(pr * fov, lab * fov, 2, (0.5, 0.8), 1.0)[:, 0]
                          for pr, lab in zip(pred, test["label"])])  # (case, metric)
     for c, row in zip(cases, expected):

@@ -29,6 +29,9 @@ Not timed on either side: data loading and on-device augmentation (`msd_unet3d` 
 in training; `python -m medjax.bench.input_pipeline` measures that part), evaluation and checkpoints
 (`--protocol` measures whole runs).
 
+The explain rows (`explain_*`) time one attribution method over the protocol batch against Captum / MONAI on the
+same weights (`medjax/bench/explain_bench.py`; maps checked within 1e-4 of their scale).
+
 `msd_sliding_window` is inference only: the evaluation `medjax evaluate` runs for a patch-trained 3D U-Net
 (`medjax.inference.sliding_window_volume` with the config's roi, overlap, Gaussian blending and window batch,
 class probabilities per window on the device) against `monai.inferers.sliding_window_inference` with the torch
@@ -76,7 +79,7 @@ class Case:
     """One protocol row: an experiment config, the data it runs on, and the torch model to compare with."""
 
     name: str
-    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan"
+    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan" | "explain"
     config: str  # a shipped config, medjax.configs NAME[:variant]
     data: str  # the data the protocol trains on (only its shape is used: random values of that shape)
     in_channels: int
@@ -88,6 +91,7 @@ class Case:
     volume: tuple[int, ...] = ()  # sliding window: the evaluated volume's shape
     smoke: tuple[str, ...] | None = None  # extra overrides for --smoke (tests only); None: not a smoke case
     smoke_spatial: tuple[int, ...] = ()
+    explain: str = ""  # kind "explain": the medjax explain method (medjax.explain.methods.METHODS)
 
     def overrides_for(self, mode: str, precision: str) -> list[str]:
         extra = list(self.overrides) + [f"compute.precision={precision}"]
@@ -101,6 +105,10 @@ class Case:
 
 _TINY_RESNET = ("batch_size=2",)
 _TINY_UNET = ("batch_size=2", "model.features=(4,8)")
+_EXPLAIN_ROW = ("data.name=organmnist3d", "task.num_classes=11", "batch_size=4", "explain.batch_size=32")
+_TINY_RESNET3D = ("batch_size=2",  # MONAI's ResNet class takes 4 stages: one block each, width 4
+                  "model={'name': 'resnet', 'stage_sizes': (1, 1, 1, 1), 'block': 'basic', 'stem': 'small', "
+                  "'width': 4}")
 
 CASES: dict[str, Case] = {c.name: c for c in (
     Case("medmnist_r18_2d_1ch", "classification", "medmnist_resnet18", "BreastMNIST: 28x28, 1 channel, 2 classes",
@@ -127,6 +135,18 @@ CASES: dict[str, Case] = {c.name: c for c in (
          smoke=("batch_size=1", "model.features=(4,8)"), smoke_spatial=(16, 16)),
     Case("cine_convlstm_ef", "regression", "cine_synthetic:ef", "simulated cine: 12 frames of 48x48, EF target",
          1, 1, (48, 48), "twin", frames=12),
+    # Explain rows: the model runs on batches of the protocol's 32 inputs (explain.batch_size: IG steps or occluded
+    # copies in flight, on both sides); 4 examples are explained per timed call (the cost per example does not
+    # depend on that count, and a call of 32 examples would take about half an hour on a 2-core CPU).
+    Case("explain_ig_r18_3d", "explain", "medmnist_resnet18:3d",
+         "OrganMNIST3D: 28x28x28, 1 channel, 11 classes; Integrated Gradients, 50 steps", 1, 11, (28, 28, 28),
+         "monai_resnet", _EXPLAIN_ROW, explain="ig", smoke=_TINY_RESNET3D + ("explain.ig_steps=4",),
+         smoke_spatial=(8, 8, 8)),
+    Case("explain_occlusion_r18_3d", "explain", "medmnist_resnet18:3d",
+         "OrganMNIST3D: 28x28x28, 1 channel, 11 classes; occlusion, MONAI's 16^3 windows every 6 voxels", 1, 11,
+         (28, 28, 28), "monai_resnet", _EXPLAIN_ROW + ("explain.occlusion_window=16", "explain.occlusion_stride=6"),
+         explain="occlusion", smoke=_TINY_RESNET3D + ("explain.occlusion_window=4", "explain.occlusion_stride=2"),
+         smoke_spatial=(8, 8, 8)),
     Case("gan_pix2pix", "gan", "gan_icbm152:pix2pix",
          "ICBM152 1 mm axial slices 192x160 -> 4-class tissue maps", 1, 4, (192, 160), "gan",
          smoke=("batch_size=2", "generator.features=(4,8)", "discriminator.features=4"), smoke_spatial=(32, 32)),
@@ -267,8 +287,11 @@ def _monai_model(case: Case, config):
     if case.torch_model == "monai_resnet":
         small = m.get("stem", "standard") == "small"
         kw = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small else dict(conv1_t_stride=2)
-        return getattr(nets, m.name)(spatial_dims=nd, n_input_channels=case.in_channels, num_classes=case.num_classes,
-                                     **kw)
+        kw.update(spatial_dims=nd, n_input_channels=case.in_channels, num_classes=case.num_classes)
+        if m.name == "resnet":  # any stage sizes and width (smoke rows): MONAI's ResNet class with those widths
+            return nets.ResNet(m.block, list(m.stage_sizes),
+                               [m.get("width", 64) * 2 ** i for i in range(len(m.stage_sizes))], **kw)
+        return getattr(nets, m.name)(**kw)
     return nets.BasicUNet(spatial_dims=nd, in_channels=case.in_channels, out_channels=case.num_classes,
                           features=tuple(m.features))
 
@@ -765,7 +788,8 @@ def write_markdown(path: pathlib.Path, result: dict) -> None:
     if skipped:
         lines += ["", "Skipped:", ""] + [f"- {r['case']} {r['framework']}: {' '.join(r['reason'].split())[:240]}"
                                           for r in skipped]
-    lines += ["", "First-step loss check (relative, vs medjax; sliding window: max abs output difference):", ""]
+    lines += ["", "First-step loss check (relative, vs medjax; sliding window: max abs output difference; explain: "
+                  "max abs map difference / max abs map):", ""]
     for r in result["records"]:
         chk = r.get("loss_check") or r.get("output_check")
         if chk and r["framework"] != "medjax":
@@ -847,6 +871,10 @@ def run_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEW
         from medjax.bench.gan_bench import run_gan_case
 
         return run_gan_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
+    if case.kind == "explain":
+        from medjax.bench.explain_bench import run_explain_case
+
+        return run_explain_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
     return RUNNERS[case.kind](case, mode, warmup, repeats, frameworks, log, budget, precision)
 
 

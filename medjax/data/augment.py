@@ -86,6 +86,7 @@ import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
 from medjax.errors import MedjaxError
+from medjax.rng import threefry
 
 Label = jax.Array | None
 
@@ -132,14 +133,8 @@ def _rank(shape: Sequence[int], what: str) -> int:
     return nd
 
 
-def _threefry(key: jax.Array) -> jax.Array:
-    """A threefry key from any key's data (see the module docstring for why not rbg draws)."""
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return jax.random.wrap_key_data(jnp.asarray(data, jnp.uint32)[..., :2], impl="threefry2x32")
-
-
 def _uniforms(key: jax.Array, n: int) -> jax.Array:
-    return jax.random.uniform(_threefry(key), (max(n, 1),), _F32)
+    return jax.random.uniform(threefry(key), (max(n, 1),), _F32)  # threefry: see the module docstring
 
 
 def _normal(u: jax.Array) -> jax.Array:

@@ -56,7 +56,7 @@ def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     return splits, list(CLASS_NAMES)
 
 
-def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+def _cine_folder(cfg: ml_collections.ConfigDict) -> Dataset:
     """Cine cases from `data.root`, or from `data.train_root` / `val_root` / `test_root` in the same layout, in
     `data.layout` folder / acdc / mnms (`medjax.data.cine_io.load_cine_folder`: 4D files of any `formats` type or
     cine DICOM images, labels on every frame or on ED and ES only, targets.csv or the EF of the labels), brought
@@ -85,11 +85,11 @@ def _cine_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     data = {k: np.concatenate([part[k] for part in parts]) for k in parts[0] if k != "cases"}
     cases = [case for part in parts for case in part["cases"]]
     given = [split for (split, _), part in zip(roots, parts) for _ in part["cases"]] if roots[0][0] else None
-    splits = splits_lib.select(data, splits_lib.resolve(cases, cfg, given, splits_lib.roots_name(cfg)))
+    split = splits_lib.resolve(cases, cfg, given, splits_lib.roots_name(cfg))
     class_names = [str(c) for c in (cfg.class_names or ())]
     if not class_names and "label" in data:
         class_names = [f"class{i}" for i in range(num_classes or max(2, int(data["label"].max()) + 1))]
-    return splits, class_names
+    return Dataset(splits_lib.select(data, split), class_names, case_ids=splits_lib.select_ids(cases, split))
 
 
 def _wsi_folder(cfg: ml_collections.ConfigDict) -> Dataset:
@@ -165,7 +165,8 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
                            label_suffix=cfg.label_suffix, class_names=tuple(cfg.class_names),
                            modalities=tuple(cfg.modalities))
     given = ["train"] * len(index.training) + ["test"] * len(index.labelled_test) if index.labelled_test else None
-    split = splits_lib.resolve([splits_lib.case_id(image) for image, _ in index.cases], cfg, given,
+    cases = [splits_lib.case_id(image) for image, _ in index.cases]
+    split = splits_lib.resolve(cases, cfg, given,
                                f"the test entries with labels of {os.path.join(index.root, 'dataset.json')}")
     spacing = tuple(float(v) for v in (cfg.spacing or ())) or None
     options = dict(normalize=cfg.normalize, ct_level=float(cfg.ct_level),
@@ -191,7 +192,7 @@ def _msd(cfg: ml_collections.ConfigDict) -> Dataset:
     name = "msd_" + "".join(ch if ch.isalnum() else "_" for ch in index.name)
     sources = build_or_load(name, spec, features, {k: generator(v) for k, v in split.items()},
                             cache_dir=cfg.cache_dir or None)
-    return Dataset(sources, list(index.class_names))
+    return Dataset(sources, list(index.class_names), case_ids=splits_lib.select_ids(cases, split))
 
 
 def _folder_option(root: str, value: str, default: str | None) -> str | None:
@@ -252,7 +253,7 @@ def _image_pairs(cfg: ml_collections.ConfigDict) -> tuple[list, list[str] | None
     return pairs, given if roots[0][0] else None, splits_lib.roots_name(cfg)
 
 
-def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+def _image_folder(cfg: ml_collections.ConfigDict) -> Dataset:
     """2D images with masks (and optional field-of-view masks) from folders or a CSV (`medjax.data.image_folder`),
     split into train / val / test by `medjax.data.splits`, held in memory.
 
@@ -283,11 +284,12 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
             raise MedjaxError(f"config.data.spacing must be the pixel spacing (H, W) in mm, two positive numbers; "
                               f"got {tuple(cfg.spacing)}")
         arrays["spacing"] = np.tile(spacing, (len(arrays["image"]), 1))
-    splits = splits_lib.select(arrays, splits_lib.resolve([p.case for p in pairs], cfg, given, given_by))
+    cases = [p.case for p in pairs]
+    split = splits_lib.resolve(cases, cfg, given, given_by)
     if not class_names:
         count = num_classes or max(2, int(data["label"].max()) + 1)
         class_names = [f"class{i}" for i in range(count)]
-    return splits, class_names
+    return Dataset(splits_lib.select(arrays, split), class_names, case_ids=splits_lib.select_ids(cases, split))
 
 
 def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, list[str]]:
@@ -312,15 +314,22 @@ SOURCES: dict[str, Callable] = {
 
 @dataclasses.dataclass
 class Dataset:
-    """What a source provides: splits (arrays in memory, or cached random-access sources) and facts about the
-    labels that configs may leave to the data (`task.num_classes=0`, `task.multi_label='auto'`)."""
+    """What a source provides: splits (arrays in memory, or cached random-access sources), facts about the
+    labels that configs may leave to the data (`task.num_classes=0`, `task.multi_label='auto'`) and each
+    split's case ids in example order (what evaluation records and per-case metadata name a case by: the file
+    stem of folder sources; by default the example's position in its split, as a string)."""
 
     splits: Splits
     class_names: list[str]
     multi_label: bool = False
+    case_ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def num_examples(self, split: str) -> int:
         return len(as_source(self.splits[split]))
+
+    def cases(self, split: str) -> list[str]:
+        """The case ids of `split`, in example order."""
+        return self.case_ids.get(split) or [str(i) for i in range(self.num_examples(split))]
 
 
 def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
@@ -331,14 +340,14 @@ def load_splits(cfg: ml_collections.ConfigDict) -> Dataset:
     if cfg.name in MEDMNIST:
         return _medmnist(cfg)
     result = SOURCES[cfg.name](cfg)
-    if isinstance(result, Dataset):
-        return result
-    splits, class_names = result
-    for split, arrays in splits.items():
+    data = result if isinstance(result, Dataset) else Dataset(*result)
+    for split, arrays in data.splits.items():
+        if not isinstance(arrays, dict):
+            continue  # cached sources: checked by their readers while the cache is built
         for key, value in arrays.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 raise MedjaxError(f"dataset {cfg.name!r}: split {split!r} has non-finite values in {key!r}")
-    return Dataset(splits, class_names)
+    return data
 
 
 def train_transform(cfg: ml_collections.ConfigDict):

@@ -153,6 +153,11 @@ def select(arrays: Mapping[str, np.ndarray], split: Mapping[str, list[int]]) -> 
     return {name: {k: v[np.asarray(idx, np.int64)] for k, v in arrays.items()} for name, idx in split.items()}
 
 
+def select_ids(cases: Sequence[str], split: Mapping[str, list[int]]) -> dict[str, list[str]]:
+    """The case ids of each split ({split: case indices}), in the order `select` puts the examples."""
+    return {name: [cases[i] for i in idx] for name, idx in split.items()}
+
+
 def case_id(filename: str) -> str:
     """A case's id from its file name: the name without folders and extension (`.nii.gz` counts as one)."""
     name = os.path.basename(os.path.normpath(filename))

@@ -99,17 +99,23 @@ class TrainStream:
     "weight" (1; 0 marks padding rows of a `select`). `keys` restricts the example keys kept (default: all).
     `select` (batch number -> (global indices, weights), each (global_batch_size,)) replaces the shuffled order,
     e.g. by DP-SGD's Poisson batches (`medjax.privacy.sampling`); like the shuffled order it must be a pure
-    function of the batch number."""
+    function of the batch number.
+
+    `members` K > 0 (a deep ensemble, `medjax.train.ensemble`) makes every array (rows, K, ...): member k's rows
+    are the batch a stream of seed `seed + k` gives at the same position (its own order and host randomness).
+    The one position restores every member."""
 
     def __init__(self, split: Any, global_batch_size: int, rows: slice, seed: int,
                  transform: Transform | None = None, keys: tuple[str, ...] | None = None,
-                 num_threads: int = 2, prefetch: int = 4,
+                 num_threads: int = 2, prefetch: int = 4, members: int = 0,
                  select: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None):
+        if members and select is not None:
+            raise MedjaxError("a train stream of ensemble members cannot also take a `select` (DP-SGD's batches)")
         self.source = as_source(split, "train split")
         self.n = len(self.source)
         if self.n == 0:
             raise MedjaxError("train split: the split is empty")
-        self.global_batch_size, self.rows, self.seed = global_batch_size, rows, seed
+        self.global_batch_size, self.rows, self.seed, self.members = global_batch_size, rows, seed, members
         self.transform, self.keys = transform, keys
         self.num_threads, self.prefetch, self.select = num_threads, prefetch, select
         self.position = 0
@@ -117,8 +123,14 @@ class TrainStream:
 
     def batch_at(self, position: int) -> dict[str, np.ndarray]:
         """The batch that starts at stream position `position` (a pure function of it)."""
+        if not self.members:
+            return self._batch_of(self.seed, position)
+        batches = [self._batch_of(self.seed + k, position) for k in range(self.members)]
+        return {key: np.stack([b[key] for b in batches], axis=1) for key in batches[0]}
+
+    def _batch_of(self, seed: int, position: int) -> dict[str, np.ndarray]:
         if self.select is None:
-            idx = global_indices(self.seed, position, self.global_batch_size, self.n)[self.rows]
+            idx = global_indices(seed, position, self.global_batch_size, self.n)[self.rows]
             weight = np.ones(len(idx), np.float32)
         else:
             idx, weight = (a[self.rows] for a in self.select(position // self.global_batch_size))
@@ -126,7 +138,7 @@ class TrainStream:
         if self.transform is None:
             batch = _gather(self.source, idx, self.keys)
         else:
-            examples = [self.transform(self.source[int(i)], np.random.default_rng([self.seed, int(g)]))
+            examples = [self.transform(self.source[int(i)], np.random.default_rng([seed, int(g)]))
                         for i, g in zip(idx, positions)]
             batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in (self.keys or examples[0])}
         batch["index"] = positions.astype(np.int32)
@@ -152,13 +164,15 @@ class TrainStream:
         return batch
 
     def get_state(self) -> dict:
-        return {"position": int(self.position), "seed": int(self.seed), "num_examples": int(self.n)}
+        state = {"position": int(self.position), "seed": int(self.seed), "num_examples": int(self.n)}
+        return {**state, "members": self.members} if self.members else state
 
     def set_state(self, state: Mapping) -> None:
-        if "position" not in state or int(state["seed"]) != self.seed or int(state["num_examples"]) != self.n:
+        if ("position" not in state or int(state["seed"]) != self.seed or int(state["num_examples"]) != self.n
+                or int(state.get("members", 0)) != self.members):  # checkpoints of plain runs have no "members"
             raise MedjaxError(
                 f"checkpointed data stream ({dict(state)}) does not match this run (seed={self.seed}, {self.n} "
-                f"examples): resume with the same config and data")
+                f"examples, {self.members or 'no'} ensemble members): resume with the same config and data")
         if int(state["position"]) % self.global_batch_size:
             raise MedjaxError(f"checkpointed data stream position {state['position']} is not a multiple of "
                               f"config.batch_size={self.global_batch_size}: resume with the same batch size")

@@ -73,13 +73,16 @@ def window_starts(
     `image_size` is the (padded) size, at least `roi_size` in every dimension.
     """
     interval = scan_interval(image_size, roi_size, overlap)
-    per_dim = []
-    for n, r, s in zip(image_size, roi_size, interval):
-        r = min(r, n)
-        num = int(math.ceil(float(n) / s))
-        count = next((d + 1 for d in range(num) if d * s + r >= n), 1)
-        per_dim.append([d * s - max(d * s + r - n, 0) for d in range(count)])
-    return list(itertools.product(*per_dim))
+    return list(itertools.product(*(starts_along(n, r, s) for n, r, s in zip(image_size, roi_size, interval))))
+
+
+def starts_along(size: int, roi: int, interval: int) -> list[int]:
+    """Window starts along one axis of length `size` (MONAI's `dense_patch_slices`): 0, interval, 2 interval, ...
+    until a window of length `roi` reaches the end, the last one shifted back to end at the border."""
+    roi = min(roi, size)
+    num = int(math.ceil(float(size) / interval))
+    count = next((d + 1 for d in range(num) if d * interval + roi >= size), 1)
+    return [d * interval - max(d * interval + roi - size, 0) for d in range(count)]
 
 
 def gaussian_importance_map(roi_size: Sequence[int], sigma_scale: float | Sequence[float] = 0.125) -> np.ndarray:

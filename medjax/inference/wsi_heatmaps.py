@@ -36,7 +36,7 @@ def write_heatmaps(config: ml_collections.ConfigDict, workdir: str, split: str =
         raise MedjaxError("heat maps need a slide source (data.name='wsi_folder') and a bag task (task.name='mil')")
     canonical, step, _ = restore_checkpoint(s, workdir, which)
     params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
-    forward = jax.jit(lambda p, b, image, mask: s.task.forward(p, b, {"image": image, "instance_mask": mask},
+    forward = jax.jit(lambda p, b, image, mask: s.task.forward_bags(p, b, {"image": image, "instance_mask": mask},
                                                                train=False)[:3])
     folder = os.path.join(workdir, "plots", "heatmaps", split)
     out = {}

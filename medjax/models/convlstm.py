@@ -125,6 +125,7 @@ class ConvLSTMUNet(nn.Module):
     The levels are medjax `UNet`'s (`enc{i}` / `up{i}` / `dec{i}` ConvBlocks, 2x max-pool, 2x up-convolution),
     applied to all frames at once; `bottleneck_lstm` is a ConvLSTM on the deepest features (with a residual
     connection, so an untrained LSTM does not block the signal), and `skip_lstm` adds one on every skip.
+    `dropout_rate` drops the bottleneck's features and every decoder block's output, as `UNet` does (0: none).
     """
 
     num_classes: int
@@ -135,9 +136,11 @@ class ConvLSTMUNet(nn.Module):
     unroll: int | None = None
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
+        layers.check_dropout("convlstm_unet dropout_rate", self.dropout_rate)
         if len(self.features) < 2:
             raise MedjaxError(f"ConvLSTMUNet features needs at least 2 levels, got {tuple(self.features)}")
         super().__post_init__()
@@ -167,17 +170,20 @@ class ConvLSTMUNet(nn.Module):
             if i < depth:
                 skips.append(temporal(x, f"skip_lstm{i}") if self.skip_lstm else x)
         x = temporal(x, "bottleneck_lstm")
+        x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="bottleneck_dropout")(x)
         for i in range(depth - 1, 0, -1):
             skip = skips[i - 1]
             x = layers.pad_to(_deconv(self.features[i - 1], nd, self.dtype, f"up{i}")(x), skip.shape[1:-1])
             x = block(self.features[i - 1], f"dec{i}")(jnp.concatenate([skip, x], axis=-1))
+            x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name=f"dec{i}_dropout")(x)
         logits = layers.conv(self.num_classes, 1, nd, name="final_conv", dtype=self.dtype)(x)
         return unfold_time(jnp.asarray(logits, jnp.float32), n)
 
 
 class ConvLSTMRegressor(nn.Module):
     """Sequence -> (N, num_classes) outputs (regression targets or class logits; the name is medjax models'
-    common output-width field): frame-wise CNN encoder, ConvLSTM, mean over space and time, dense head."""
+    common output-width field): frame-wise CNN encoder, ConvLSTM, mean over space and time, dense head.
+    `dropout_rate` drops the pooled features before the head (0: none)."""
 
     num_classes: int = 1
     features: Sequence[int] = (16, 32, 64)
@@ -187,6 +193,11 @@ class ConvLSTMRegressor(nn.Module):
     unroll: int | None = None
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    dropout_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        layers.check_dropout("convlstm_regressor dropout_rate", self.dropout_rate)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -200,4 +211,5 @@ class ConvLSTMRegressor(nn.Module):
         h = ConvLSTM(self.lstm_features, bidirectional=self.bidirectional, unroll=self.unroll, dtype=self.dtype,
                      name="lstm")(unfold_time(x, n))
         pooled = jnp.mean(h, axis=tuple(range(1, nd + 2)))  # over time and space
+        pooled = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(pooled)
         return jnp.asarray(nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled), jnp.float32)

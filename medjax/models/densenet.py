@@ -10,7 +10,8 @@ Submodule names mirror torchvision's `features.*` so a torch -> flax import tabl
 `denseblock{b}_denselayer{l}/norm1|conv1|...`, `features.transition{b}.norm|conv` -> `transition{b}/norm|conv`,
 `features.norm5` -> `norm5`, `classifier` -> `head`. MONAI's DenseNet121 is the same network (its dense layers
 add a `.layers` level and its head is `class_layers.out`). With 3 input channels and 1000 classes densenet121
-has torchvision's 7,978,856 parameters. There is no dropout (torchvision's and MONAI's default drop rate, 0).
+has torchvision's 7,978,856 parameters. `dropout_rate` (default 0: none, torchvision's and MONAI's default) drops
+the pooled features before the head, for MC-dropout.
 
 The model returns logits only (softmax or per-label sigmoid is the task's business).
 """
@@ -60,8 +61,10 @@ class _DenseLayer(_Unit):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = layers.spatial_ndim(x)
-        y = self.make_conv(self.bn_size * self.growth_rate, 1, nd, "conv1")(nn.relu(self.make_norm("norm1")(x)))
-        return self.make_conv(self.growth_rate, 3, nd, "conv2")(nn.relu(self.make_norm("norm2")(y)))
+        y = layers.ReLU(name="relu1")(self.make_norm("norm1")(x))
+        y = self.make_conv(self.bn_size * self.growth_rate, 1, nd, "conv1")(y)
+        y = layers.ReLU(name="relu2")(self.make_norm("norm2")(y))
+        return self.make_conv(self.growth_rate, 3, nd, "conv2")(y)
 
 
 class _Transition(_Unit):
@@ -72,7 +75,7 @@ class _Transition(_Unit):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = layers.spatial_ndim(x)
-        x = self.make_conv(self.features, 1, nd, "conv")(nn.relu(self.make_norm("norm")(x)))
+        x = self.make_conv(self.features, 1, nd, "conv")(layers.ReLU(name="relu")(self.make_norm("norm")(x)))
         return ops.pool_blocks(x, (2,) * nd, "avg")
 
 
@@ -83,7 +86,8 @@ class DenseNet(nn.Module):
     halvings); `"small"` is a 3x3/1 conv without pooling, for 28 px MedMNIST inputs. `bn_axis_name` is only for
     pmap/shard_map strategies that need cross-device BatchNorm statistics.
     `remat` recomputes each dense layer's activations in the backward pass instead of storing them (`nn.remat`):
-    less memory for a slower step, same numbers and parameter names.
+    less memory for a slower step, same numbers and parameter names. `dropout_rate` drops the pooled features
+    before the head (0: no operation; no parameters either way).
     """
 
     num_classes: int
@@ -96,9 +100,11 @@ class DenseNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         layers.check_choice("densenet stem", self.stem, STEMS)
+        layers.check_dropout("densenet dropout_rate", self.dropout_rate)
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
         super().__post_init__()
 
@@ -117,7 +123,7 @@ class DenseNet(nn.Module):
         else:
             x = layers.conv(self.num_init_features, 3, nd, 1, use_bias=False, name="conv0", dtype=self.dtype,
                             kernel_init=_conv_init)(x)
-        x = nn.relu(norm("norm0")(x))
+        x = layers.ReLU(name="relu0")(norm("norm0")(x))
         if self.stem == "standard":
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
@@ -133,8 +139,9 @@ class DenseNet(nn.Module):
                 features //= 2
                 x = _Transition(features=features, name=f"transition{b}", **shared)(x)
 
-        x = nn.relu(norm("norm5")(x))
+        x = layers.ReLU(name="relu5")(norm("norm5")(x))
         x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
+        x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_head_init, name="head")(x)
         return jnp.asarray(x, jnp.float32)  # losses want float32 even when computing in bfloat16
 

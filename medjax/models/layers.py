@@ -102,6 +102,19 @@ def norm(
     raise MedjaxError(f"unknown norm {kind!r}; expected one of {', '.join(NORM_KINDS)}")
 
 
+class ReLU(nn.Module):
+    """`nn.relu` as a parameterless module (it adds no variables, so checkpoints and weight tables are unchanged).
+
+    Being a module makes each ReLU a point that `flax.linen.intercept_methods` reaches by type: guided
+    backpropagation (`medjax.explain.guided_backprop`) swaps in its own backward pass there, on the very model
+    that was trained, where a plain `nn.relu` call would need a second model definition or a model flag.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+
 def check_choice(what: str, value: str, choices: Sequence[str]) -> None:
     """Raise `MedjaxError` naming `what`, the bad value and the valid ones."""
     if value not in choices:
@@ -118,3 +131,36 @@ def pad_to(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
     if all(w == (0, 0) for w in widths):
         return x
     return jnp.pad(x, widths, mode="edge")
+
+
+def check_dropout(what: str, rate: float) -> None:
+    """A dropout rate must be in [0, 1): `MedjaxError` naming the model's field otherwise."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise MedjaxError(f"{what} must be a number in [0, 1), got {rate!r}")
+
+
+class Dropout(nn.Module):
+    """Element-wise dropout that is on exactly when the caller passes a `dropout` rng (`model.apply(...,
+    rngs={"dropout": key})`): `medjax.tasks.base.apply_model` does in training and for MC-dropout sampling, where
+    BatchNorm keeps its running statistics while dropout stays on. Rate 0 (every model's default) is the identity
+    and draws nothing.
+
+    The mask is drawn for the whole (global) batch from one threefry key, which JAX partitions independently of
+    the sharding, so jit over any number of devices draws the same mask; under pmap (`axis_name` set, the models
+    pass their `bn_axis_name`) each device draws the global mask and keeps its own rows, so pmap draws it too."""
+
+    rate: float
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.rate <= 0 or not self.has_rng("dropout"):
+            return x
+        key, keep = self.make_rng("dropout"), 1.0 - self.rate
+        if self.axis_name is None:
+            mask = jax.random.bernoulli(key, keep, x.shape)
+        else:
+            n, i = jax.lax.psum(1, self.axis_name), jax.lax.axis_index(self.axis_name)
+            full = jax.random.bernoulli(key, keep, (n * x.shape[0], *x.shape[1:]))
+            mask = jax.lax.dynamic_slice_in_dim(full, i * x.shape[0], x.shape[0])
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))

@@ -84,7 +84,8 @@ def _convolution(x: jax.Array, features: int, kernel_size: int | Sequence[int], 
                 x = layers.norm("batch", train=cfg.train, name="norm", axis_name=cfg.bn_axis_name, dtype=cfg.dtype)(x)
         elif op == "A":
             x = nn.PReLU(negative_slope_init=PRELU_INIT, name="act")(x)
-        # "D": dropout with rate 0 is the identity (MonaiUNet rejects other rates)
+        else:  # "D": MONAI's element-wise dropout (on only when the caller passes a dropout rng)
+            x = layers.Dropout(cfg.dropout, cfg.bn_axis_name, name="dropout")(x)
     return x
 
 
@@ -97,6 +98,7 @@ class _Cfg(NamedTuple):
     train: bool
     bn_axis_name: str | None
     dtype: Any
+    dropout: float = 0.0
 
 
 class _Convolution(nn.Module):
@@ -162,8 +164,10 @@ class _Up(nn.Module):
 
 class MonaiUNet(nn.Module):
     """`monai.networks.nets.UNet(spatial_dims, in_channels, out_channels=num_classes, channels, strides,
-    kernel_size, up_kernel_size, num_res_units, act=PRELU, norm, dropout=0, bias, adn_ordering)`: same layers,
-    parameter count and outputs (see the module docstring). Input channels come from the data, 2D/3D from its rank.
+    kernel_size, up_kernel_size, num_res_units, act=PRELU, norm, dropout, bias, adn_ordering)`: same layers,
+    parameter count and outputs (see the module docstring). `dropout` (MONAI's name; default 0, the identity) is
+    element-wise dropout at the "D" of every Convolution's `adn_ordering`, as MONAI places it, for MC-dropout.
+    Input channels come from the data, 2D/3D from its rank.
 
     Submodules: `down0..down{L-2}`, `bottom`, `up0..up{L-2}` (L = len(channels)); each down/bottom is a MONAI
     Convolution (`conv`, `norm`, `act`) or, with `num_res_units > 0`, a ResidualUnit (`unit0..`, `residual`).
@@ -192,8 +196,7 @@ class MonaiUNet(nn.Module):
         if len(self.strides) < len(self.channels) - 1:
             raise MedjaxError(f"monai_unet needs len(channels) - 1 = {len(self.channels) - 1} strides, got "
                               f"{tuple(self.strides)}")
-        if self.dropout:
-            raise MedjaxError(f"monai_unet supports dropout 0 only, got {self.dropout}")
+        layers.check_dropout("monai_unet dropout", self.dropout)
         if set(self.adn_ordering.upper()) - set("NDA"):
             raise MedjaxError(f"monai_unet adn_ordering must use the letters N, D, A; got {self.adn_ordering!r}")
         for what in ("kernel_size", "up_kernel_size"):
@@ -211,7 +214,7 @@ class MonaiUNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         layers.spatial_ndim(x)
         x = jnp.asarray(x, self.dtype)
-        cfg = _Cfg(self.norm, self.bias, self.adn_ordering, train, self.bn_axis_name, self.dtype)
+        cfg = _Cfg(self.norm, self.bias, self.adn_ordering, train, self.bn_axis_name, self.dtype, self.dropout)
         ch, depth = tuple(self.channels), len(self.channels) - 1
         skips = []
         for i in range(depth):

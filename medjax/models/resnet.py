@@ -51,18 +51,18 @@ class _Block(nn.Module):
 
         if self.bottleneck:
             out_features = self.features * 4
-            y = nn.relu(norm("bn1")(conv(self.features, 1, 1, "conv1")(x)))
-            y = nn.relu(norm("bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
+            y = layers.ReLU(name="relu1")(norm("bn1")(conv(self.features, 1, 1, "conv1")(x)))
+            y = layers.ReLU(name="relu2")(norm("bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
             y = norm("bn3")(conv(out_features, 1, 1, "conv3")(y))
         else:
             out_features = self.features
-            y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
+            y = layers.ReLU(name="relu1")(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
             y = norm("bn2")(conv(self.features, 3, 1, "conv2")(y))
 
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out_features:
             shortcut = norm("downsample_bn")(conv(out_features, 1, self.strides, "downsample_conv")(x))
-        return nn.relu(y + shortcut)
+        return layers.ReLU(name="relu_out")(y + shortcut)
 
 
 class ResNet(nn.Module):
@@ -78,6 +78,9 @@ class ResNet(nn.Module):
     `bn_axis_name` is only for pmap/shard_map strategies that need cross-device BatchNorm statistics.
     `remat` recomputes each residual block's activations in the backward pass instead of storing them (`nn.remat`):
     less memory for a slower step, same numbers and parameter names.
+    `dropout_rate` drops pooled features before the head (torchvision's place for a classifier's dropout, as in
+    its VGG/DenseNet heads); 0 (the default) adds no operation, and it has no parameters, so any rate loads the
+    same checkpoints. It enables MC-dropout (`medjax evaluate --uncertainty mc_dropout`).
     """
 
     stage_sizes: Sequence[int]
@@ -92,10 +95,12 @@ class ResNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail at construction (config time), not at the first trace.
         layers.check_choice("resnet block", self.block, BLOCKS)
+        layers.check_dropout("resnet dropout_rate", self.dropout_rate)
         layers.check_choice("resnet stem", self.stem, STEMS)
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
         for what, value in (("stem_kernel", self.stem_kernel), ("stem_stride", self.stem_stride)):
@@ -122,7 +127,7 @@ class ResNet(nn.Module):
         x = ops.Conv(self.width, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel], use_bias=False,
                      dtype=self.dtype, kernel_init=_conv_init, name="stem_conv")(x)
         x = layers.norm(self.norm, train=train, name="stem_bn", axis_name=self.bn_axis_name, dtype=self.dtype)(x)
-        x = nn.relu(x)
+        x = layers.ReLU(name="stem_relu")(x)
         if (standard if self.stem_pool is None else self.stem_pool):
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
@@ -141,6 +146,7 @@ class ResNet(nn.Module):
                 )(x)
 
         x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
+        x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return jnp.asarray(x, jnp.float32)  # losses want float32 even when computing in bfloat16
 

@@ -22,8 +22,8 @@ ACTIVATIONS = ("relu", "leaky_relu")
 LEAKY_SLOPE = 0.1  # MONAI's BasicUNet default
 
 
-def _activation(kind: str, x: jax.Array) -> jax.Array:
-    return nn.relu(x) if kind == "relu" else nn.leaky_relu(x, LEAKY_SLOPE)
+def _activation(kind: str, x: jax.Array, name: str) -> jax.Array:
+    return layers.ReLU(name=name)(x) if kind == "relu" else nn.leaky_relu(x, LEAKY_SLOPE)
 
 
 def _max_pool2(x: jax.Array) -> jax.Array:
@@ -58,7 +58,7 @@ class ConvBlock(nn.Module):
             x = layers.conv(self.features, 3, nd, use_bias=False, name=f"conv{k}", dtype=self.dtype)(x)
             x = layers.norm(self.norm, train=self.train, name=f"norm{k}", axis_name=self.bn_axis_name,
                             num_groups=self.num_groups, dtype=self.dtype)(x)
-            x = _activation(self.activation, x)
+            x = _activation(self.activation, x, f"relu{k}")
         return x
 
 
@@ -72,6 +72,9 @@ class UNet(nn.Module):
     eval returns the main logits only. Group norm needs every feature count divisible by `num_groups`.
     `remat` recomputes each conv block's activations in the backward pass instead of storing them (`nn.remat`):
     less memory for a slower step, same numbers and parameter names.
+    `dropout_rate` drops the bottleneck's features and every decoder block's output (`bottleneck_dropout`,
+    `dec{i}_dropout`: the central and decoder placement of Kendall et al.'s Bayesian SegNet), for MC-dropout;
+    0 (the default) adds no operation, and dropout has no parameters.
     """
 
     num_classes: int
@@ -84,10 +87,12 @@ class UNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         layers.check_choice("norm", self.norm, layers.NORM_KINDS)
         layers.check_choice("upsample", self.upsample, UPSAMPLES)
+        layers.check_dropout("unet dropout_rate", self.dropout_rate)
         layers.check_choice("activation", self.activation, ACTIVATIONS)
         if len(self.features) < 2:
             raise MedjaxError(f"unet features needs at least 2 levels, got {tuple(self.features)}")
@@ -112,6 +117,7 @@ class UNet(nn.Module):
             x = block(self.features[i - 1], f"enc{i}")(x)
             skips.append(x)
 
+        x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="bottleneck_dropout")(x)
         aux = []
         for i in range(depth - 1, 0, -1):
             skip, f = skips[i - 1], self.features[i - 1]
@@ -122,6 +128,7 @@ class UNet(nn.Module):
                 x = jax.image.resize(x, x.shape[:1] + skip.shape[1:-1] + x.shape[-1:], method="linear")
                 x = layers.conv(f, 1, nd, use_bias=False, name=f"up{i}", dtype=self.dtype)(x)
             x = block(f, f"dec{i}")(jnp.concatenate([skip, x], axis=-1))
+            x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name=f"dec{i}_dropout")(x)
             if self.deep_supervision and i > 1:
                 # Always built (cheap, and dropped by XLA when unused) so init in either mode makes the params.
                 aux.append(layers.conv(self.num_classes, 1, nd, name=f"aux{i}", dtype=self.dtype)(x))
@@ -141,35 +148,43 @@ class UNet(nn.Module):
 
 
 class _ConvNormAct(nn.Module):
-    """MONAI `Convolution` as BasicUNet uses it: 3x3 conv (bias) -> InstanceNorm (affine) -> LeakyReLU(0.1)."""
+    """MONAI `Convolution` as BasicUNet uses it: 3x3 conv (bias) -> InstanceNorm (affine) -> dropout ->
+    LeakyReLU(0.1) (MONAI's "NDA" order)."""
 
     features: int
     dtype: Any
+    dropout_rate: float = 0.0
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = layers.conv(self.features, 3, x.ndim - 2, use_bias=True, name="conv", dtype=self.dtype)(x)
         x = layers.norm("instance", train=False, name="norm", dtype=self.dtype)(x)
+        x = layers.Dropout(self.dropout_rate, self.axis_name, name="dropout")(x)
         return nn.leaky_relu(x, LEAKY_SLOPE)
 
 
 class _TwoConv(nn.Module):
     features: int
     dtype: Any
+    dropout_rate: float = 0.0
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _ConvNormAct(self.features, self.dtype, name="conv_0")(x)
-        return _ConvNormAct(self.features, self.dtype, name="conv_1")(x)
+        x = _ConvNormAct(self.features, self.dtype, self.dropout_rate, self.axis_name, name="conv_0")(x)
+        return _ConvNormAct(self.features, self.dtype, self.dropout_rate, self.axis_name, name="conv_1")(x)
 
 
 class _Down(nn.Module):
     features: int
     dtype: Any
+    dropout_rate: float = 0.0
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _TwoConv(self.features, self.dtype, name="convs")(_max_pool2(x))
+        return _TwoConv(self.features, self.dtype, self.dropout_rate, self.axis_name, name="convs")(_max_pool2(x))
 
 
 class _UpCat(nn.Module):
@@ -178,23 +193,27 @@ class _UpCat(nn.Module):
     up_features: int
     features: int
     dtype: Any
+    dropout_rate: float = 0.0
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         x = _deconv(self.up_features, x.ndim - 2, self.dtype, "upsample")(x)
         x = layers.pad_to(x, skip.shape[1:-1])
-        return _TwoConv(self.features, self.dtype, name="convs")(jnp.concatenate([skip, x], axis=-1))
+        return _TwoConv(self.features, self.dtype, self.dropout_rate, self.axis_name,
+                        name="convs")(jnp.concatenate([skip, x], axis=-1))
 
 
 class BasicUNet(nn.Module):
     """`monai.networks.nets.BasicUNet` with its defaults (deconv upsampling, InstanceNorm, LeakyReLU 0.1, no
-    dropout), same layers, channel arithmetic and parameter count.
+    dropout), same layers, channel arithmetic and parameter count. `dropout_rate` is MONAI's `dropout`: after
+    every convolution's norm (MONAI's "NDA" order), for MC-dropout; 0 (the default) adds no operation.
 
     `features` are six numbers: five encoder levels and the last decoder level. MONAI's quirks kept on purpose:
     convs carry a bias although InstanceNorm follows; each deconv halves the channels (`in // 2`, not the skip's
     count) except the last (`halves=False`), whose output width is `features[5]`, not `features[0]`.
-    Input channels are taken from the data. `bn_axis_name` is accepted for a uniform model interface and unused
-    (instance norm has no cross-example statistics); `train` changes nothing (dropout is 0).
+    Input channels are taken from the data. `bn_axis_name` is for a uniform model interface (instance norm has no
+    cross-example statistics; dropout under pmap uses it); `train` changes nothing (dropout follows the rng).
     `remat` recomputes each level (two convs)'s activations in the backward pass instead of storing them (`nn.remat`):
     less memory for a slower step, same numbers and parameter names.
     """
@@ -204,10 +223,12 @@ class BasicUNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.features) != 6:
             raise MedjaxError(f"basic_unet features must be 6 numbers, got {tuple(self.features)}")
+        layers.check_dropout("basic_unet dropout_rate", self.dropout_rate)
         super().__post_init__()
 
     @nn.compact
@@ -216,15 +237,16 @@ class BasicUNet(nn.Module):
         f = self.features
         x = jnp.asarray(x, self.dtype)
         two_conv, down, upcat = (nn.remat(m) if self.remat else m for m in (_TwoConv, _Down, _UpCat))
-        x0 = two_conv(f[0], self.dtype, name="conv_0")(x)
-        x1 = down(f[1], self.dtype, name="down_1")(x0)
-        x2 = down(f[2], self.dtype, name="down_2")(x1)
-        x3 = down(f[3], self.dtype, name="down_3")(x2)
-        x4 = down(f[4], self.dtype, name="down_4")(x3)
-        u4 = upcat(f[4] // 2, f[3], self.dtype, name="upcat_4")(x4, x3)
-        u3 = upcat(f[3] // 2, f[2], self.dtype, name="upcat_3")(u4, x2)
-        u2 = upcat(f[2] // 2, f[1], self.dtype, name="upcat_2")(u3, x1)
-        u1 = upcat(f[1], f[5], self.dtype, name="upcat_1")(u2, x0)  # halves=False
+        d = dict(dropout_rate=self.dropout_rate, axis_name=self.bn_axis_name)
+        x0 = two_conv(f[0], self.dtype, name="conv_0", **d)(x)
+        x1 = down(f[1], self.dtype, name="down_1", **d)(x0)
+        x2 = down(f[2], self.dtype, name="down_2", **d)(x1)
+        x3 = down(f[3], self.dtype, name="down_3", **d)(x2)
+        x4 = down(f[4], self.dtype, name="down_4", **d)(x3)
+        u4 = upcat(f[4] // 2, f[3], self.dtype, name="upcat_4", **d)(x4, x3)
+        u3 = upcat(f[3] // 2, f[2], self.dtype, name="upcat_3", **d)(u4, x2)
+        u2 = upcat(f[2] // 2, f[1], self.dtype, name="upcat_2", **d)(u3, x1)
+        u1 = upcat(f[1], f[5], self.dtype, name="upcat_1", **d)(u2, x0)  # halves=False
         logits = layers.conv(self.num_classes, 1, nd, name="final_conv", dtype=self.dtype)(u1)
         return jnp.asarray(logits, jnp.float32)
 

@@ -2,6 +2,13 @@
 
 A task owns its loss, its training metrics and its evaluation summary; it does no I/O and knows nothing about
 devices. Its functions are pure and are traced inside the strategy's jitted (or pmapped) step.
+
+Evaluation is split in two so that any number of sampled predictions (ensemble members, MC-dropout passes,
+test-time augmentation draws; `medjax.inference.predictive`) is scored exactly as one model is: `forward(params,
+batch_stats, image, dropout_key=None)` gives the eval-mode logits, `outputs_from_logits(logits, batch)` the
+per-example outputs `summarize` reads, and `kind` ("softmax", "sigmoid" or "mean", see
+`medjax.trust.uncertainty.mean_logits`) says how samples' logits combine into the predictive mean's logits.
+`eval_outputs` is the two in a row.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from medjax import rng
 from medjax.errors import MedjaxError
 from medjax.models import build_model
 
@@ -44,16 +52,26 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_nam
 
 
 def apply_model(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, train: bool,
-                *inputs: Any) -> tuple[Any, Any]:
+                *inputs: Any, dropout_key: jax.Array | None = None) -> tuple[Any, Any]:
     """Run the model on `x` (and further `inputs`, e.g. a bag's instance mask); returns (outputs, new
-    batch_stats). BatchNorm statistics update only in training."""
+    batch_stats). BatchNorm statistics update only in training; dropout (`medjax.models.layers.Dropout`) is on
+    exactly when `dropout_key` is given: the tasks' losses pass the step's key, MC-dropout passes one key per
+    sample with `train=False` (BatchNorm's running statistics, dropout on). The key is made threefry
+    (`medjax.rng.threefry`) so that vmapped samples draw their own masks."""
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
+    kwargs = {} if dropout_key is None else {"rngs": {"dropout": rng.threefry(dropout_key)}}
     if train and batch_stats:
-        out, updates = model.apply(variables, x, *inputs, train=True, mutable=["batch_stats"])
+        out, updates = model.apply(variables, x, *inputs, train=True, mutable=["batch_stats"], **kwargs)
         return out, updates["batch_stats"]
-    return model.apply(variables, x, *inputs, train=train), batch_stats
+    return model.apply(variables, x, *inputs, train=train, **kwargs), batch_stats
+
+
+def dropout_rate(model: nn.Module) -> float:
+    """The model's dropout rate (`dropout_rate`, or MONAI UNet's `dropout`; through `TimeDistributed`), 0 without."""
+    model = getattr(model, "module", model)
+    return float(getattr(model, "dropout_rate", 0.0) or getattr(model, "dropout", 0.0) or 0.0)
 
 
 def keep_valid(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ class ClassificationTask:
         self.num_classes = cfg.num_classes
         self.multi_label = cfg.multi_label
         self.class_names = list(class_names)
+        self.kind = "sigmoid" if self.multi_label else "softmax"
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
@@ -41,7 +42,7 @@ class ClassificationTask:
         return ce, (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
-        logits, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True)
+        logits, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True, dropout_key=rng)
         if self.multi_label:
             loss = losses.sigmoid_binary_cross_entropy(logits, batch["label"], weights=batch["weight"])
         else:
@@ -49,8 +50,16 @@ class ClassificationTask:
         _, acc = self._per_example(logits, batch["label"])
         return loss, (new_stats, {"loss": loss, "acc": losses.weighted_mean(acc, batch["weight"])})
 
+    def forward(self, params: Any, batch_stats: Any, image: jax.Array,
+                dropout_key: jax.Array | None = None) -> jax.Array:
+        """Eval-mode logits (dropout on only with `dropout_key`)."""
+        return apply_model(self.model, params, batch_stats, image, train=False, dropout_key=dropout_key)[0]
+
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
-        logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
+        return self.outputs_from_logits(self.forward(params, batch_stats, batch["image"]), batch)
+
+    def outputs_from_logits(self, logits: jax.Array, batch: dict) -> dict:
+        """Per-example probabilities, loss and accuracy of `logits` (one model's, or a predictive mean's)."""
         loss, acc = self._per_example(logits, batch["label"])
         probs = jax.nn.sigmoid(logits) if self.multi_label else jax.nn.softmax(logits)
         return {"probs": probs, "label": batch["label"], "loss": loss, "acc": acc, "weight": batch["weight"]}

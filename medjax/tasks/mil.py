@@ -38,8 +38,9 @@ class MILTask(ClassificationTask):
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
         return self.model.init(rng, image, jnp.ones(image.shape[:2], jnp.float32), train=False)
 
-    def forward(self, params: Any, batch_stats: Any, batch: dict, train: bool):
-        """(slide logits, attention, tile logits, new batch_stats) of a batch of bags."""
+    def forward_bags(self, params: Any, batch_stats: Any, batch: dict, train: bool):
+        """(slide logits, attention, tile logits, new batch_stats) of a batch of bags (with their instance masks;
+        the plain `forward(image)` of the other tasks has no mask, so ensembles and --uncertainty refuse 'mil')."""
         image = batch["image"]
         if image.ndim < 4:
             raise MedjaxError(f"task 'mil' takes bags (N, K, *spatial, C); the batch image has shape {image.shape}")
@@ -49,17 +50,17 @@ class MILTask(ClassificationTask):
         return logits, attention, tile_logits, stats
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
-        logits, _, _, new_stats = self.forward(params, batch_stats, batch, train=True)
+        logits, _, _, new_stats = self.forward_bags(params, batch_stats, batch, train=True)
         loss = losses.softmax_cross_entropy(logits, batch["label"], weights=batch["weight"])
         _, acc = self._per_example(logits, batch["label"])
         return loss, (new_stats, {"loss": loss, "acc": losses.weighted_mean(acc, batch["weight"])})
 
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
-        logits, attention, tile_logits, _ = self.forward(params, batch_stats, batch, train=False)
+        logits, attention, tile_logits, _ = self.forward_bags(params, batch_stats, batch, train=False)
         loss, acc = self._per_example(logits, batch["label"])
         return {"probs": jax.nn.softmax(logits), "label": batch["label"], "loss": loss, "acc": acc,
                 "weight": batch["weight"], "attention": attention, "tile_probs": jax.nn.softmax(tile_logits)}
 
     def predict(self, params: Any, batch_stats: Any, image: jax.Array) -> jax.Array:
-        logits, _, _, _ = self.forward(params, batch_stats, {"image": image}, train=False)
+        logits, _, _, _ = self.forward_bags(params, batch_stats, {"image": image}, train=False)
         return jnp.argmax(logits, -1)

@@ -42,6 +42,7 @@ class RegressionTask:
                               f"{self.scale} and {self.offset}")
         if self.loss_name not in LOSSES:
             raise MedjaxError(f"unknown config.task.loss={self.loss_name!r} for regression; known: {list(LOSSES)}")
+        self.kind = "mean"  # samples' predictions average (ensembles)
         self.model = model_from_config(model_cfg, self.num_outputs, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
@@ -58,12 +59,20 @@ class RegressionTask:
         return jnp.mean(diff**2 if self.loss_name == "mse" else jnp.abs(diff), axis=-1)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
-        pred, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True)
+        pred, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True, dropout_key=rng)
         loss = losses.weighted_mean(self._per_example(pred, self._targets(batch)), batch["weight"])
         return loss, (new_stats, {"loss": loss})
 
+    def forward(self, params: Any, batch_stats: Any, image: jax.Array,
+                dropout_key: jax.Array | None = None) -> jax.Array:
+        """Eval-mode outputs in the model's scale (dropout on only with `dropout_key`)."""
+        return apply_model(self.model, params, batch_stats, image, train=False, dropout_key=dropout_key)[0]
+
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict) -> dict:
-        pred, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
+        return self.outputs_from_logits(self.forward(params, batch_stats, batch["image"]), batch)
+
+    def outputs_from_logits(self, pred: jax.Array, batch: dict) -> dict:
+        """Per-example predictions (in the targets' units) and losses of the model-scale outputs `pred`."""
         target = self._targets(batch)
         return {"pred": pred.astype(jnp.float32) / self.scale + self.offset, "target": target,
                 "loss": self._per_example(pred, target), "weight": batch["weight"]}

@@ -71,6 +71,7 @@ class SegmentationTask:
         self.surface_metrics = bool(cfg.surface_metrics) and not self.per_frame
         self.nsd_tolerance = surface_lib.tolerances(cfg.nsd_tolerance_mm, self.num_classes - 1,
                                                     "config.task.nsd_tolerance_mm")
+        self.kind = "softmax"
         self.model = model_from_config(model_cfg, self.num_classes, axis_name)
 
     def init_variables(self, rng: jax.Array, image: jax.Array) -> dict:
@@ -89,7 +90,7 @@ class SegmentationTask:
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
         """Training loss; with deep supervision, auxiliary outputs add with weights 1/2, 1/4, ... (normalised).
         A batch "mask" is downsampled with the labels, so every scale ignores the same region."""
-        out, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True)
+        out, new_stats = apply_model(self.model, params, batch_stats, batch["image"], train=True, dropout_key=rng)
         outputs = out if isinstance(out, (tuple, list)) else (out,)
         weights = np.array([0.5**i for i in range(len(outputs))])
         weights = weights / weights.sum()
@@ -102,11 +103,20 @@ class SegmentationTask:
             total = total + w * self._loss(logits.astype(jnp.float32), labels, batch["weight"], mask)
         return total, (new_stats, {"loss": total})
 
+    def forward(self, params: Any, batch_stats: Any, image: jax.Array,
+                dropout_key: jax.Array | None = None) -> jax.Array:
+        """Eval-mode logits (N, *spatial, C) (the main output under deep supervision; dropout only with a key)."""
+        return apply_model(self.model, params, batch_stats, image, train=False, dropout_key=dropout_key)[0]
+
     def eval_outputs(self, params: Any, batch_stats: Any, batch: dict, per_case: bool = False) -> dict:
-        """Per-example Dice counts (intersection, predicted, reference voxels per class), inside the batch
-        "mask" if it has one; with `task.per_frame`, per example and frame (N, T, 3, C) of sequences. With
-        `per_case` and surface metrics on, also the predictions and example indices `case_outputs` needs."""
-        logits, _ = apply_model(self.model, params, batch_stats, batch["image"], train=False)
+        """`outputs_from_logits` of the model's logits."""
+        return self.outputs_from_logits(self.forward(params, batch_stats, batch["image"]), batch, per_case)
+
+    def outputs_from_logits(self, logits: jax.Array, batch: dict, per_case: bool = False) -> dict:
+        """Per-example Dice counts (intersection, predicted, reference voxels per class) of the argmax of `logits`
+        (one model's, or a predictive mean's), inside the batch "mask" if it has one; with `task.per_frame`, per
+        example and frame (N, T, 3, C) of sequences. With `per_case` and surface metrics on, also the
+        predictions and example indices `case_outputs` needs."""
         pred = jnp.argmax(logits, axis=-1)
         if "mask" in batch:
             count = lambda p, l, m: jnp.stack(  # noqa: E731

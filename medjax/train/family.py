@@ -91,7 +91,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> RunS
     """The setup of `config`'s family (`devices` restricts the mesh; default every device), on the config
     completed by the schema (a config built in Python may leave any defaulted key out)."""
     from medjax import schema
+    from medjax.train import ensemble
 
     config = schema.complete(config)
-    module, _, function = FAMILIES[family_of(config)].partition(":")
+    family = family_of(config)
+    ensemble.check(config, family)
+    module, _, function = FAMILIES[family].partition(":")
     return getattr(importlib.import_module(module), function)(config, workdir, devices)

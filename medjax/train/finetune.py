@@ -36,11 +36,11 @@ Mechanics:
 * Gradients of parameters that are frozen at a step are zeroed before anything sees them (first element of the
   chain, so global-norm clipping measures trainable gradients only; the `grad_norm` metric too).
 * Frozen BatchNorm: models take one `train` flag that drives both BatchNorm and training-only outputs (deep
-  supervision), and medjax has no dropout. Calling the model with `train=False` would freeze BatchNorm but drop
-  deep-supervision outputs, so instead the train step keeps `train=True` and intercepts every `nn.BatchNorm` call
-  (`flax.linen.intercept_methods`) to run it with `use_running_average=True`: eval-mode normalisation, no
-  statistics written, no model code changed. During a linear probe the choice between the two forward passes is a
-  `lax.cond` on the step (both traced once).
+  supervision; dropout follows the dropout rng instead, `medjax.models.layers.Dropout`). Calling the model with
+  `train=False` would freeze BatchNorm but drop deep-supervision outputs, so instead the train step keeps
+  `train=True` and intercepts every `nn.BatchNorm` call (`flax.linen.intercept_methods`) to run it with
+  `use_running_average=True`: eval-mode normalisation, no statistics written, no model code changed. During a
+  linear probe the choice between the two forward passes is a `lax.cond` on the step (both traced once).
 """
 
 from __future__ import annotations

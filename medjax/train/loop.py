@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -28,8 +29,9 @@ from medjax.data.prefetch import DevicePrefetch
 from medjax.data.sources import load_splits, train_input_shape, train_transform
 from medjax.data.stream import TrainStream, as_source, eval_batches
 from medjax.errors import MedjaxError
+from medjax.inference.predictive import predictive_logits
 from medjax.tasks import make_task
-from medjax.train import compute, init_from, run_config, volume_eval
+from medjax.train import compute, ensemble, init_from, run_config, uncertainty_eval, volume_eval
 from medjax.train import finetune as finetune_lib
 from medjax.train.checkpoint import Checkpoints
 from medjax.train.family import SetupBase
@@ -58,21 +60,25 @@ class Setup(SetupBase):
     augment: Any = None  # (key, batch) -> batch inside the train step, or None
     window_step: Any = None  # the compiled sliding-window predictor, built on first use (volume_eval)
     finetune: Any = None  # medjax.train.finetune.Plan from config.finetune, None for plain training
+    case_ids: dict = dataclasses.field(default_factory=dict)  # {split: case ids in example order} (Dataset.cases)
+    members: int = 0  # K > 1: a deep ensemble whose state has a leading member axis (medjax.train.ensemble)
     privacy: Any = None  # medjax.privacy.dpsgd.Plan from config.privacy, None without DP-SGD
     _eval_step: Any = dataclasses.field(default=None, repr=False)  # compiled on first validation
 
     def train_step_fn(self):
-        """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan)."""
+        """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan, DP-SGD's
+        gradient), vmapped over the members of an ensemble."""
         dp_grads = self.privacy and self.privacy.grads(self.task, self.strategy.axis_name, self.finetune)
-        return make_train_step(self.task, self.tx, self.strategy.axis_name, self.augment, self.finetune,
+        step = make_train_step(self.task, self.tx, self.strategy.axis_name, self.augment, self.finetune,
                                accum_steps=compute.of(self.config).grad_accum_steps, dp_grads=dp_grads)
+        return ensemble.train_step(step) if self.members else step
 
     def initial_state(self) -> TrainState:
         """The state of a run that starts now: `config.init.from`'s weights (see medjax.train.init_from) over a
         fresh initialisation, or just the fresh initialisation."""
         if not init_from.requested(self.config):
             return self.strategy.init_state(self.create)
-        abstract = jax.eval_shape(self.create)
+        abstract = ensemble.member_shapes(jax.eval_shape(self.create), self.members)
         pretrained = init_from.load_init(self.config, {"params": abstract.params,
                                                        "batch_stats": abstract.batch_stats}, verbose=self.is_main)
         return self.strategy.init_state(lambda values: self.create(pretrained=values), pretrained)
@@ -86,7 +92,7 @@ class Setup(SetupBase):
 
     def validate(self, state: TrainState, canonical: TrainState, step: int) -> dict[str, float]:
         if self._eval_step is None:
-            self._eval_step = self.strategy.compile_eval_step(make_eval_step(self.task))
+            self._eval_step = self.strategy.compile_eval_step(make_eval_step(self.task, self.members))
         return evaluate_split(self, state, "val", self._eval_step)
 
     def non_finite(self, host: list[tuple[int, dict]]) -> str | None:
@@ -179,7 +185,8 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
         tx = make_optimizer(config.optimizer, config.num_train_steps)
     else:
         tx = finetune_lib.make_finetune_optimizer(config.optimizer, plan, config.num_train_steps)
-    create = functools.partial(create_state, init_variables, tx, config.seed)
+    members = ensemble.members(config)
+    create = ensemble.creator(functools.partial(create_state, init_variables, tx), config.seed, members)
     bags = getattr(task, "bag_inputs", False)  # images (N, K, *spatial, C): each instance is augmented alone
     augment = make_augment(config.augment, spatial_shape=example.shape[2 if bags else 1:-1],
                            channels=example.shape[-1], bags=bags)
@@ -189,7 +196,8 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
 
         batch_stats = jax.eval_shape(init_variables, rng.key(config.seed)).get("batch_stats", {})
         privacy = dpsgd.make_plan(config, data.num_examples("train"), strategy.num_devices, batch_stats)
-    return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan, privacy=privacy)
+    return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan, members=members,
+                 case_ids={name: data.cases(name) for name in splits}, privacy=privacy)
 
 
 def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.ConfigDict:
@@ -238,7 +246,7 @@ def make_train_stream(s: Setup) -> Any:
     bs = s.privacy.mechanism.padded_batch_size if s.privacy else config.batch_size  # DP: fixed-shape Poisson
     return TrainStream(s.splits["train"], bs, s.strategy.local_rows(bs), seed=config.seed,
                        transform=train_transform(config.data), num_threads=config.data.num_threads,
-                       prefetch=config.data.prefetch, select=s.privacy and s.privacy.select)
+                       prefetch=config.data.prefetch, members=s.members, select=s.privacy and s.privacy.select)
 
 
 def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> dict[str, float]:
@@ -247,29 +255,29 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
     if volume_eval.uses_windows(s.config):
         return volume_eval.evaluate_volumes(s, state, split)[0]
-    eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task))
-    return s.task.summarize(_split_outputs(s, state, split, eval_step))
+    eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task, s.members))
+    return s.task.summarize(split_outputs(s, state, split, eval_step))
 
 
 def evaluate_cases(s: Setup, state: TrainState, split: str) -> tuple[dict[str, float], list[dict]]:
-    """`evaluate_split` plus one record per example (`task.case_records`): the task's `per_case` outputs (for
-    segmentation the predictions) are turned into per-case numbers on the host batch by batch
-    (`task.case_outputs`), so no split's worth of predictions is ever held. Only `evaluate` pays for this."""
+    """`evaluate_split` plus one record per example (`task.case_records`, with the case id and the example's
+    position `index`): the task's `per_case` outputs (for segmentation the predictions) are turned into per-case
+    numbers on the host batch by batch (`task.case_outputs`), so no split's worth of predictions is ever held.
+    Only `evaluate` pays for this."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
     task = s.task
     source = as_source(s.splits[split], f"split {split!r}")
 
-    def step(state: TrainState, batch: dict) -> dict:
-        return task.eval_outputs(state.params, state.batch_stats, batch, per_case=True)
-
-    outputs = _split_outputs(s, state, split, s.strategy.compile_eval_step(step),
-                             lambda out: task.case_outputs(out, source))
-    records = [{"case": i, **r} for i, r in enumerate(task.case_records(outputs))]
+    step = make_eval_step(task, s.members, per_case=True)
+    outputs = split_outputs(s, state, split, s.strategy.compile_eval_step(step),
+                            lambda out: task.case_outputs(out, source))
+    ids = s.case_ids[split]
+    records = [{"case": ids[i], "index": i, **r} for i, r in enumerate(task.case_records(outputs))]
     return task.summarize(outputs), records
 
 
-def _split_outputs(s: Setup, state: TrainState, split: str, eval_step, on_host=None) -> dict[str, np.ndarray]:
+def split_outputs(s: Setup, state: TrainState, split: str, eval_step, on_host=None) -> dict[str, np.ndarray]:
     """The eval step's per-example outputs over every example of `split`, each host batch passed through
     `on_host` (if given) before it is kept."""
     source = as_source(s.splits[split], f"split {split!r}")
@@ -432,12 +440,29 @@ def restore_checkpoint(s: Any, workdir: str, which: str = "best") -> tuple[Any, 
     return canonical, step, used
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> dict:
-    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat)."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test",
+             calibrate: bool = False, subgroups: str | None = None,
+             group_columns: Sequence[str] | None = None, uncertainty: str | None = None,
+             samples: int | None = None) -> dict:
+    """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat).
+    `calibrate` adds calibration before and after temperature scaling fit on `val`, `subgroups` (a metadata CSV
+    `case,<columns>`, optionally only `group_columns`) per-group metrics with bootstrap intervals
+    (`medjax.train.trust_eval`); `uncertainty` (mc_dropout | tta | ensemble, `samples` per member) an
+    `uncertainty` section (`medjax.train.uncertainty_eval`)."""
+    from medjax.train import trust_eval
+
     s = setup(config, workdir)
+    trust = trust_eval.request(s, split, calibrate, subgroups, group_columns)
+    if uncertainty is not None:
+        uncertainty_eval.check(s, uncertainty, samples)  # before any checkpoint is read
     canonical, step, used = restore_checkpoint(s, workdir, which)
     result = {"split": split, "step": int(step), "checkpoint": used, **s.host_record(int(step)),
               **s.evaluate_checkpoint(canonical, int(step), split)}
+    if trust is not None:
+        result.update(trust_eval.report(s, canonical, int(step), used, split, trust))
+    if uncertainty is not None:
+        result["uncertainty"] = uncertainty_eval.evaluate(s, s.strategy.from_canonical(canonical), split,
+                                                          uncertainty, samples)
     if s.is_main:
         _write_json(os.path.join(workdir, "eval.json"), result)
     return result
@@ -458,5 +483,9 @@ def _save_examples(s: Setup, canonical: TrainState, split: str, count: int = 4) 
     idx = np.linspace(0, num_examples - 1, min(count, num_examples)).astype(int)
     images, labels = s.splits[split]["image"][idx], s.splits[split]["label"][idx]
     params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
-    preds = np.asarray(jax.jit(s.task.predict)(params, stats, images))
+    if s.members:  # the argmax of the members' mean prediction (tasks that draw examples predict class maps)
+        predict = lambda p, st, x: jax.numpy.argmax(predictive_logits(s.task, p, st, x, s.members), -1)  # noqa: E731
+    else:
+        predict = s.task.predict
+    preds = np.asarray(jax.jit(predict)(params, stats, images))
     s.task.save_examples(os.path.join(s.workdir, "plots", f"{split}_predictions.png"), images, labels, preds)

@@ -18,7 +18,7 @@ import ml_collections
 from medjax.errors import MedjaxError
 
 FILENAME = "config.json"
-RUN_DEFINING = ("model", "generator", "discriminator", "data", "task", "batch_size", "seed")
+RUN_DEFINING = ("model", "generator", "discriminator", "data", "task", "batch_size", "seed", "ensemble")
 
 
 def _plain(config: ml_collections.ConfigDict | dict) -> dict:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from medjax import rng
+from medjax.inference.predictive import predictive_logits
 from medjax.train.state import TrainState
 
 AUGMENT_STREAM = 1  # folded into the step key for augmentation; the task's own randomness uses the step key
@@ -115,8 +116,14 @@ def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | Non
     return train_step
 
 
-def make_eval_step(task) -> Callable:
+def make_eval_step(task, members: int = 0, **score) -> Callable:
+    """`eval_step(state, batch) -> per-example outputs` of the model, or of an ensemble's mean prediction
+    (`members` K > 0: the state's leaves carry a member axis); `score` goes to `task.outputs_from_logits` (e.g.
+    `per_case=True`)."""
     def eval_step(state: TrainState, batch: dict) -> dict:
-        return task.eval_outputs(state.params, state.batch_stats, batch)
+        if not members:  # the task's own outputs (a bag task's need more than the image)
+            return task.eval_outputs(state.params, state.batch_stats, batch, **score)
+        logits = predictive_logits(task, state.params, state.batch_stats, batch["image"], members)
+        return task.outputs_from_logits(logits, batch, **score)
 
     return eval_step

@@ -15,12 +15,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from medjax import metrics
 from medjax.data.stream import as_source
 from medjax.errors import MedjaxError
+from medjax.inference.predictive import predictive_logits
 from medjax.inference.sliding_window import sliding_window_volume
 
 
@@ -35,8 +37,9 @@ def window_predictor(s, state: Any) -> Callable[[np.ndarray], np.ndarray]:
     if s.window_step is None:
         task = s.task
 
-        def probabilities(st, batch):
-            return {"prob": task.probabilities(st.params, st.batch_stats, batch["image"])}
+        def probabilities(st, batch):  # an ensemble's: its members' mean probabilities
+            logits = predictive_logits(task, st.params, st.batch_stats, batch["image"], s.members)
+            return {"prob": jax.nn.softmax(logits.astype(jnp.float32), axis=-1)}
 
         s.window_step = s.strategy.compile_eval_step(probabilities)
 
@@ -56,11 +59,12 @@ def predict_volume(s, predict: Callable, image: np.ndarray) -> np.ndarray:
                                  sw_batch_size=bs, padding_value=float(np.min(image)) if image.size else 0.0)
 
 
-def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
-                     surface: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None, surface: bool = False,
+                     on_case: Callable[[int, np.ndarray, dict], None] | None = None) -> tuple[dict, list[dict]]:
     """(summary as the task computes it, per-case records) for every case of `split`; with `surface`, the
     task's surface metrics of each case too (HD95, ASSD, NSD in mm from the case's "spacing"); with
-    `preview_path`, the middle slice of the first case (image, reference, prediction) is saved there."""
+    `preview_path`, the middle slice of the first case (image, reference, prediction) is saved there;
+    `on_case(i, probabilities (*spatial, K), example)` sees each case's blended probabilities."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
     source = as_source(s.splits[split], f"split {split!r}")
@@ -73,7 +77,10 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
     for i in range(cases):
         example = source[i]
         image, label = np.asarray(example["image"]), np.asarray(example["label"])
-        pred = predict_volume(s, predict, image).argmax(-1)
+        probs = predict_volume(s, predict, image)
+        if on_case is not None:
+            on_case(i, probs, example)
+        pred = probs.argmax(-1)
         mask = None if example.get("mask") is None else jnp.asarray(np.asarray(example["mask"])[None])
         counts.append(np.stack([np.asarray(x) for x in metrics.dice_counts(
             jnp.asarray(pred[None]), jnp.asarray(label[None]), num_classes, mask=mask)]))
@@ -85,7 +92,8 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
     outputs = {"dice_counts": np.stack(counts), "weight": np.ones(cases, np.float32)}
     if surface:
         outputs["surface"] = np.stack(surfaces)
-    records = [{"case": i, "shape": shape, **r}
+    ids = s.case_ids[split]
+    records = [{"case": ids[i], "index": i, "shape": shape, **r}
                for i, (shape, r) in enumerate(zip(shapes, s.task.case_records(outputs)))]
     return s.task.summarize(outputs), records
 

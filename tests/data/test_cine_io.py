@@ -201,6 +201,9 @@ def test_cine_folder_reads_cases_labels_and_targets(tmp_path):
     data = load_splits(cfg)
     assert {k: len(v["image"]) for k, v in data.splits.items()} == {"train": 3, "val": 1, "test": 1}
     assert data.class_names == ["bg", "lv", "myo"]
+    for split, arrays in data.splits.items():  # each split's case ids name its examples, in order
+        np.testing.assert_array_equal(arrays["target"], out["target"][[int(c[1:]) for c in data.cases(split)]])
+    assert sorted(c for split in data.splits for c in data.cases(split)) == out["cases"]
 
 
 def test_cine_folder_errors_name_the_case(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from medjax import schema
-from medjax.data.splits import case_id, case_split, kfold, resolve, split_cases
+from medjax.data.splits import case_id, case_split, kfold, resolve, select, select_ids, split_cases
 from medjax.errors import MedjaxError
 
 IDS = [f"case_{i:02d}" for i in (7, 3, 9, 0, 5, 1, 8, 2, 6, 4, 11, 10)]  # a source's order, not sorted
@@ -131,6 +131,16 @@ def test_layout_splits_and_val_drawn_from_the_training_cases():
     assert split == {"train": [1, 2, 4, 5, 6, 7, 8, 10], "val": [0, 3, 9, 11]}  # no test, no draw
     split = resolve(IDS, _cfg(), ["train"] * 12, "config.data.train_root")  # train_root alone: no test split
     assert set(split) == {"train", "val"} and len(split["val"]) == 2
+
+
+def test_split_case_ids_follow_the_examples():
+    from medjax.data.sources import Dataset
+
+    split = {"train": [0, 2], "test": [3]}
+    assert select_ids(["a", "b", "c", "d"], split) == {"train": ["a", "c"], "test": ["d"]}
+    np.testing.assert_array_equal(select({"x": np.arange(4) * 10}, split)["train"]["x"], [0, 20])
+    data = Dataset({"train": {"x": np.zeros(2)}, "test": {"x": np.zeros(3)}}, [], case_ids={"train": ["a", "c"]})
+    assert data.cases("train") == ["a", "c"] and data.cases("test") == ["0", "1", "2"]  # default: the position
 
 
 def test_case_ids_are_file_stems():

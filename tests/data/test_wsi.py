@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from medjax.data import wsi
+from medjax.data import wsi_synthetic as W
 from medjax.errors import MedjaxError
-from tests.data import wsi_slides as W
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from medjax.data import bags, wsi
+from medjax.data import wsi_synthetic as W
 from medjax.data.sources import load_splits, train_transform
 from medjax.data.stream import TrainStream, as_arrays, global_indices
 from medjax.errors import MedjaxError
-from tests.data import wsi_slides as W
 
 
 @pytest.fixture(scope="module")

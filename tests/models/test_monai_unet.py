@@ -105,8 +105,8 @@ def test_names_mirror_monai_nesting():
 
 
 def test_bad_configs():
-    with pytest.raises(MedjaxError, match="dropout 0 only"):
-        MonaiUNet(num_classes=2, dropout=0.1)
+    with pytest.raises(MedjaxError, match=r"monai_unet dropout must be a number in \[0, 1\)"):
+        MonaiUNet(num_classes=2, dropout=1.0)
     with pytest.raises(MedjaxError, match="must be odd"):
         MonaiUNet(num_classes=2, up_kernel_size=2)
     with pytest.raises(MedjaxError, match="'group'"):

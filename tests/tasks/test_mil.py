@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from medjax.config import build_config
+from medjax.data import wsi_synthetic as W
 from medjax.data.stream import as_arrays
 from medjax.models import build_model
 from medjax.tasks import make_task
 from medjax.train import loop
 from medjax.train.parallel import replicated_to_host
-from tests.data import wsi_slides as W
 from tests.transfer.test_adapt import _medjax_to_torch, flat, random_variables
 
 ENCODER = dict(stage_sizes=(1,), block="basic", stem="small", width=4)  # the tiny config's encoder
@@ -74,7 +74,7 @@ def test_the_loop_trains_and_evaluates_slides_as_bags(run):
     params, stats = replicated_to_host((canonical.params, canonical.batch_stats))
     arrays = as_arrays(s.splits["val"])
     assert arrays["image"].shape == (2, 16, 16, 16, 3) and arrays["instance_mask"].sum() == 32
-    logits = jax.jit(lambda p, b: s.task.forward(p, b, arrays, train=False)[0])(params, stats)
+    logits = jax.jit(lambda p, b: s.task.forward_bags(p, b, arrays, train=False)[0])(params, stats)
     probs = np.asarray(jax.nn.softmax(logits), np.float64)
     probs /= probs.sum(-1, keepdims=True)
     labels = arrays["label"]

@@ -1,10 +1,15 @@
-"""Small pyramidal TIFF slides for the pathology tests: real tissue (scikit-image's ihc.png) on white glass.
+"""Small simulated whole slides (pyramidal TIFF) for the tests, the pathology notebook and trying the pipeline
+without a slide scanner: real tissue (scikit-image's ihc.png) on white glass.
 
 Level 0 is 512 x 768 pixels at 0.25 µm/px ("40x"); levels 1-3 are 2x, 4x and 8x block means, written as further
 IFDs (subfile type 1), tiled 64 x 64, with the resolution tags (pixels per centimetre) that tiffslide and openslide
 turn into microns per pixel. Tissue fills whole 64-pixel blocks of level 0, so at 0.5 µm/px ("20x") with 32-pixel
 tiles (64 level-0 pixels each) the tissue tiles are known by hand: `TISSUE_BLOCKS`.
 """
+
+from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -46,7 +51,8 @@ def pyramid(base: np.ndarray, levels: int = 4) -> list[np.ndarray]:
     return out
 
 
-def write_slide(path, base: np.ndarray, mpp: float | None = MPP, levels: int = 4) -> list[np.ndarray]:
+def write_slide(path: str | os.PathLike, base: np.ndarray, mpp: float | None = MPP,
+                levels: int = 4) -> list[np.ndarray]:
     """A tiled pyramidal TIFF of `base`; returns the levels as written. `mpp=None` writes no resolution tags."""
     import tifffile
 
@@ -76,7 +82,8 @@ def tumour(base: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_dataset(root, splits=("train", "train", "val", "val"), blocks=None) -> list[str]:
+def write_dataset(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "train", "val", "val"),
+                  blocks: dict | None = None) -> list[str]:
     """`root/slides/s{i}.tif` (even i normal, odd i tumour; `blocks[i]` overrides a slide's tissue blocks) and
     `root/labels.csv` (slide,label,split); returns the CSV lines."""
     import pathlib
