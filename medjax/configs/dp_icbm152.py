@@ -1,13 +1,16 @@
 """DP-SGD on real MRI: a small GroupNorm ResNet classifies 16x16 ICBM152 tissue patches (CSF / grey / white matter),
 non-private or at a privacy budget epsilon (delta 1e-5).
 
-    medjax train    --config dp_icbm152:eps4 --workdir runs/dp/eps4
-    medjax evaluate --config dp_icbm152:eps4 --workdir runs/dp/eps4     # eval.json has "epsilon"
+The runner `python -m experiments.dp_icbm152` writes the patches to `<out>/patches.npz` (train: 200 per class of
+the training slabs; val: 200 other patches per class of the SAME slabs, never trained on, the membership audit's
+non-members; test: 500 per class of the held-out test slabs) and trains every arm; by hand, after it wrote them:
+
+    medjax train    --config dp_icbm152:eps4 --workdir runs/dp/eps4 --config.data.root=runs/dp/patches.npz
+    medjax evaluate --config dp_icbm152:eps4 --workdir runs/dp/eps4 --config.data.root=runs/dp/patches.npz
 
 Variants: `nonprivate`, `eps1`, `eps4`, `eps8` (the noise multiplier is solved so that the budget lasts exactly
-`num_train_steps`); `,tiny` is the test size. The comparison (all four arms, accuracy / AUC, step time against the
-non-private step, membership-inference AUC) is `python -m experiments.dp_icbm152`; see its docstring and
-docs/privacy.md for the measured table.
+`num_train_steps`); `,tiny` is the test size. Results (accuracy / AUC, step time against the non-private step,
+membership-inference AUC): docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import ml_collections
 
 from medjax.configs import _base
 
+CLASS_NAMES = ("csf", "grey_matter", "white_matter")
 ARMS = {"nonprivate": 0.0, "eps1": 1.0, "eps4": 4.0, "eps8": 8.0}
 
 
@@ -27,15 +31,14 @@ def get_config(arg: str = "eps4") -> ml_collections.ConfigDict:
     arm = arms.pop()
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.batch_size = 64  # DP arms: the expected Poisson batch (q = 64 / 1500)
-    c.eval_batch_size = 300
-    c.num_train_steps = 300
+    c.batch_size = 64  # DP arms: the expected Poisson batch (q = 64 / 600)
+    c.eval_batch_size = 200
+    c.num_train_steps = 400
     c.log_every = 50
     c.eval_every = 100
-    c.checkpoint_every = 300
+    c.checkpoint_every = 400
     c.progress = False
-    c.data = ml_collections.ConfigDict(dict(name="icbm152_patches", patch_size=16, train_per_class=500,
-                                            val_per_class=100, test_per_class=500, seed=0, in_plane_mm=1.0))
+    c.data = ml_collections.ConfigDict(dict(name="npz", root="", class_names=CLASS_NAMES))
     c.task = ml_collections.ConfigDict(dict(name="classification", num_classes=3, multi_label=False))
     # GroupNorm: BatchNorm mixes examples, so DP-SGD refuses it; the non-private arm keeps the same network.
     c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1), block="basic", stem="small",
@@ -50,7 +53,6 @@ def get_config(arg: str = "eps4") -> ml_collections.ConfigDict:
         c.eval_batch_size = 24
         c.num_train_steps = 4
         c.log_every = c.eval_every = c.checkpoint_every = 2
-        c.data.update(train_per_class=10, val_per_class=4, test_per_class=10, in_plane_mm=2.0)
         c.model.width = 8
         c.privacy.delta = 1e-3
     return c

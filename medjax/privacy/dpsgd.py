@@ -186,6 +186,17 @@ class Plan:
                 f"{self.final_step} steps{stop}")
 
 
+def resolved(config: ml_collections.ConfigDict, plan: Plan) -> ml_collections.ConfigDict:
+    """`config` (locked copy) with `privacy.noise_multiplier` the plan's (solved from target_epsilon when it was 0):
+    what WORKDIR/config.json stores, so that a resume that would train on with another sigma (other steps, batch
+    or budget) is refused by the resume guard instead of mis-accounting the steps already taken."""
+    d = config.to_dict()
+    d["privacy"]["noise_multiplier"] = float(plan.mechanism.noise_multiplier)
+    out = ml_collections.ConfigDict(d)
+    out.lock()
+    return out
+
+
 def make_plan(config: ml_collections.ConfigDict, num_train: int, num_devices: int, batch_stats: Any,
               verbose: bool = True) -> Plan:
     """The DP-SGD plan of a resolved config: checks (`check`, `check_model`), the noise multiplier (given, or

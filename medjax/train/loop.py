@@ -196,6 +196,7 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
 
         batch_stats = jax.eval_shape(init_variables, rng.key(config.seed)).get("batch_stats", {})
         privacy = dpsgd.make_plan(config, data.num_examples("train"), strategy.num_devices, batch_stats)
+        config = dpsgd.resolved(config, privacy)
     return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan, members=members,
                  case_ids={name: data.cases(name) for name in splits}, privacy=privacy)
 

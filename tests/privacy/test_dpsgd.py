@@ -13,6 +13,7 @@ from scipy import stats
 
 from medjax import cli, rng, schema
 from medjax.config import build_config
+from medjax.errors import MedjaxError
 from medjax.privacy import accounting, dpsgd
 from medjax.tasks import make_task
 from medjax.train import loop
@@ -168,6 +169,24 @@ def test_one_device_and_pmap_equal_four_devices(budget_run, tmp_path):
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in logged if r["split"] == "train"] == pytest.approx(
         [float(np.mean([h1[0]["loss"], h1[1]["loss"]])), float(h1[2]["loss"])], rel=1e-5)
+
+
+def test_resume_is_exact_and_another_sigma_is_refused(budget_run, tmp_path):
+    """2 steps, then a resume to 3, equal the budget run's 3 steps in one go (the Poisson batches and the noise
+    are functions of the step); resuming under another noise multiplier would break the accounting: refused."""
+    config, workdir, _ = budget_run
+    base = (*SGD, "--config.checkpoint_every=100", "--config.eval_every=100")
+    loop.train(dp_config(*base, "--config.num_train_steps=2"), str(tmp_path))
+    loop.train(dp_config(*base, "--config.num_train_steps=3"), str(tmp_path))
+    assert json.loads((tmp_path / "timing.json").read_text())["steps"] == 1  # resumed at step 2
+    s = loop.setup(config, str(workdir))
+    resumed = replicated_to_host(loop.restore_checkpoint(s, str(tmp_path), "latest")[0])
+    whole = replicated_to_host(loop.restore_checkpoint(s, str(workdir), "latest")[0])
+    assert int(resumed.step) == int(whole.step) == 3
+    assert_trees_close(resumed.params, whole.params, rtol=1e-6, atol=1e-7)
+    with pytest.raises(MedjaxError, match="config.privacy.noise_multiplier is 1.5 but the run .* was trained with 1.0"):
+        loop.train(dp_config(*base, "--config.num_train_steps=4", "--config.privacy.noise_multiplier=1.5"),
+                   str(tmp_path))
 
 
 @pytest.mark.parametrize("overrides, message", [
