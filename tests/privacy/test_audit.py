@@ -34,7 +34,7 @@ def test_experiment_tiny_trains_evaluates_and_audits(tmp_path):
     from medjax.config import build_config
     from medjax.train import loop
 
-    results = dp_icbm152.main(["--tiny", "--out", str(tmp_path), "--arms", "eps8"])
+    results = dp_icbm152.main(["--tiny", "--out", str(tmp_path), "--arms", "eps8", "--rounds", "1"])
     (row,) = results["rows"]
     assert row["epsilon"] <= 8.0 and row["epsilon"] == pytest.approx(8.0, rel=0.01)  # sigma solved for 4 steps
     assert row["padded_batch_size"] == 24  # 8 + 5 std of Binomial(30, 8/30) = 20.1 -> 21, a multiple of 4 devices
@@ -44,7 +44,9 @@ def test_experiment_tiny_trains_evaluates_and_audits(tmp_path):
     config = build_config("dp_icbm152:eps8,tiny", [])
     s = loop.setup(config, str(tmp_path / "eps8"))
     state = s.strategy.from_canonical(loop.restore_checkpoint(s, str(tmp_path / "eps8"), "latest")[0])
-    member = loop.evaluate_split(s, state, "train")["loss"]
-    assert row["member_loss"] == pytest.approx(member, rel=1e-5)
+    assert row["member_loss"] == pytest.approx(loop.evaluate_split(s, state, "train")["loss"], rel=1e-5)
+    assert row["nonmember_loss"] == pytest.approx(loop.evaluate_split(s, state, "val")["loss"], rel=1e-5)
+    assert (len(s.splits["train"]["image"]), len(s.splits["val"]["image"])) == (30, 30)
     assert f"| eps8 | {row['epsilon']:.2f} | {row['noise_multiplier']:.3f} |" in results["table"]
     assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert row["cpu_ms"] > 0 and "cpu_ratio" not in row  # timed, but no non-private arm to compare with
