@@ -106,6 +106,9 @@ def test_noise_has_the_stated_standard_deviation(tiny, dp_fn):
     assert k == sum(np.size(p) for p in jax.tree.leaves(params))
     lo, hi = stats.chi2.ppf([0.5e-9, 1 - 0.5e-9], k)
     assert lo < np.sum((z / sigma_c) ** 2) < hi
+    std = float(np.sqrt(np.mean(z ** 2)))  # the sample std (mean 0 known) has std sigma_c / sqrt(2k)
+    assert abs(std - sigma_c) < 6 * sigma_c / np.sqrt(2 * k)
+    assert std == pytest.approx(1.407014, abs=1e-5)  # this key's draw, 1299 parameters: 0.5% above 1.4
     again, _, _ = dp_fn(2.0, sigma_c, normalizer, params, empty, jax.random.key(3))
     other, _, _ = dp_fn(2.0, sigma_c, normalizer, params, empty, jax.random.fold_in(jax.random.key(3), 1))
     assert_trees_close(again, grads, rtol=0, atol=0)  # from the step key only
@@ -155,13 +158,15 @@ def test_train_stops_when_the_budget_is_spent(budget_run):
 
 
 def test_one_device_and_pmap_equal_four_devices(budget_run, tmp_path):
-    """The noise is drawn once per global batch from the step key: the same on 1 device, 4 devices and pmap."""
+    """The noise is drawn once per global batch from the step key: the same on 1 device, 4 devices and pmap, and
+    with `privacy.microbatch_size` (per-example gradients one example per device at a time)."""
     _, workdir, _ = budget_run
     one, h1, s = dp_steps(workdir, jax.devices()[:1])  # writes nothing; its setup reads the run's checkpoint
     pmapped, hp, _ = dp_steps(tmp_path / "pmap", None, "--config.parallel.strategy=pmap")
+    micro, _, sm = dp_steps(tmp_path / "micro", None, "--config.privacy.microbatch_size=1")
     four = replicated_to_host(loop.restore_checkpoint(s, str(workdir), "latest")[0])
-    assert s.privacy.mechanism.padded_batch_size == 28
-    for other in (four, pmapped):
+    assert s.privacy.mechanism.padded_batch_size == 28 and sm.privacy.chunks == 7  # 7 rows per device, 1 at a time
+    for other in (four, pmapped, micro):
         assert_trees_close(other.params, one.params, rtol=1e-4, atol=1e-6)
     for a, b in zip(hp, h1):
         assert set(a) == {"loss", "acc", "clip_fraction", "examples", "grad_norm"}
