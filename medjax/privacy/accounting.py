@@ -66,7 +66,7 @@ def poisson_epsilon(q: float, noise_multiplier: float, steps: int, delta: float,
     return float(_poisson_pld(q, noise_multiplier).self_compose(int(steps)).get_epsilon_for_delta(delta))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=256)  # a solve visits ~20 sigmas; a second setup of the run (evaluate) repeats them
 def _poisson_pld(q: float, noise_multiplier: float) -> Any:
     from dp_accounting.pld import privacy_loss_distribution as pld
 
@@ -74,7 +74,7 @@ def _poisson_pld(q: float, noise_multiplier: float) -> Any:
                                        value_discretization_interval=PLD_DISCRETIZATION)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=256)
 def _truncated_pld(n: int, q: float, padded: int, noise_multiplier: float) -> Any:
     from dp_accounting.pld import privacy_loss_distribution as pld
 

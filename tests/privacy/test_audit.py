@@ -37,11 +37,11 @@ def test_experiment_tiny_trains_evaluates_and_audits(tmp_path):
     results = dp_icbm152.main(["--tiny", "--out", str(tmp_path), "--arms", "eps8", "--rounds", "1"])
     (row,) = results["rows"]
     assert row["epsilon"] <= 8.0 and row["epsilon"] == pytest.approx(8.0, rel=0.01)  # sigma solved for 4 steps
-    assert row["padded_batch_size"] == 24  # 8 + 5 std of Binomial(30, 8/30) = 20.1 -> 21, a multiple of 4 devices
+    assert row["padded_batch_size"] == 32  # the tiny variant's: never cut
     eval_json = json.loads((tmp_path / "eps8" / "eval.json").read_text())
     assert eval_json["epsilon"] == row["epsilon"] and eval_json["acc"] == row["acc"]
     # the attack's numbers are the per-example losses of the restored model, recomputed here by the eval step
-    config = build_config("dp_icbm152:eps8,tiny", [])
+    config = build_config("dp_icbm152:eps8,tiny", [f"--config.data.root={tmp_path / 'patches.npz'}"])
     s = loop.setup(config, str(tmp_path / "eps8"))
     state = s.strategy.from_canonical(loop.restore_checkpoint(s, str(tmp_path / "eps8"), "latest")[0])
     assert row["member_loss"] == pytest.approx(loop.evaluate_split(s, state, "train")["loss"], rel=1e-5)
