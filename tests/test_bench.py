@@ -30,7 +30,7 @@ def test_bench_smoke(tmp_path):
     assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
     records = result["records"]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "explain"}
+    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "explain", "dp_sgd"}
     from medjax.bench import bench
 
     assert result["cases"] == [c.name for c in bench.CASES.values() if c.smoke is not None]
@@ -54,6 +54,9 @@ def test_bench_smoke(tmp_path):
             assert mj["loss_check"]["passed"]
             assert all(mj["ratios"][f"train_medjax_over_{o}"] > 0 for o in ("torch_eager", "torch_compile"))
         assert all(mj["ratios"][f"infer_medjax_over_{o}"] > 0 for o in ("torch_eager", "torch_compile"))
+        if mj["kind"] == "dp_sgd":  # each framework's DP step against its own non-private step
+            assert all(r["dp_over_nonprivate"] == pytest.approx(r["train_step_s"] / r["nonprivate_train_step_s"])
+                       for r in by_fw.values())
 
     md = (out / "bench.md").read_text()
     assert "| case |" in md and "medjax/torch_eager" in md and "FAILED" not in md

@@ -109,6 +109,12 @@ def test_data_schema_covers_every_source_and_its_readers_keys():
         assert overlap <= {"patch_size"}, (name, overlap)  # icbm152_patches' own patch_size (the crop size)
 
 
+def test_a_sources_own_common_key_is_not_read_as_the_common_one():
+    """icbm152_patches' patch_size is its crop size, not the common random-patch training size."""
+    assert schema.data_common({"name": "icbm152_patches", "patch_size": 16}).patch_size == ()
+    assert schema.data_common({"name": "msd", "patch_size": (8, 8, 8)}).patch_size == (8, 8, 8)
+
+
 def test_loader_signature_defaults_agree_with_the_schema():
     """Where a source passes keys through to a loader, the loader's own default is the schema's."""
     from medjax.data.cine import beating_heart
