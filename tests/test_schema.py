@@ -122,7 +122,7 @@ def test_loader_signature_defaults_agree_with_the_schema():
                                "in_plane_mm", "grid", "num_slices", "num_frames", "ef_class")),
                              (load_icbm152_patches, schema.DATA["icbm152_patches"],
                               ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed",
-                               "in_plane_mm"))):
+                               "in_plane_mm", "site_shift", "site_b_classes"))):
         params = inspect.signature(func).parameters
         assert {k: params[k].default for k in keys} == {k: spec[k].default for k in keys}, func.__name__
 
