@@ -397,10 +397,13 @@ def filled(section: str, node: Mapping | None, name: str | None = None) -> ml_co
 
 def data_common(node: Mapping) -> ml_collections.ConfigDict:
     """`config.data` with the keys every source takes at their defaults, its other keys as they are (for readers
-    of the common keys only, such as the training stream's host transform)."""
+    of the common keys only, such as the training stream's host transform). A common key the source declares with
+    its own meaning (`icbm152_patches.patch_size` is the patches' side, not a random crop) keeps the common
+    default here."""
     given = node.to_dict() if isinstance(node, ml_collections.ConfigDict) else dict(node)
+    own = DATA.get(given.get("name"), {})
     return ml_collections.ConfigDict({**{k: v.default for k, v in DATA_COMMON.items() if v.default is not REQUIRED},
-                                      **given})
+                                      **{k: v for k, v in given.items() if k not in own or k not in DATA_COMMON}})
 
 
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
