@@ -16,11 +16,17 @@ def run_steps(config, workdir, num_steps, devices=None):
     """`num_steps` training steps; returns (host state, per-step metrics, the jitted step)."""
     s = setup(config, str(workdir), devices)
     stream = TrainStream(s.splits["train"], config.batch_size, s.strategy.local_rows(config.batch_size), config.seed)
+    return train_steps(s, stream, num_steps)
+
+
+def train_steps(s, stream, num_steps):
+    """`num_steps` steps of the setup's compiled train step on `stream` from its initial state; returns (host
+    state, per-step metrics, the jitted step)."""
     state = s.initial_state()
     step = s.strategy.compile_train_step(s.train_step_fn())
     history = []
     for _ in range(num_steps):
-        state, metrics = step(state, s.strategy.put_batch(next(stream), config.batch_size))
+        state, metrics = step(state, s.strategy.put_batch(next(stream), s.config.batch_size))
         history.append(s.strategy.metrics_to_host(metrics))
     return replicated_to_host(s.strategy.to_canonical(state)), history, step
 

@@ -11,7 +11,7 @@ import pytest
 from medjax.errors import MedjaxError
 from medjax.train import loop
 from medjax.train.parallel import replicated_to_host
-from tests.train.helpers import assert_trees_close, synthetic_config
+from tests.train.helpers import assert_trees_close, synthetic_config, train_steps
 
 STEPS = 3
 # SGD (see test_parallel); dropout, so the members' dropout keys are checked too (augmentation keys come from the
@@ -23,13 +23,8 @@ COMMON = ("--config.optimizer.name=sgd", "--config.optimizer.learning_rate=0.1",
 def _run(config, workdir, steps=STEPS):
     """`steps` steps of the setup's own stream and step (what train() runs); (host state, metrics, setup)."""
     s = loop.setup(config, str(workdir))
-    stream, state = s.train_stream(), s.initial_state()
-    step = s.strategy.compile_train_step(s.train_step_fn())
-    history = []
-    for _ in range(steps):
-        state, metrics = step(state, s.strategy.put_batch(next(stream), config.batch_size))
-        history.append(s.strategy.metrics_to_host(metrics))
-    return replicated_to_host(s.strategy.to_canonical(state)), history, s
+    state, history, _ = train_steps(s, s.train_stream(), steps)
+    return state, history, s
 
 
 @pytest.fixture(scope="module")
