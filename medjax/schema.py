@@ -336,7 +336,11 @@ DATA: dict[str, Spec] = {
                         "val_per_class": Key(100, "validation patches per class"),
                         "test_per_class": Key(200, "test patches per class"),
                         "seed": Key(0, "seed of the patch positions"),
-                        "in_plane_mm": Key(1.0, "in-plane voxel size")},
+                        "in_plane_mm": Key(1.0, "in-plane voxel size"),
+                        "site_shift": Key(0.0, "injected bias: intensity added to 'site B' patches (every second "
+                                               "of a class); 0 = none"),
+                        "site_b_classes": Key((), "injected bias: the classes with site B patches in training (val "
+                                                  "and test: every class)")},
     "synthetic_cine": {**_SYNTHETIC,
                        "num_frames": Key(16, "frames per sequence"), "size": Key(64, "in-plane size"),
                        "spatial_dims": Key(2, "2 (slices) or 3 (volumes)"),
