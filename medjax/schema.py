@@ -107,6 +107,20 @@ FINETUNE: Spec = {
     "head": Key(("head/*", "final_conv/*", "classifier/*"), "patterns naming the head for the linear probe"),
 }
 
+PRIVACY: Spec = {
+    "enabled": Key(False, "DP-SGD: per-example clipping, Gaussian noise, Poisson batches (supervised tasks)"),
+    "noise_multiplier": Key(0.0, "sigma: the noise std is sigma * clip_norm; 0 = solved from target_epsilon"),
+    "target_epsilon": Key(0.0, "privacy budget at delta: solves sigma (noise_multiplier=0) or stops the run when "
+                               "spent; 0 = none"),
+    "delta": Key(1e-5, "delta of the (epsilon, delta) guarantee; must be below 1 / training examples"),
+    "clip_norm": Key(1.0, "bound on each example's gradient L2 norm over all parameters"),
+    "sampling": Key("poisson", "poisson: each example in a batch with probability batch_size / N (shuffle: refused, "
+                               "no accountant covers it)"),
+    "accountant": Key("pld", "pld (exact for the truncated Poisson batches) | rdp (dp-accounting)"),
+    "microbatch_size": Key(0, "per-example gradients of this many examples per device at a time; 0 = all at once"),
+    "padded_batch_size": Key(0, "fixed batch shape of Poisson batches (larger samples are cut to it); 0 = auto"),
+}
+
 TRUST: Spec = {  # medjax evaluate --calibrate / --subgroups (medjax.trust, docs/trust.md)
     "n_bins": Key(15, "calibration: bins of ECE / MCE (equal-width; ece_mass: equal-mass) and of the diagram"),
     "voxels_per_case": Key(4096, "segmentation calibration: voxels drawn per case (inside its mask, seeded); 0 = "
@@ -373,7 +387,11 @@ DATA: dict[str, Spec] = {
                         "val_per_class": Key(100, "validation patches per class"),
                         "test_per_class": Key(200, "test patches per class"),
                         "seed": Key(0, "seed of the patch positions"),
-                        "in_plane_mm": Key(1.0, "in-plane voxel size")},
+                        "in_plane_mm": Key(1.0, "in-plane voxel size"),
+                        "site_shift": Key(0.0, "injected bias: intensity added to 'site B' patches (every second "
+                                               "of a class); 0 = none"),
+                        "site_b_classes": Key((), "injected bias: the classes with site B patches in training (val "
+                                                  "and test: every class)")},
     "synthetic_cine": {**_SYNTHETIC,
                        "num_frames": Key(16, "frames per sequence"), "size": Key(64, "in-plane size"),
                        "spatial_dims": Key(2, "2 (slices) or 3 (volumes)"),
@@ -387,11 +405,11 @@ DATA: dict[str, Spec] = {
 
 SECTIONS: dict[str, Spec] = {"optimizer": OPTIMIZER, "g_optimizer": OPTIMIZER, "d_optimizer": OPTIMIZER,
                              "checkpoint": CHECKPOINT, "parallel": PARALLEL, "inference": INFERENCE,
-                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "trust": TRUST,
-                             "ensemble": ENSEMBLE, "eval": GAN_EVAL, "explain": EXPLAIN}
+                             "compute": COMPUTE, "init": INIT, "finetune": FINETUNE, "privacy": PRIVACY,
+                             "trust": TRUST, "ensemble": ENSEMBLE, "eval": GAN_EVAL, "explain": EXPLAIN}
 # Sections every config has (filled with their defaults when a file leaves them out).
-ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "trust", "ensemble", "explain",
-          "augment")
+ALWAYS = ("checkpoint", "parallel", "inference", "compute", "init", "finetune", "privacy", "trust", "ensemble",
+          "explain", "augment")
 # Checked elsewhere: the network constructors' fields (at build) and the augmentation table.
 FREE_FORM = ("model", "generator", "discriminator", "augment")
 
@@ -444,10 +462,13 @@ def filled(section: str, node: Mapping | None, name: str | None = None) -> ml_co
 
 def data_common(node: Mapping) -> ml_collections.ConfigDict:
     """`config.data` with the keys every source takes at their defaults, its other keys as they are (for readers
-    of the common keys only, such as the training stream's host transform)."""
+    of the common keys only, such as the training stream's host transform). A common key the source declares
+    itself (icbm152_patches' `patch_size`, the crop size) has the source's meaning, so here it keeps the common
+    default."""
     given = node.to_dict() if isinstance(node, ml_collections.ConfigDict) else dict(node)
+    own = set(DATA.get(given.get("name"), {})) & set(DATA_COMMON)
     return ml_collections.ConfigDict({**{k: v.default for k, v in DATA_COMMON.items() if v.default is not REQUIRED},
-                                      **given})
+                                      **{k: v for k, v in given.items() if k not in own}})
 
 
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

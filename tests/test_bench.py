@@ -20,19 +20,17 @@ from medjax import cli  # noqa: E402
 FRAMEWORKS = {"medjax", "torch_eager", "torch_compile"}
 
 
-def test_bench_smoke(repo, tmp_path):
+def test_bench_smoke(tmp_path):
+    """In this process (a subprocess would add seconds of imports): the test session's 4 CPU devices."""
     out = tmp_path / "bench"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
-    proc = subprocess.run([sys.executable, "-m", "medjax.cli", "bench", "--smoke", "--out", str(out)], cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=480)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cli.main(["bench", "--smoke", "--out", str(out)]) == 0
 
     result = json.loads((out / "bench.json").read_text())
     assert result["mode"] == "smoke"
     assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
     records = result["records"]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "detection", "explain"}
+    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "detection", "explain", "dp_sgd"}
     from medjax.bench import bench
 
     assert result["cases"] == [c.name for c in bench.CASES.values() if c.smoke is not None]
@@ -56,6 +54,9 @@ def test_bench_smoke(repo, tmp_path):
             assert mj["loss_check"]["passed"]
             assert all(mj["ratios"][f"train_medjax_over_{o}"] > 0 for o in ("torch_eager", "torch_compile"))
         assert all(mj["ratios"][f"infer_medjax_over_{o}"] > 0 for o in ("torch_eager", "torch_compile"))
+        if mj["kind"] == "dp_sgd":  # each framework's DP step against its own non-private step
+            assert all(r["dp_over_nonprivate"] == pytest.approx(r["train_step_s"] / r["nonprivate_train_step_s"])
+                       for r in by_fw.values())
 
     md = (out / "bench.md").read_text()
     assert "| case |" in md and "medjax/torch_eager" in md and "FAILED" not in md
@@ -77,22 +78,18 @@ def test_bench_quick_and_smoke_exclusive(tmp_path, capsys):
     assert "exclusive" in capsys.readouterr().err
 
 
-def test_bench_smoke_bfloat16_compares_mixed_precision_policies(repo, tmp_path):
-    """medjax's bfloat16 policy against torch.autocast(bfloat16): same weights, losses within the bf16 tolerance."""
-    out = tmp_path / "bench"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-m", "medjax.cli", "bench", "--smoke", "--cases", "medmnist_r18_2d_1ch",
-                           "--precision", "bfloat16", "--out", str(out)], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "bench.json").read_text())
-    assert result["precision"] == "bfloat16"
-    assert "--xla_cpu_experimental_xnn_fusion_type=individual_convolution" in result["machine"]["xla_flags"]
-    records = {r["framework"]: r for r in result["records"]}
-    assert {r["precision"] for r in records.values()} == {"bfloat16"}
-    check = records["torch_eager"]["loss_check"]
-    assert check["passed"] and check["rtol"] == 3e-2 and check["rel_diff"] > 0
+def test_bench_precision_reaches_every_row_and_the_result(tmp_path, monkeypatch):
+    """`medjax bench --precision bfloat16` runs every row at that precision and says so in bench.json (the rows'
+    bfloat16 numbers, medjax's policy against torch.autocast: the GPU-script smoke test, which runs them)."""
+    from medjax.bench import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run_case", lambda case, mode, *a, precision, **k: seen.append(
+        (case.name, mode, precision)) or [])
+    assert cli.main(["bench", "--smoke", "--cases", "medmnist_r18_2d_1ch", "quickstart_unet", "--precision",
+                     "bfloat16", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [("medmnist_r18_2d_1ch", "smoke", "bfloat16"), ("quickstart_unet", "smoke", "bfloat16")]
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["precision"] == "bfloat16"
 
 
 def test_rows_run_the_configs_shapes():
@@ -145,9 +142,11 @@ def test_protocol_errors(tmp_path, capsys):
 
 def test_gpu_script_runs_at_smoke_size_on_the_cpu(repo, tmp_path):
     """medjax/bench/gpu.sh end to end on the CPU at tiny shapes: float32, bfloat16 and torch.compile
-    records, FLOPs from XLA's cost analysis, and the table."""
+    records, FLOPs from XLA's cost analysis, and the table. The bfloat16 rows are medjax's mixed-precision policy
+    against torch.autocast(bfloat16): same weights, first losses within the bfloat16 tolerance."""
     out = tmp_path / "gpu"
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHON=sys.executable)
+    env.pop("XLA_FLAGS", None)  # the script sets medjax's XLA:CPU defaults itself
     proc = subprocess.run(["bash", "medjax/bench/gpu.sh", str(out), "--smoke", "--cases",
                            "medmnist_r18_2d_1ch"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -158,5 +157,9 @@ def test_gpu_script_runs_at_smoke_size_on_the_cpu(repo, tmp_path):
     medjax = [r for r in result["records"] if r["framework"] == "medjax"]
     assert all(r["flops_per_step"] > 0 and r["achieved_flop_per_s"] > 0 for r in medjax)
     assert result["measured_matmul"]["float32"] > 0 and result["skipped"] == []
+    assert "--xla_cpu_experimental_xnn_fusion_type=individual_convolution" in result["machine"]["xla_flags"]
+    bf16 = {r["framework"]: r for r in result["records"] if r["precision"] == "bfloat16"}
+    check = bf16["torch_eager"]["loss_check"]
+    assert check["passed"] and check["rtol"] == 3e-2 and check["rel_diff"] > 0
     md = (out / "gpu.md").read_text()
     assert "| medmnist_r18_2d_1ch | float32 |" in md and "| medmnist_r18_2d_1ch | bfloat16 |" in md

@@ -13,14 +13,25 @@ from medjax.models import build_model  # noqa: E402
 
 
 def _variables(model, x):
-    """Initial variables with non-trivial BatchNorm statistics and affine parameters."""
-    v = jax.jit(lambda: model.init(jax.random.key(0), x, train=False))()
-    keys = iter(jax.random.split(jax.random.key(1), 512))
-    bump = lambda a: a + 0.2 * jax.random.normal(next(keys), a.shape)  # noqa: E731
-    out = {"params": jax.tree.map(bump, v["params"])}
-    if "batch_stats" in v:
-        out["batch_stats"] = jax.tree.map(lambda a: jnp.abs(bump(a)) + 0.5, v["batch_stats"])
-    return out
+    """Initial variables with non-trivial BatchNorm statistics and affine parameters (one jitted program: op by op,
+    every leaf's shape would compile its own)."""
+    @jax.jit
+    def make():
+        v = model.init(jax.random.key(0), x, train=False)
+        keys = iter(jax.random.split(jax.random.key(1), 512))
+        bump = lambda a: a + 0.2 * jax.random.normal(next(keys), a.shape)  # noqa: E731
+        out = {"params": jax.tree.map(bump, v["params"])}
+        if "batch_stats" in v:
+            out["batch_stats"] = jax.tree.map(lambda a: jnp.abs(bump(a)) + 0.5, v["batch_stats"])
+        return out
+    return make()
+
+
+def _apply(model, v, x, train):
+    """The medjax model, jitted (one compile instead of one per operation); train mode updates no state here."""
+    if train:
+        return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])(v, x)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
 
 
 def _torch(v):
@@ -48,9 +59,9 @@ def test_unet_twin_matches_medjax(shape, kw):
     v = _variables(model, jnp.asarray(x))
     p, s = _torch(v)
     depth, ds = len(kw["features"]), kw.get("deep_supervision", False)
-    _close(model.apply(v, jnp.asarray(x), train=False),
+    _close(_apply(model, v, jnp.asarray(x), train=False),
            twins.unet(p, s, _nc(x), depth, kw["norm"], train=False, deep_supervision=ds))
-    ours = model.apply(v, jnp.asarray(x), train=True, mutable=["batch_stats"])[0]
+    ours = _apply(model, v, jnp.asarray(x), train=True)
     ref = twins.unet(p, s, _nc(x), depth, kw["norm"], train=True, deep_supervision=ds)
     for a, b in zip(ours if ds else (ours,), ref if ds else (ref,)):
         _close(a, b)
@@ -62,13 +73,12 @@ def test_convlstm_twins_match_medjax():
     v = _variables(seg, jnp.asarray(x))
     p, s = _torch(v)
     for train in (False, True):
-        ours = seg.apply(v, jnp.asarray(x), train=train, mutable=["batch_stats"])[0] if train else \
-            seg.apply(v, jnp.asarray(x), train=False)
-        _close(ours, twins.convlstm_unet(p, s, _nc(x, True), 2, "batch", train), frames=True)
+        _close(_apply(seg, v, jnp.asarray(x), train), twins.convlstm_unet(p, s, _nc(x, True), 2, "batch", train),
+               frames=True)
     reg = build_model("convlstm_regressor", num_classes=1, features=(4, 8), lstm_features=4)
     v = _variables(reg, jnp.asarray(x))
     p, s = _torch(v)
-    np.testing.assert_allclose(np.asarray(reg.apply(v, jnp.asarray(x), train=False)),
+    np.testing.assert_allclose(np.asarray(_apply(reg, v, jnp.asarray(x), False)),
                                twins.convlstm_regressor(p, s, _nc(x, True), 2, "batch", False).detach().numpy(),
                                atol=1e-5)
 

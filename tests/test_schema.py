@@ -109,6 +109,12 @@ def test_data_schema_covers_every_source_and_its_readers_keys():
         assert overlap <= {"patch_size"}, (name, overlap)  # icbm152_patches' own patch_size (the crop size)
 
 
+def test_a_sources_own_common_key_is_not_read_as_the_common_one():
+    """icbm152_patches' patch_size is its crop size, not the common random-patch training size."""
+    assert schema.data_common({"name": "icbm152_patches", "patch_size": 16}).patch_size == ()
+    assert schema.data_common({"name": "msd", "patch_size": (8, 8, 8)}).patch_size == (8, 8, 8)
+
+
 def test_loader_signature_defaults_agree_with_the_schema():
     """Where a source passes keys through to a loader, the loader's own default is the schema's."""
     from medjax.data.cine import beating_heart
@@ -123,7 +129,7 @@ def test_loader_signature_defaults_agree_with_the_schema():
                                "in_plane_mm", "grid", "num_slices", "num_frames", "ef_class")),
                              (load_icbm152_patches, schema.DATA["icbm152_patches"],
                               ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed",
-                               "in_plane_mm")),
+                               "in_plane_mm", "site_shift", "site_b_classes")),
                              (load_icbm152_lesions, {**schema.DATA_COMMON, **schema.DATA["icbm152_lesions"]},
                               ("spatial_dims", "voxel_mm", "num_train", "num_val", "num_test", "lesions_per_case",
                                "radius_mm", "contrast", "noise", "seed", "slices_per_case", "max_boxes"))):
@@ -152,3 +158,14 @@ def test_keys_command_lists_defaults_and_a_configs_values(capsys):
     assert rows["data.in_plane_mm"] == "3.0" and rows["data.max_slices_per_split"] == "8"
     assert cli.main(["keys", "nope"]) == 2
     assert "unknown config section 'nope'" in capsys.readouterr().err
+
+
+def test_a_source_key_named_like_a_common_key_is_not_the_common_key():
+    """icbm152_patches' patch_size is the patches' side: the training stream must not crop to it."""
+    data = schema.filled("data", {"name": "icbm152_patches", "patch_size": 8})
+    assert data.patch_size == 8
+    assert schema.data_common(data).patch_size == ()
+    assert sources.train_transform(data) is None
+    assert sources.train_input_shape(data, (8, 8, 1)) == (8, 8, 1)
+    crop = schema.filled("data", {"name": "npz", "root": "x", "patch_size": (4, 4)})
+    assert sources.train_input_shape(crop, (8, 8, 1)) == (4, 4, 1)

@@ -40,7 +40,8 @@ same weights (`medjax/bench/explain_bench.py`; maps checked within 1e-4 of their
 (`medjax.inference.sliding_window_volume` with the config's roi, overlap, Gaussian blending and window batch,
 class probabilities per window on the device) against `monai.inferers.sliding_window_inference` with the torch
 twin (outputs checked within 1e-4). The GAN rows time one whole GAN training step (D, then G;
-`medjax/bench/gan_bench.py`).
+`medjax/bench/gan_bench.py`). The DP-SGD row (`dp_sgd_icbm152`) times one private step against Opacus on the same
+GroupNorm ResNet, and each against its own non-private step (`medjax/bench/dp_bench.py`).
 
 Modes: the default (`full`) times 10 steps after 3 warm-up steps; `--quick` 3 after 1, at the SAME shapes (a
 quick run cuts steps, never shapes); `--smoke` shrinks batch, size and width to seconds (the tests only check
@@ -83,13 +84,15 @@ class Case:
     """One protocol row: an experiment config, the data it runs on, and the torch model to compare with."""
 
     name: str
-    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan" | "detection" | "explain"
+    # "classification" | "segmentation" | "regression" | "sliding_window" | "gan" | "detection" | "explain" |
+    # "dp_sgd"
+    kind: str
     config: str  # a shipped config, medjax.configs NAME[:variant]
     data: str  # the data the protocol trains on (only its shape is used: random values of that shape)
     in_channels: int
     num_classes: int
     spatial: tuple[int, ...]  # one example's spatial shape (an image, a training patch, a frame)
-    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan" | "monai_retinanet"
+    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan" | "monai_retinanet" | "opacus"
     overrides: tuple[str, ...] = ()  # key=value config overrides that name the data set
     frames: int = 0  # > 0: sequences (N, T, *spatial, C)
     volume: tuple[int, ...] = ()  # sliding window: the evaluated volume's shape
@@ -167,6 +170,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
          smoke=("batch_size=2", "generator.features=(4,8)", "discriminator.features=4"), smoke_spatial=(32, 32)),
     Case("gan_dcgan", "gan", "gan_augmentation:gan", "16x16 ICBM152 tissue patches, 3 classes", 1, 3, (16, 16),
          "gan", smoke=("batch_size=4", "generator.features=8", "discriminator.features=8")),
+    Case("dp_sgd_icbm152", "dp_sgd", "dp_icbm152:eps4",
+         "16x16 ICBM152 tissue patches, 3 classes; DP-SGD (clip 1, sigma 1) vs Opacus", 1, 3, (16, 16), "opacus",
+         ("data.root=unused.npz", "privacy.noise_multiplier=1.0"), smoke=("batch_size=4", "model.width=8")),
 )}
 
 MODES = {  # mode -> (warmup, repeats)
@@ -271,7 +277,7 @@ def case_data(case: Case, config, mode: str, seed: int = 0) -> dict[str, np.ndar
     spatial = case.shape(mode)
     batch = {"image": rng.standard_normal(lead + spatial + (case.in_channels,)).astype(np.float32),
              "weight": np.ones(n, np.float32)}
-    if case.kind == "classification":
+    if case.kind in ("classification", "dp_sgd"):
         batch["label"] = rng.integers(0, case.num_classes, n).astype(np.int32)
     elif case.kind == "regression":
         batch["target"] = rng.uniform(0.3, 0.8, n).astype(np.float32)  # an ejection fraction
@@ -412,8 +418,10 @@ def build_models(case: Case, config, batch: dict) -> Models:
 
 # ---------------------------------------------------------------------------------------------------- frameworks
 
-def time_medjax(task, tx, variables: dict, batch: dict, warmup: int, repeats: int) -> dict:
-    """`medjax train`'s step (`make_train_step` on the task, state donated), then the jitted eval forward."""
+def time_medjax(task, tx, variables: dict, batch: dict, warmup: int, repeats: int,
+                dp_grads: Callable | None = None) -> dict:
+    """`medjax train`'s step (`make_train_step` on the task, state donated; with DP-SGD's `dp_grads`), then the
+    jitted eval forward."""
     import jax
     import jax.numpy as jnp
 
@@ -426,7 +434,7 @@ def time_medjax(task, tx, variables: dict, batch: dict, warmup: int, repeats: in
     state = jax.jit(lambda p, s: TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=s,
                                             opt_state=tx.init(p), rng=mrng.to_data(mrng.key(0))))(
         params, variables.get("batch_stats", {}))
-    train_step = jax.jit(make_train_step(task, tx), donate_argnums=0)
+    train_step = jax.jit(make_train_step(task, tx, dp_grads=dp_grads), donate_argnums=0)
     device_batch = jax.tree.map(jnp.asarray, batch)
     rss0 = _maxrss_mb()
     holder = {"state": state}
@@ -467,8 +475,10 @@ def torch_optimizer(cfg, params: list):
 
 
 def time_torch(forward: Callable, params: list, loss_fn: Callable, batch: dict, opt_cfg, compile_backend: str | None,
-               warmup: int, repeats: int, precision: str = "float32") -> dict:
-    """One training step (forward, the config's loss, backward, clipping, optimizer) and the eval forward."""
+               warmup: int, repeats: int, precision: str = "float32",
+               wrap_optimizer: Callable[[Any], Any] | None = None) -> dict:
+    """One training step (forward, the config's loss, backward, clipping, optimizer) and the eval forward.
+    `wrap_optimizer` wraps the config's optimizer (Opacus's DPOptimizer: `medjax.bench.dp_bench`)."""
     import contextlib
 
     import torch
@@ -477,6 +487,7 @@ def time_torch(forward: Callable, params: list, loss_fn: Callable, batch: dict, 
     b = {k: v.to(device) for k, v in batch.items()}
     fwd = torch.compile(forward, backend=compile_backend, dynamic=False) if compile_backend else forward
     opt = torch_optimizer(opt_cfg, params)
+    opt = wrap_optimizer(opt) if wrap_optimizer else opt
     clip = opt_cfg.grad_clip_norm
 
     def autocast():  # torch's mixed precision: float32 weights, bfloat16 compute where autocast allows it
@@ -896,6 +907,10 @@ def run_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEW
         runner = (detection_bench.run_detection_window_case if case.kind == "sliding_window"
                   else detection_bench.run_detection_case)
         return runner(case, mode, warmup, repeats, frameworks, log, budget, precision)
+    if case.kind == "dp_sgd":
+        from medjax.bench.dp_bench import run_dp_case
+
+        return run_dp_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
     return RUNNERS[case.kind](case, mode, warmup, repeats, frameworks, log, budget, precision)
 
 

@@ -43,7 +43,7 @@ def get_config(arg: str = "segmentation") -> ml_collections.ConfigDict:
     else:
         c.task.multi_label = False
         c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1), block="basic", stem="small",
-                                                width=4))
+                                                width=4, norm="batch"))
 
     c.augment = augment.default_config()  # off; e.g. --config.augment.transforms=flip,affine
 

@@ -35,8 +35,9 @@ def _icbm152(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
 def _icbm152_patches(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
     from medjax.data.icbm152_patches import CLASS_NAMES, load_icbm152_patches
 
-    keys = ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed", "in_plane_mm")
-    return load_icbm152_patches(**{k: cfg[k] for k in keys}, root=cfg.root or None), list(CLASS_NAMES)
+    keys = ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed", "in_plane_mm", "site_shift")
+    return (load_icbm152_patches(**{k: cfg[k] for k in keys}, site_b_classes=tuple(cfg.site_b_classes),
+                                 root=cfg.root or None), list(CLASS_NAMES))
 
 
 def _synthetic_cine(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:

@@ -96,7 +96,10 @@ class TrainStream:
     """Endless shuffled training batches (this process's rows of each global batch), resumable by position.
 
     Each batch carries "index" (the examples' stream positions, which key the on-device augmentation) and
-    "weight" (1). `keys` restricts the example keys kept (default: all).
+    "weight" (1; 0 marks padding rows of a `select`). `keys` restricts the example keys kept (default: all).
+    `select` (batch number -> (global indices, weights), each (global_batch_size,)) replaces the shuffled order,
+    e.g. by DP-SGD's Poisson batches (`medjax.privacy.sampling`); like the shuffled order it must be a pure
+    function of the batch number.
 
     `members` K > 0 (a deep ensemble, `medjax.train.ensemble`) makes every array (rows, K, ...): member k's rows
     are the batch a stream of seed `seed + k` gives at the same position (its own order and host randomness).
@@ -104,14 +107,17 @@ class TrainStream:
 
     def __init__(self, split: Any, global_batch_size: int, rows: slice, seed: int,
                  transform: Transform | None = None, keys: tuple[str, ...] | None = None,
-                 num_threads: int = 2, prefetch: int = 4, members: int = 0):
+                 num_threads: int = 2, prefetch: int = 4, members: int = 0,
+                 select: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None):
+        if members and select is not None:
+            raise MedjaxError("a train stream of ensemble members cannot also take a `select` (DP-SGD's batches)")
         self.source = as_source(split, "train split")
         self.n = len(self.source)
         if self.n == 0:
             raise MedjaxError("train split: the split is empty")
         self.global_batch_size, self.rows, self.seed, self.members = global_batch_size, rows, seed, members
         self.transform, self.keys = transform, keys
-        self.num_threads, self.prefetch = num_threads, prefetch
+        self.num_threads, self.prefetch, self.select = num_threads, prefetch, select
         self.position = 0
         self._iter: Iterator | None = None
 
@@ -123,7 +129,11 @@ class TrainStream:
         return {key: np.stack([b[key] for b in batches], axis=1) for key in batches[0]}
 
     def _batch_of(self, seed: int, position: int) -> dict[str, np.ndarray]:
-        idx = global_indices(seed, position, self.global_batch_size, self.n)[self.rows]
+        if self.select is None:
+            idx = global_indices(seed, position, self.global_batch_size, self.n)[self.rows]
+            weight = np.ones(len(idx), np.float32)
+        else:
+            idx, weight = (a[self.rows] for a in self.select(position // self.global_batch_size))
         positions = (np.arange(self.global_batch_size) + position)[self.rows]
         if self.transform is None:
             batch = _gather(self.source, idx, self.keys)
@@ -132,7 +142,7 @@ class TrainStream:
                         for i, g in zip(idx, positions)]
             batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in (self.keys or examples[0])}
         batch["index"] = positions.astype(np.int32)
-        batch["weight"] = np.ones(len(idx), np.float32)
+        batch["weight"] = np.asarray(weight, np.float32)
         return batch
 
     def _start(self) -> Iterator:

@@ -119,9 +119,11 @@ def _check_unsupported(config: ml_collections.ConfigDict) -> None:
         raise MedjaxError("config.init.from is not supported for GAN tasks yet")
     if finetune_lib.is_active(config.finetune):
         raise MedjaxError("config.finetune is not supported for GAN tasks")
+    if config.privacy.enabled:
+        raise MedjaxError("config.privacy (DP-SGD) is not supported for GAN tasks")
     if config.compute.to_dict() != schema.filled("compute", {}).to_dict():
         raise MedjaxError("config.compute (precision, remat, grad_accum_steps) is not supported for GAN tasks yet")
-    sampled = [k for k in ("clip_length", "patch_size") if config.data[k]]
+    sampled = [k for k in ("clip_length", "patch_size") if schema.data_common(config.data)[k]]
     if sampled:  # the GAN stream has no host transform: the whole example would silently be used instead
         raise MedjaxError(f"config.data.{sampled[0]} (host-side sampling) is not supported for GAN tasks yet")
 

@@ -28,9 +28,11 @@ table is in the README's Performance section):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -84,20 +86,27 @@ def _out_size(size: int, k: int, pad: tuple[int, int], stride: int, dilation: in
     return (size + pad[0] + pad[1] - (k - 1) * dilation - 1) // stride + 1
 
 
+def _tap_slices(lhs: jax.Array, k: Sequence[int], strides: Sequence[int], pads: list[tuple[int, int]],
+                rhs_dilation: Sequence[int]) -> list[jax.Array]:
+    """The input each kernel offset (tap) meets, in kernel order: one (N, *out, C) slice of the padded input per
+    tap, so that the convolution is the sum over taps of slice @ kernel[tap]."""
+    nd = lhs.ndim - 2
+    x = _pad_or_crop(lhs, pads)
+    out = [_out_size(x.shape[1 + i], k[i], (0, 0), strides[i], rhs_dilation[i]) for i in range(nd)]
+    slices = []
+    for offset in itertools.product(*(range(ki) for ki in k)):
+        start = [0] + [o * d for o, d in zip(offset, rhs_dilation)] + [0]
+        limit = [x.shape[0]] + [s + st * (o - 1) + 1 for s, st, o in zip(start[1:], strides, out)] + [x.shape[-1]]
+        slices.append(lax.slice(x, start, limit, [1, *strides, 1]))
+    return slices
+
+
 def _conv_as_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], pads: list[tuple[int, int]],
                     rhs_dilation: Sequence[int], precision: Any, preferred_element_type: Any) -> jax.Array:
     """Channels-last convolution as one matmul: the input patches of every kernel offset, concatenated along the
     channels (im2col), times the kernel reshaped to (k^nd * in, out). For small outputs only (memory: k^nd x)."""
     nd = lhs.ndim - 2
-    x = _pad_or_crop(lhs, pads)
-    k = rhs.shape[:nd]
-    out = [_out_size(x.shape[1 + i], k[i], (0, 0), strides[i], rhs_dilation[i]) for i in range(nd)]
-    patches = []
-    for offset in itertools.product(*(range(ki) for ki in k)):
-        start = [0] + [o * d for o, d in zip(offset, rhs_dilation)] + [0]
-        limit = [x.shape[0]] + [s + st * (o - 1) + 1 for s, st, o in zip(start[1:], strides, out)] + [x.shape[-1]]
-        patches.append(lax.slice(x, start, limit, [1, *strides, 1]))
-    cols = jnp.concatenate(patches, axis=-1)
+    cols = jnp.concatenate(_tap_slices(lhs, rhs.shape[:nd], strides, pads, rhs_dilation), axis=-1)
     y = lax.dot_general(cols, rhs.reshape(-1, rhs.shape[-1]), (((nd + 1,), (0,)), ((), ())), precision=precision,
                         preferred_element_type=preferred_element_type)
     return y
@@ -162,6 +171,58 @@ def _conv3d_folded(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], pads:
     return y.reshape((n, *out) + y.shape[1 + (2 - len(rest)):])
 
 
+@contextlib.contextmanager
+def per_example_kernel_grads() -> Iterator[None]:
+    """While tracing inside this context, `conv_general_dilated` computes its kernel gradient as one contraction
+    per kernel tap (`_kernel_grad_by_taps`), for per-example gradients (`vmap(grad)`, DP-SGD).
+
+    Why: vmapped over examples, JAX's kernel gradient becomes a convolution grouped by example, which XLA:CPU runs
+    about 5-10x slower than the batched matmuls of the per-tap form (3x3, 16 -> 16 channels, 32 examples of 16 x
+    16: 5-15 ms against 1.7 ms; 128 examples of 28 x 28: 150 ms against 31 ms, 2-core AMD EPYC). The forward pass
+    and the input gradient are unchanged; outside the context nothing is."""
+    token = _PER_EXAMPLE_GRADS.set(True)
+    try:
+        yield
+    finally:
+        _PER_EXAMPLE_GRADS.reset(token)
+
+
+_PER_EXAMPLE_GRADS: contextvars.ContextVar[bool] = contextvars.ContextVar("per_example_kernel_grads", default=False)
+
+
+def _kernel_grad_by_taps(lhs: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int],
+                         pads: list[tuple[int, int]], rhs_dilation: Sequence[int], precision: Any) -> jax.Array:
+    """d(sum(conv(lhs, kernel) * g)) / d kernel: for every tap, its input slice contracted with `g` over the batch
+    and the output positions ((C_in, C_out) each), stacked in kernel order."""
+    nd = lhs.ndim - 2
+    axes = tuple(range(nd + 1))
+    taps = [lax.dot_general(x, g, ((axes, axes), ((), ())), precision=precision,
+                            preferred_element_type=jnp.float32)
+            for x in _tap_slices(lhs, kernel_shape[:nd], strides, pads, rhs_dilation)]
+    return jnp.stack(taps).reshape(kernel_shape)
+
+
+def _with_kernel_grad_by_taps(conv: Callable, lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                              pads: list[tuple[int, int]], rhs_dilation: Sequence[int], precision: Any) -> jax.Array:
+    """`conv(lhs, rhs)` whose kernel gradient is `_kernel_grad_by_taps` (the input gradient is conv's own)."""
+
+    @jax.custom_vjp
+    def f(lhs, rhs):
+        return conv(lhs, rhs)
+
+    def fwd(lhs, rhs):
+        return conv(lhs, rhs), (lhs, rhs)
+
+    def bwd(res, g):
+        lhs, rhs = res
+        dx = jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0]
+        dw = _kernel_grad_by_taps(lhs, g, rhs.shape, strides, pads, rhs_dilation, precision)
+        return dx, dw.astype(rhs.dtype)
+
+    f.defvjp(fwd, bwd)
+    return f(lhs, rhs)
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
@@ -169,18 +230,41 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """Drop-in `lax.conv_general_dilated`. On CPU, 3D channels-last convolutions run as one matmul when their
     output planes are small (<= `SMALL_PLANE` pixels), else as one 2D convolution over depth taps folded into the
     channels (<= `FOLD_CHANNELS` input channels), else as one 2D convolution per depth tap (module docstring).
+    Inside `per_example_kernel_grads()`, channels-last convolutions take their kernel gradient per tap.
 
     Anything else (other platforms, 2D convolutions, other layouts, input dilation, grouped convolutions) is
     `lax.conv_general_dilated` unchanged.
     """
     nd = lhs.ndim - 2
     rhs_dilation = tuple(rhs_dilation or (1,) * nd)
+    conv = functools.partial(
+        _conv, window_strides=tuple(window_strides), padding=padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type)
+    if _PER_EXAMPLE_GRADS.get() and _plain(lhs.ndim, dimension_numbers, lhs_dilation, feature_group_count,
+                                           batch_group_count):
+        pads = _explicit_padding(padding, lhs.shape[1:1 + nd], rhs.shape[:nd], window_strides, rhs_dilation)
+        return _with_kernel_grad_by_taps(conv, lhs, rhs, tuple(window_strides), pads, rhs_dilation, precision)
+    return conv(lhs, rhs)
+
+
+def _plain(ndim: int, dimension_numbers: Any, lhs_dilation: Sequence[int] | None, feature_group_count: int,
+           batch_group_count: int) -> bool:
+    """A channels-last convolution without input dilation or groups (the kind medjax re-formulates)."""
+    return (_channels_last(dimension_numbers, ndim) and feature_group_count == 1 and batch_group_count == 1
+            and all(d == 1 for d in (lhs_dilation or ())))
+
+
+def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+          lhs_dilation: Sequence[int] | None, rhs_dilation: Sequence[int], dimension_numbers: Any,
+          feature_group_count: int, batch_group_count: int, precision: Any, preferred_element_type: Any) -> jax.Array:
+    """`conv_general_dilated` with JAX's own gradients (3D on CPU as described there)."""
+    nd = lhs.ndim - 2
     reference = functools.partial(
         lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type)
-    if (nd != 3 or not _channels_last(dimension_numbers, lhs.ndim) or feature_group_count != 1
-            or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or ()))):
+    if nd != 3 or not _plain(lhs.ndim, dimension_numbers, lhs_dilation, feature_group_count, batch_group_count):
         return reference(lhs, rhs)
     strides = tuple(window_strides)
     pads = _explicit_padding(padding, lhs.shape[1:1 + nd], rhs.shape[:nd], strides, rhs_dilation)

@@ -40,6 +40,8 @@ class RunSetup(Protocol):
     def validate(self, state: Any, canonical: Any, step: int) -> dict[str, float]: ...
     def non_finite(self, host: list[tuple[int, dict]]) -> str | None: ...  # why these steps diverged, or None
     def check_record(self, step: int, record: dict[str, float]) -> str | None: ...  # e.g. a pinned GAN loss
+    def final_step(self) -> int: ...  # the last step to train: num_train_steps, or less (a privacy budget)
+    def host_record(self, step: int) -> dict[str, float]: ...  # host-side numbers logged with step's metrics
     def postfix(self, record: dict[str, float]) -> dict[str, str]: ...  # the progress bar's numbers
     def evaluate_checkpoint(self, canonical: Any, step: int, split: str) -> dict[str, Any]: ...
 
@@ -66,6 +68,16 @@ class SetupBase:
         import jax
 
         return self.strategy.abstract_canonical(jax.eval_shape(self.create))
+
+    def final_step(self) -> int:
+        """`config.num_train_steps`: the run trains to the end unless a family stops earlier on purpose (DP-SGD
+        when its privacy budget is spent), with a checkpoint, as at the end."""
+        return int(self.config.num_train_steps)
+
+    def host_record(self, step: int) -> dict[str, float]:
+        """Numbers known on the host for `step`, logged with its train metrics and in eval.json (none by
+        default; DP-SGD: the epsilon spent)."""
+        return {}
 
 
 def family_of(config: ml_collections.ConfigDict) -> str:

@@ -63,13 +63,15 @@ class Setup(SetupBase):
     finetune: Any = None  # medjax.train.finetune.Plan from config.finetune, None for plain training
     case_ids: dict = dataclasses.field(default_factory=dict)  # {split: case ids in example order} (Dataset.cases)
     members: int = 0  # K > 1: a deep ensemble whose state has a leading member axis (medjax.train.ensemble)
+    privacy: Any = None  # medjax.privacy.dpsgd.Plan from config.privacy, None without DP-SGD
     _eval_step: Any = dataclasses.field(default=None, repr=False)  # compiled on first validation
 
     def train_step_fn(self):
-        """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan), vmapped over
-        the members of an ensemble."""
+        """The uncompiled step body for this setup (task, optimizer, augmentation, fine-tuning plan, DP-SGD's
+        gradient), vmapped over the members of an ensemble."""
+        dp_grads = self.privacy and self.privacy.grads(self.task, self.strategy.axis_name, self.finetune)
         step = make_train_step(self.task, self.tx, self.strategy.axis_name, self.augment, self.finetune,
-                               accum_steps=compute.of(self.config).grad_accum_steps)
+                               accum_steps=compute.of(self.config).grad_accum_steps, dp_grads=dp_grads)
         return ensemble.train_step(step) if self.members else step
 
     def initial_state(self) -> TrainState:
@@ -103,6 +105,14 @@ class Setup(SetupBase):
 
     def check_record(self, step: int, record: dict[str, float]) -> str | None:
         return None
+
+    def final_step(self) -> int:
+        """The last step within DP-SGD's budget (`config.privacy.target_epsilon`), else num_train_steps."""
+        return self.privacy.final_step if self.privacy else super().final_step()
+
+    def host_record(self, step: int) -> dict[str, float]:
+        """DP-SGD: `epsilon`, spent after `step` steps at config.privacy.delta."""
+        return {"epsilon": self.privacy.epsilon(step)} if self.privacy else {}
 
     def postfix(self, record: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.4f}", "img_s": f"{record['img_per_s']:.1f}"}
@@ -188,8 +198,15 @@ def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=No
     bags = getattr(task, "bag_inputs", False)  # images (N, K, *spatial, C): each instance is augmented alone
     augment = make_augment(config.augment, spatial_shape=example.shape[2 if bags else 1:-1],
                            channels=example.shape[-1], bags=bags)
+    privacy = None
+    if config.privacy.enabled:
+        from medjax.privacy import dpsgd
+
+        batch_stats = jax.eval_shape(init_variables, rng.key(config.seed)).get("batch_stats", {})
+        privacy = dpsgd.make_plan(config, data.num_examples("train"), strategy.num_devices, batch_stats)
+        config = dpsgd.resolved(config, privacy)
     return Setup(config, workdir, strategy, task, splits, tx, create, augment, finetune=plan, members=members,
-                 case_ids={name: data.cases(name) for name in splits})
+                 case_ids={name: data.cases(name) for name in splits}, privacy=privacy)
 
 
 def resolve_config(config: ml_collections.ConfigDict, data) -> ml_collections.ConfigDict:
@@ -235,9 +252,10 @@ def _first_train_image(train: Any, config: ml_collections.ConfigDict) -> np.ndar
 def make_train_stream(s: Setup) -> Any:
     """The training stream of any split (in memory or cached), with the host transform and grain's threads."""
     config = s.config
-    return TrainStream(s.splits["train"], config.batch_size, s.strategy.local_rows(config.batch_size),
-                       seed=config.seed, transform=train_transform(config.data),
-                       num_threads=config.data.num_threads, prefetch=config.data.prefetch, members=s.members)
+    bs = s.privacy.mechanism.padded_batch_size if s.privacy else config.batch_size  # DP: fixed-shape Poisson
+    return TrainStream(s.splits["train"], bs, s.strategy.local_rows(bs), seed=config.seed,
+                       transform=train_transform(config.data), num_threads=config.data.num_threads,
+                       prefetch=config.data.prefetch, members=s.members, select=s.privacy and s.privacy.select)
 
 
 def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> dict[str, float]:
@@ -324,7 +342,8 @@ def resume_or_start(s: Any, ckpts: Checkpoints, stream: Any, fresh: Any) -> tupl
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
-    """Train to `config.num_train_steps`, resuming from `<workdir>/checkpoints` if a checkpoint is there.
+    """Train to `config.num_train_steps` (or the setup's earlier `final_step()`: a DP-SGD run stops, with a
+    checkpoint, when its privacy budget is spent), resuming from `<workdir>/checkpoints` if a checkpoint is there.
     Returns the last validation metrics.
 
     Where the time of this call went is written to `<workdir>/timing.json` (process 0; a resumed run accounts for
@@ -350,7 +369,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     pending: list[tuple[int, Any]] = []
     last_flush = time.perf_counter()
     last_saved = start
-    progress = _progress(config, start, s.is_main)
+    final = s.final_step()  # num_train_steps, or earlier when a budget runs out (DP-SGD)
+    progress = _progress(final, config.progress, start, s.is_main)
     eval_metrics: dict[str, float] = {}
 
     def diverged(why: str) -> TrainingDiverged:
@@ -370,6 +390,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         record = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1] if k != "finite"}
         record["img_per_s"] = len(host) * bs / max(now - last_flush, 1e-9)
         record["wall_s"] = now - t_start
+        record.update(s.host_record(step))
         log.write(step, "train", record)
         progress.set_postfix(**s.postfix(record))
         why = s.check_record(step, record)
@@ -379,8 +400,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
     loop_start = time.perf_counter()
     try:
-        batches = DevicePrefetch(stream, strategy, bs)
-        for step in range(start + 1, config.num_train_steps + 1):
+        batches = DevicePrefetch(stream, strategy, stream.global_batch_size)
+        for step in range(start + 1, final + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = train_step(state, next(batches))
             if step == start + 1:  # the compile (and first run) apart from the steady state
@@ -388,7 +409,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
                 timing["first_step_s"] = time.perf_counter() - loop_start
             pending.append((step, metrics))
             progress.update(1)
-            last = step == config.num_train_steps
+            last = step == final
             do_eval = has_val and (step % config.eval_every == 0 or last)
             do_ckpt = step % config.checkpoint_every == 0 or last
             if step % config.log_every == 0 or do_eval or do_ckpt or last:
@@ -419,22 +440,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         end = time.perf_counter()
         timing["train_s"] = max(0.0, loop_end - loop_start - timing["first_step_s"] - timing["eval_s"]
                                 - timing["checkpoint_s"])
-        timing.update(finish_s=end - loop_end, total_s=end - t_start, steps=int(config.num_train_steps - start))
+        timing.update(finish_s=end - loop_end, total_s=end - t_start, steps=max(0, final - start))
         if s.is_main and timing["steps"] > 0:  # a rerun of a finished run keeps the run's own account
             _write_json(os.path.join(workdir, "timing.json"), timing)
     return eval_metrics
 
 
-def _progress(config: ml_collections.ConfigDict, start: int, enabled: bool):
-    """A tqdm bar on process 0; plain tqdm when disabled, so notebooks without ipywidgets get no warning."""
-    show = enabled and config.progress
+def _progress(total: int, progress: bool, start: int, enabled: bool):
+    """A tqdm bar to step `total` on process 0 if `progress`; plain tqdm when disabled, so notebooks without
+    ipywidgets get no warning."""
+    show = enabled and progress
     if show:
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
 
-    return tqdm(total=config.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
-                disable=not (enabled and config.progress), desc="train")
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not show, desc="train")
 
 
 def restore_checkpoint(s: Any, workdir: str, which: str = "best") -> tuple[Any, int, str]:
@@ -472,7 +493,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best
                           "a detection task")
     canonical, step, used = restore_checkpoint(s, workdir, which)
     extra = {"save_predictions": True} if save_predictions else {}
-    result = {"split": split, "step": int(step), "checkpoint": used,
+    result = {"split": split, "step": int(step), "checkpoint": used, **s.host_record(int(step)),
               **s.evaluate_checkpoint(canonical, int(step), split, **extra)}
     if trust is not None:
         result.update(trust_eval.report(s, canonical, int(step), used, split, trust))

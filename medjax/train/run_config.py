@@ -3,7 +3,8 @@ and data.
 
 A checkpoint only means something with the model and data it was trained on. Resuming a workdir with a config
 that differs in such a key would load the weights into another network (a shape error deep in Orbax) or,
-worse, silently continue on other data. The keys that count are `RUN_DEFINING`; everything else (steps, learning
+worse, silently continue on other data (or, for DP-SGD, under another noise multiplier than its accountant
+composes: `privacy` holds the resolved sigma). The keys that count are `RUN_DEFINING`; everything else (steps, learning
 rate, intervals, evaluation) may change between a run and its resume.
 """
 
@@ -18,7 +19,7 @@ import ml_collections
 from medjax.errors import MedjaxError
 
 FILENAME = "config.json"
-RUN_DEFINING = ("model", "generator", "discriminator", "data", "task", "batch_size", "seed", "ensemble")
+RUN_DEFINING = ("model", "generator", "discriminator", "data", "task", "batch_size", "seed", "ensemble", "privacy")
 
 
 def _plain(config: ml_collections.ConfigDict | dict) -> dict:

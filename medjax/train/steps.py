@@ -50,9 +50,10 @@ def micro_batches(batch: dict, n: int) -> dict:
 
 def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | None = None,
                     augment: Callable[[jax.Array, dict], dict] | None = None, finetune=None,
-                    accum_steps: int = 1) -> Callable:
+                    accum_steps: int = 1, dp_grads: Callable | None = None) -> Callable:
     """`train_step(state, batch) -> (state, metrics)`: augment (optional), loss, gradients (accumulated over
-    `accum_steps` micro-batches), one optimizer update."""
+    `accum_steps` micro-batches), one optimizer update. `dp_grads` `(params, batch_stats, batch, step_key, step) ->
+    (grads, batch_stats, metrics)` replaces the gradient computation (DP-SGD: `medjax.privacy.dpsgd`)."""
 
     def grads_of(params, batch_stats, batch, key, step):
         def loss_fn(p):
@@ -95,7 +96,9 @@ def make_train_step(task, tx: optax.GradientTransformation, axis_name: str | Non
         if augment is not None:
             batch = augment(jax.random.fold_in(step_key, AUGMENT_STREAM), batch)
 
-        if accum_steps == 1:
+        if dp_grads is not None:
+            grads, batch_stats, metrics = dp_grads(state.params, state.batch_stats, batch, step_key, state.step)
+        elif accum_steps == 1:
             grads, batch_stats, metrics = grads_of(state.params, state.batch_stats, batch, step_key, state.step)
         else:
             grads, batch_stats, metrics = accumulated(state.params, state.batch_stats, batch, step_key, state.step)

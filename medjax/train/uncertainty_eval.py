@@ -29,6 +29,7 @@ from medjax.errors import MedjaxError
 from medjax.inference import predictive
 from medjax.inference import tta as tta_lib
 from medjax.tasks.base import dropout_rate
+from medjax.trust import calibration
 from medjax.trust import uncertainty as unc
 
 METHODS = ("mc_dropout", "tta", "ensemble")
@@ -93,7 +94,7 @@ def evaluate(s: Any, state: Any, split: str, method: str, samples: int | None = 
                        index=batch["index"], entropy=(entropy * weight).sum(axes) / count,
                        mutual_information=(mi * weight).sum(axes) / count)
         else:
-            out.update(entropy=entropy, mutual_information=mi)
+            out.update(entropy=entropy, mutual_information=mi, mean_logits=mean)
         return out
 
     preview: dict[str, list] = {"image": [], "pred": [], "entropy": [], "mi": [], "spacing": []}
@@ -126,6 +127,8 @@ def evaluate(s: Any, state: Any, split: str, method: str, samples: int | None = 
                "mean_entropy": float(np.mean(valid["entropy"])),
                "mean_mutual_information": float(np.mean(valid["mutual_information"])),
                "referral": referral, "plots": []}
+    if not dense:  # how far the mean prediction's probabilities can be trusted (segmentation: --calibrate)
+        section["calibration"] = calibration.scores(valid["mean_logits"], valid["label"], config.trust.n_bins)
     if s.is_main:
         plots = os.path.join(s.workdir, "plots")
         path = os.path.join(plots, f"uncertainty_referral_{split}.png")

@@ -164,3 +164,29 @@ def test_coronal_and_sagittal_planes_and_few_training_slices():
     assert len(sagittal["meta"]["val_z"]) == 21  # held-out splits keep every slice
     with pytest.raises(MedjaxError, match="unknown icbm152 plane 'oblique'"):
         load_icbm152_slices(plane="oblique")
+
+
+def test_site_b_is_every_second_example_of_its_classes():
+    from medjax.data.icbm152_patches import site_b
+
+    labels = np.array([0, 0, 1, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(site_b(labels, (0, 1)), [False, True, False, False, True, False, False, False])
+    np.testing.assert_array_equal(site_b(labels, ()), np.zeros(8, bool))
+
+
+def test_icbm152_patches_site_shift_moves_site_b_only():
+    """The injected scanner shift: training patches of the named classes at site B, val/test of every class."""
+    from medjax.config import build_config
+    from medjax.data.icbm152_patches import site_b
+    from medjax.data.sources import load_splits
+
+    overrides = ["--config.data.train_per_class=4", "--config.data.val_per_class=2", "--config.data.test_per_class=2",
+                 "--config.data.in_plane_mm=2", "--config.data.patch_size=8"]
+    plain = load_splits(build_config("trust_icbm152:biased", [*overrides, "--config.data.site_shift=0"]).data)
+    shifted = load_splits(build_config("trust_icbm152:biased", overrides).data)
+    for split, classes in (("train", (0,)), ("test", (0, 1, 2))):
+        labels = plain.splits[split]["label"]
+        shift = np.where(site_b(labels, classes), 3.0, 0.0).astype(np.float32)[:, None, None, None]
+        np.testing.assert_array_equal(shifted.splits[split]["image"], plain.splits[split]["image"] + shift)
+    assert site_b(plain.splits["train"]["label"], (0,)).sum() == 2  # 2 of the 4 CSF patches; 3 of the 6 at test
+    assert site_b(plain.splits["test"]["label"], (0, 1, 2)).sum() == 3

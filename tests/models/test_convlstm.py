@@ -50,10 +50,10 @@ def test_stacked_bidirectional_shapes_and_parameter_count():
 def test_unrolled_and_looped_runs_agree_and_3d_works():
     x = _seq((1, 4, 6, 6, 2))
     full, loop = ConvLSTM(3), ConvLSTM(3, unroll=1)
-    v = full.init(jax.random.key(1), x)
-    np.testing.assert_allclose(full.apply(v, x), loop.apply(v, x), rtol=1e-5, atol=1e-6)
+    v = jax.jit(full.init)(jax.random.key(1), x)  # jitted: op by op, every operation compiles on its own
+    np.testing.assert_allclose(jax.jit(full.apply)(v, x), jax.jit(loop.apply)(v, x), rtol=1e-5, atol=1e-6)
     x3 = _seq((1, 3, 4, 4, 4, 1))
-    assert ConvLSTM(2).init_with_output(jax.random.key(0), x3)[0].shape == (1, 3, 4, 4, 4, 2)
+    assert jax.eval_shape(ConvLSTM(2).init_with_output, jax.random.key(0), x3)[0].shape == (1, 3, 4, 4, 4, 2)
 
 
 def test_backward_direction_is_the_forward_cell_on_the_reversed_sequence():
@@ -86,15 +86,17 @@ def test_time_distributed_applies_a_model_frame_by_frame():
 
 
 def test_sequence_models_shapes_and_errors():
+    """Shapes only: traced abstractly (running them op by op would compile every operation)."""
     x = _seq((2, 3, 8, 8, 1))
+    key = jax.random.key(0)
     u = ConvLSTMUNet(3, features=(4, 8, 16), skip_lstm=True)
-    out, vu = u.init_with_output(jax.random.key(0), x, train=False)
+    out, vu = jax.eval_shape(lambda x: u.init_with_output(key, x, train=False), x)
     assert out.shape == (2, 3, 8, 8, 3)
     assert {"bottleneck_lstm", "skip_lstm1", "skip_lstm2"} <= set(vu["params"])
     r = ConvLSTMRegressor(2, features=(4, 8), lstm_features=8, bidirectional=True)
-    assert r.init_with_output(jax.random.key(0), x, train=False)[0].shape == (2, 2)
+    assert jax.eval_shape(lambda x: r.init_with_output(key, x, train=False), x)[0].shape == (2, 2)
     with pytest.raises(MedjaxError, match="expected a sequence"):
-        ConvLSTM(2).init(jax.random.key(0), x[:, 0])
+        jax.eval_shape(ConvLSTM(2).init, key, x[:, 0])
 
 
 TorchConvLSTM = torch_convlstm_class()  # the common PyTorch ConvLSTM (ndrplz)

@@ -1,5 +1,6 @@
 """medjax.models.ops: the fast formulations compute what the lax / flax primitives compute, values and gradients."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -184,3 +185,28 @@ def test_max_pool_blocks_splits_the_gradient_between_ties():
 def test_pool_blocks_rejects_unknown_kind():
     with pytest.raises(ValueError, match="'max' or 'avg'"):
         ops.pool_blocks(jnp.ones((1, 4, 4, 1)), (2, 2), "min")
+
+
+@pytest.mark.parametrize("xshape, kshape, strides, padding, dilation", [
+    ((3, 9, 8, 2), (3, 3, 2, 4), (1, 1), "SAME", (1, 1)),
+    ((3, 9, 8, 2), (3, 2, 2, 4), (2, 1), [(1, 0), (0, 2)], (2, 1)),
+    ((2, 5, 6, 4, 2), (3, 3, 3, 2, 3), (1, 2, 1), "SAME", (1, 1, 1)),
+])
+def test_per_example_kernel_gradients_by_taps_match_lax(xshape, kshape, strides, padding, dilation):
+    """Inside per_example_kernel_grads(), vmap(grad) over examples gives each example's kernel (and input)
+    gradient as lax's convolution does, one example at a time (2D and 3D, strides, uneven padding, dilation)."""
+    gen = np.random.default_rng(0)
+    x, w = (jnp.asarray(gen.normal(size=s), jnp.float32) for s in (xshape, kshape))
+    dn = DN3 if len(xshape) == 5 else ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv, w, x):
+        y = conv(x[None], w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
+        return jnp.sum(jnp.sin(y))
+
+    reference = [jax.grad(functools.partial(loss, lax.conv_general_dilated), (0, 1))(w, x[i]) for i in range(len(x))]
+    with ops.per_example_kernel_grads():
+        per_example = jax.jit(jax.vmap(jax.grad(functools.partial(loss, ops.conv_general_dilated), (0, 1)),
+                                       (None, 0)))(w, x)
+    for i, (dw, dx) in enumerate(reference):
+        np.testing.assert_allclose(per_example[0][i], dw, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(per_example[1][i], dx, rtol=1e-4, atol=1e-5)

@@ -187,6 +187,9 @@ def test_refusals_name_the_key():
 
     with pytest.raises(MedjaxError, match=r"config.ensemble.size=2: detectors \(task 'detection'\) do not train"):
         loop.setup(detection_config(**{"ensemble.size": 2}), "unused")
+    with pytest.raises(MedjaxError, match=r"config.privacy: detectors \(task 'detection'\) do not train with DP-SGD"):
+        loop.setup(detection_config(**{"privacy.enabled": True, "privacy.noise_multiplier": 1.0,
+                                       "privacy.delta": 1e-3}), "unused")
     with pytest.raises(MedjaxError, match="--save-predictions writes detection boxes; config.task.name='segmentation'"):
         loop.evaluate(synthetic_config(None, "segmentation"), "unused", save_predictions=True)
 

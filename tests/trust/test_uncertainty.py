@@ -135,5 +135,8 @@ def test_classification_section_scores_the_mean_prediction(tmp_path):
     assert set(rows[0]) == {"fraction", "retained", "acc", "auc"}
     assert rows[0]["acc"] == pytest.approx(section["metrics"]["acc"]) and rows[0]["retained"] == 10
     assert rows[0]["auc"] == pytest.approx(section["metrics"]["auc"])
+    # calibration of the mean prediction: its NLL is the task's loss of the mean logits
+    assert set(section["calibration"]) == {"ece", "ece_mass", "mce", "brier", "nll"}
+    assert section["calibration"]["nll"] == pytest.approx(section["metrics"]["loss"], rel=1e-5)
     assert section["plots"] == ["plots/uncertainty_referral_val.png"]
     assert 0 <= section["mean_mutual_information"] <= section["mean_entropy"] <= math.log(3)
