@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "or the ensemble's members -> eval.json 'uncertainty' and plots/")
             p.add_argument("--samples", type=int, default=None,
                            help="MC-dropout passes / TTA draws per member (default 10; an ensemble: its size)")
+            p.add_argument("--save-predictions", dest="save_predictions", action="store_true",
+                           help="detection: each case's boxes -> WORKDIR/predictions/SPLIT/CASE.json")
     p = _subparser(sub, "explain", "explain a run's predictions on the first examples of a split -> "
                                    "WORKDIR/explain/")
     p.add_argument("--config", required=True, help="experiment file, optionally file.py:arg (e.g. :tiny)")
@@ -448,7 +450,8 @@ def run(argv: list[str]) -> int:
         result = loop.evaluate(config, args.workdir, which=args.checkpoint, split=args.split,
                                calibrate=args.calibrate, subgroups=args.subgroups,
                                group_columns=args.group_columns.split(",") if args.group_columns else None,
-                               uncertainty=args.uncertainty, samples=args.samples)
+                               uncertainty=args.uncertainty, samples=args.samples,
+                               save_predictions=args.save_predictions)
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

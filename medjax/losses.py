@@ -187,3 +187,29 @@ def dice_ce_loss(logits: jax.Array, labels: jax.Array, num_classes: int, *, dice
                           smooth_dr=smooth_dr, batch=batch, weights=weights, mask=mask)
     ce = softmax_cross_entropy(logits, labels, weights=weights, mask=mask)
     return dice_weight * dice + ce_weight * ce
+
+
+def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, gamma: float = 2.0,
+                       alpha: float | None = None) -> jax.Array:
+    """Elementwise sigmoid focal loss (Lin et al. 2017) of 0/1 `targets` under `logits` (same shape), unreduced:
+    BCE(x, t) * (1 - p_t)^gamma, times alpha for t = 1 and 1 - alpha for t = 0 when `alpha` is given. The
+    RetinaNet classification loss; the numbers of MONAI's `sigmoid_focal_loss` (tested), which computes
+    (1 - p_t)^gamma as exp(gamma * log_sigmoid(-x * (2t - 1))) so saturated logits cannot overflow. gamma = 0
+    without alpha is plain BCE."""
+    x = logits.astype(jnp.float32)
+    t = jnp.asarray(targets).astype(jnp.float32)
+    bce = x - x * t - jax.nn.log_sigmoid(x)
+    loss = jnp.exp(gamma * jax.nn.log_sigmoid(-x * (2 * t - 1))) * bce
+    if alpha is not None:
+        loss = (t * alpha + (1 - t) * (1 - alpha)) * loss
+    return loss
+
+
+def smooth_l1_loss(diff: jax.Array, beta: float = 1.0) -> jax.Array:
+    """Elementwise smooth L1 (Huber / beta) of a difference, unreduced: 0.5 d^2 / beta where |d| < beta, else
+    |d| - 0.5 beta (`torch.nn.SmoothL1Loss(beta)`, tested; beta = 1/9 is MONAI's RetinaNet box loss); beta = 0
+    is L1."""
+    d = jnp.abs(diff.astype(jnp.float32))
+    if beta <= 0:
+        return d
+    return jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)

@@ -203,6 +203,33 @@ TASKS: dict[str, Spec] = {
         "target_scale": Key(1.0, "the model predicts (target - target_offset) * target_scale"),
         "target_offset": Key(0.0, "see target_scale"),
     },
+    "detection": {
+        "name": Key(REQUIRED, "detection: boxes per class (RetinaNet / Retina U-Net), COCO mAP and LUNA16 FROC"),
+        "num_classes": Key(0, "foreground classes (no background); 0 = the dataset's"),
+        "anchor_shapes": Key((8.0, 16.0), "anchor sides at the finest level: per anchor one number (square / cube) "
+                                          "or (w, h[, d]); doubled at each coarser level"),
+        "matcher": Key("atss", "atss (MONAI's / nnDetection's ATSS) | iou (torchvision's fg_iou / bg_iou rule)"),
+        "atss_candidates": Key(4, "atss: candidate anchors per level and anchor shape"),
+        "atss_center_in_gt": Key(False, "atss: a positive anchor's centre must lie inside its box"),
+        "fg_iou": Key(0.5, "iou matcher: an anchor with IoU >= this is foreground"),
+        "bg_iou": Key(0.4, "iou matcher: below this background; in between ignored"),
+        "focal_gamma": Key(2.0, "classification focal loss gamma (0 with focal_alpha < 0 is BCE)"),
+        "focal_alpha": Key(0.25, "focal loss alpha (foreground weight); < 0 = none"),
+        "cls_loss_norm": Key("foreground", "focal loss sum divided by the foreground anchors (RetinaNet, torchvision) "
+                                           "| elements: averaged over every (anchor, class) (MONAI without a sampler)"),
+        "box_loss": Key("smooth_l1", "smooth_l1 (on encoded deltas) | giou (1 - GIoU of decoded boxes)"),
+        "smooth_l1_beta": Key(1.0 / 9, "smooth_l1: the quadratic zone (MONAI's 1/9)"),
+        "box_loss_weight": Key(1.0, "weight of the box loss against the classification loss"),
+        "seg_loss_weight": Key(1.0, "retina_unet: weight of the auxiliary Dice + CE segmentation loss"),
+        "score_thresh": Key(0.05, "post-processing: drop (anchor, class) scores at or below this"),
+        "topk_per_level": Key(1000, "post-processing: best candidates kept per level before NMS"),
+        "nms_thresh": Key(0.5, "post-processing: class-wise NMS IoU threshold"),
+        "max_detections": Key(100, "detections kept per image (or per volume after merging windows)"),
+        "window_merge": Key("nms", "sliding-window detection: merge the windows' detections by nms | wbf"),
+        "window_merge_iou": Key(0.5, "sliding-window detection: IoU threshold of the merge"),
+        "froc_match": Key("distance", "FROC hit: distance (centre within the reference's radius, LUNA16) | iou"),
+        "froc_iou": Key(0.1, "FROC with froc_match=iou: the IoU a hit needs"),
+    },
     **{name: _GAN_TASK for name in ("gan", "pix2pix", "super_resolution")},
 }
 
@@ -217,6 +244,8 @@ DATA_COMMON: Spec = {
     "fg_ratio": Key(0.33, "share of patches centred on foreground"),
     "bag_size": Key(0, "bags (image (K, ...) + instance_mask): train on this many instances drawn per bag per step; "
                        "0 = whole bags"),
+    "max_boxes": Key(16, "detection: boxes per example after padding (the batch's fixed shape)"),
+    "min_box_visible": Key(0.5, "detection patches: keep a box the patch cuts if this share of it stays inside"),
 }
 
 _ROOT = Key("", "the dataset folder")
@@ -330,6 +359,28 @@ DATA: dict[str, Spec] = {
                 "max_slices_per_split": Key(0, "cap on slices per split; 0 = all"),
                 "plane": Key("axial", "axial | coronal | sagittal"),
                 "max_train_slices": Key(0, "cap on training slices; 0 = all")},
+    "icbm152_lesions": {"root": Key("", "folder with the ICBM 152 files; '' = nilearn's copy"),
+                        "spatial_dims": Key(3, "3: volumes | 2: axial slices of them"),
+                        "voxel_mm": Key(3, "isotropic voxel size (whole mm): 3 -> 64^3, 4 -> 48^3, 8 -> 32^3"),
+                        "num_train": Key(16, "simulated training cases"),
+                        "num_val": Key(4, "validation cases"),
+                        "num_test": Key(8, "test cases"),
+                        "lesions_per_case": Key((1, 4), "(lo, hi): lesions per case, uniform, inclusive"),
+                        "radius_mm": Key((4.0, 10.0), "range of the lesions' radii (mm)"),
+                        "contrast": Key((0.5, 1.5), "range of the lesions' contrast (brain std), either sign"),
+                        "noise": Key(0.1, "Gaussian noise std (brain std)"),
+                        "seed": Key(0, "seed of the lesions (each split and case its own stream)"),
+                        "slices_per_case": Key(8, "2D: axial slices per case, half of them through lesions")},
+    "boxes": {"root": _ROOT,
+              "boxes_file": Key("boxes.json", "under root: MONAI's JSON detection datalist or a CSV "
+                                              "case,class,x1,y1,(z1,)x2,y2,(z2)"),
+              "images_dir": Key("images", "CSV boxes file: the folder under root holding <case>.<ext>"),
+              "class_names": Key(REQUIRED, "the box classes, foreground only (JSON labels index them)"),
+              "coordinates": Key("voxel", "voxel | world (RAS mm of the loaded image)"),
+              "box_format": Key("corner", "corner (x1, y1, z1, x2, y2, z2) | center (cx, cy, cz, w, h, d)"),
+              "normalize": Key("zscore", "zscore (non-zero voxels) | ct (window) | none"),
+              "ct_level": Key(40.0, "CT window level (HU)"), "ct_width": Key(400.0, "CT window width (HU)"),
+              **_SPLIT},
     "icbm152_patches": {"root": Key("", "folder with the ICBM 152 files; '' = the templateflow package copy"),
                         "patch_size": Key(16, "patch side (voxels)"),
                         "train_per_class": Key(20, "training patches per tissue class"),
@@ -468,7 +519,7 @@ def table(section: str | None = None) -> list[tuple[str, Any, str]]:
     groups: dict[str, Spec] = {"": TOP_LEVEL, **{k: v for k, v in SECTIONS.items() if k not in
                                                  ("g_optimizer", "d_optimizer")}}
     groups.update({f"task.{k}": v for k, v in TASKS.items() if k in ("classification", "segmentation", "mil",
-                                                                      "regression", "gan")})
+                                                                      "regression", "detection", "gan")})
     groups["data"] = DATA_COMMON
     groups.update({f"data.{k}": v for k, v in DATA.items()})
     if section is not None:
@@ -527,7 +578,7 @@ def markdown() -> str:
     titled = [("top level", table("")), *[(k, table(k)) for k in SECTIONS
                                                        if k not in ("g_optimizer", "d_optimizer")],
               *[(f"task.{k}", table(f"task.{k}")) for k in ("classification", "segmentation", "mil", "regression",
-                                                             "gan")],
+                                                             "detection", "gan")],
               ("data (every source)", table("data")),
               *[(f"data.{k}", table(f"data.{k}")) for k in DATA]]
     for title, rows in titled:

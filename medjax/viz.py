@@ -361,6 +361,60 @@ def save_referral_png(path: str, curves: dict[str, list[dict]], dpi: int = 100) 
     _save_atomic(fig, path, dpi)
 
 
+def boxes_in_slice(boxes: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the 2D boxes (x1, y1, x2, y2) that 3D corner boxes (x1, y1, z1, x2, y2, z2) cut on the slice `index` of the
+    third array axis, i.e. whose [z1, z2] holds the voxel centre index + 1/2; which boxes those are (a mask)). 2D
+    boxes are returned as they are, all kept."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)
+    if boxes.shape[1] == 4:
+        return boxes, np.ones(len(boxes), bool)
+    centre = index + 0.5
+    inside = (boxes[:, 2] <= centre) & (centre <= boxes[:, 5])
+    return boxes[inside][:, [0, 1, 3, 4]], inside
+
+
+def save_detections_png(path: str, panels: Sequence[tuple[str, np.ndarray, Mapping]], extra: int = 2,
+                        panel_inches: float = 3.0, dpi: int = 100) -> None:
+    """One panel per case: the image (a 3D volume's slice through the centre of its first reference box, else of
+    its best detection, else its middle slice) with the reference boxes (green) and the best detections (red,
+    as many as there are reference boxes plus `extra`, with their scores) that cross it.
+
+    panels: (title, image (*spatial, C), record) with record["reference"]["box"] and record["detections"]["box"]
+    / ["score"] (best first) in voxel corners along the image's array axes (a `DetectionTask.case_records` row).
+    """
+    from matplotlib.patches import Rectangle
+
+    if not panels:
+        raise ValueError("need at least one case to draw")
+    fig, axes = _figure((len(panels) * panel_inches, panel_inches + 0.3), 1, len(panels))
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.01, wspace=0.04)
+    for ax, (title, image, record) in zip(axes[0], panels):
+        ref = np.asarray(record["reference"]["box"], np.float64)
+        det = np.asarray(record["detections"]["box"], np.float64)[:len(ref) + extra]
+        scores = list(record["detections"]["score"])[:len(det)]
+        image = np.asarray(image)
+        if image.ndim == 4:  # (X, Y, Z, C): a slice along Z
+            anchor = ref[0] if len(ref) else det[0] if len(det) else None
+            index = int(np.clip((anchor[2] + anchor[5]) / 2, 0, image.shape[2] - 1)) if anchor is not None \
+                else image.shape[2] // 2
+            image, title = image[:, :, index], f"{title} (slice {index})"
+            det, keep = boxes_in_slice(det, index)
+            scores = [s for s, k in zip(scores, keep) if k]
+            ref = boxes_in_slice(ref, index)[0]
+        ax.imshow(_as_2d_image(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for boxes, colour in ((ref, "lime"), (det, "red")):
+            for b in boxes.reshape(-1, 4):  # array axis 0 is the plot's vertical axis; voxel i spans i-1/2 .. i+1/2
+                ax.add_patch(Rectangle((b[1] - 0.5, b[0] - 0.5), b[3] - b[1], b[2] - b[0], fill=False,
+                                       edgecolor=colour, lw=1.2))
+        for b, s in zip(det.reshape(-1, 4), scores):
+            ax.text(b[1] - 0.5, b[0] - 1.0, f"{s:.2f}", color="red", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("reference (green) and detections (red, score)", fontsize=9)
+    _save_atomic(fig, path, dpi)
+
+
 def save_attribution_png(path: str, images: np.ndarray, maps: np.ndarray, row_titles: Sequence[str] | None = None,
                          panel_inches: float = 2.5, dpi: int = 100) -> None:
     """Rows of [image, attribution map over the image] (an explanation per example), 2D or the middle slice of 3D.

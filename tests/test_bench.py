@@ -30,7 +30,7 @@ def test_bench_smoke(tmp_path):
     assert {"platform", "cpu_count", "jax", "torch", "jax_devices"} <= set(result["machine"])
     records = result["records"]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "explain", "dp_sgd"}
+    assert kinds == {"classification", "segmentation", "sliding_window", "gan", "detection", "explain", "dp_sgd"}
     from medjax.bench import bench
 
     assert result["cases"] == [c.name for c in bench.CASES.values() if c.smoke is not None]
@@ -43,7 +43,7 @@ def test_bench_smoke(tmp_path):
             assert r["status"] == "ok", (case, fw, r["reason"])
             assert r["infer_examples_per_s"] > 0 and r["compile_s"] > 0
             assert r["config"] == spec.config and r["mode"] == "smoke"
-            assert len(r["input_shape_nc"]) == 2 + len(spec.spatial) + (1 if spec.frames else 0)
+            assert len(r["input_shape_nc"]) == 2 + len(spec.shape("smoke")) + (1 if spec.frames else 0)
             inference_only = r["kind"] in ("sliding_window", "explain")
             if not inference_only:
                 assert r["train_examples_per_s"] > 0

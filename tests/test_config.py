@@ -67,12 +67,13 @@ def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
     from medjax import configs
 
     monkeypatch.chdir(tmp_path)  # no repository around: the configs come from the installed package
-    assert configs.names() == ["cine_acdc", "cine_synthetic", "gan_augmentation", "gan_icbm152", "gan_synthetic",
-                               "image_folder_unet", "medmnist_resnet18", "msd_unet3d", "quickstart", "synthetic",
-                               "transfer_icbm152", "wsi_abmil"]
+    assert configs.names() == ["cine_acdc", "cine_synthetic", "detection_icbm152", "dp_icbm152", "gan_augmentation",
+                               "gan_icbm152", "gan_synthetic", "image_folder_unet", "medmnist_resnet18", "msd_unet3d",
+                               "quickstart", "synthetic", "transfer_icbm152", "trust_icbm152", "wsi_abmil"]
     assert load_config("medmnist_resnet18:3d").batch_size == 32
     with pytest.raises(MedjaxError, match=r"unknown config 'quickstrat': not a \.py file, and the shipped configs "
-                                          r"are cine_acdc, .*, quickstart, synthetic, transfer_icbm152, wsi_abmil"):
+                                          r"are cine_acdc, .*, quickstart, synthetic, transfer_icbm152, trust_icbm152, "
+                                          r"wsi_abmil"):
         load_config("quickstrat")
     with pytest.raises(MedjaxError, match=r"medjax\.configs\.synthetic: unknown variant 'nope'"):
         load_config("synthetic:nope")

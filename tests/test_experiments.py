@@ -399,3 +399,21 @@ def test_wsi_tile_reading_report(tmp_path):
     data = wsi_tiles.load_splits(wsi_tiles.ml_collections.ConfigDict(dict(
         name="wsi_folder", root=str(tmp_path / "data"), tile_size=224, magnification=20.0, val_fraction=0.0)))
     assert [len(e.grid) for e in data.splits["train"].entries] == [8]
+
+
+def test_detection_icbm152_tiny_scores_detector_and_segmenter_alike(tmp_path):
+    """Both arms (Retina U-Net; U-Net segmenter + connected components) train and are scored on the same test
+    slices (2 test cases x 2 slices, 4 lesions); the detector's CPM is `medjax evaluate`'s (checked inside)."""
+    from experiments import detection_icbm152
+
+    rows = detection_icbm152.main(["--tiny", "--dims", "2", "--out", str(tmp_path)])
+    assert [(r["dims"], r["arm"], r["config"]) for r in rows] == [(2, "det", "detection_icbm152:2d,tiny"),
+                                                                  (2, "seg", "detection_icbm152:2d,seg,tiny")]
+    for r in rows:
+        assert (r["cases"], r["lesions"], r["steps"]) == (4, 4, 4)
+        assert r["cpm_ci"][0] <= r["cpm"] <= r["cpm_ci"][1]
+        assert r["cpm"] == pytest.approx(np.mean([r[f"froc/{x:g}"] for x in (0.125, 0.25, 0.5, 1, 2, 4, 8)]))
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["rows"] == json.loads(json.dumps(rows)) and "CPUs" in result["machine"]
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0].startswith("| data | model | CPM [95% CI] |") and len(table) == 4

@@ -319,3 +319,27 @@ def test_mask_shape_error_names_the_shapes():
         losses.softmax_cross_entropy(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2), int), mask=jnp.ones((1, 2, 3)))
     with pytest.raises(MedjaxError, match=r"mask of shape \(2, 2\)"):
         losses.dice_ce_loss(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2), int), 3, mask=jnp.ones((2, 2)))
+
+
+def test_focal_and_smooth_l1_equal_monai_and_torch():
+    """Elementwise focal loss = MONAI's sigmoid_focal_loss (with and without alpha, saturated logits included),
+    gamma 0 without alpha = BCE; smooth L1 = torch.nn.SmoothL1Loss(beta, reduction='none'), beta 0 = L1."""
+    from monai.losses.focal_loss import sigmoid_focal_loss
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 3, 40), [-60.0, 60.0, 0.0]]).astype(np.float32).reshape(43, 1)
+    t = np.concatenate([rng.integers(0, 2, 40), [1, 0, 1]]).astype(np.float32).reshape(43, 1)
+    focal = jax.jit(losses.sigmoid_focal_loss, static_argnames=("gamma", "alpha"))
+    for gamma, alpha in ((2.0, 0.25), (1.5, None), (0.0, None)):
+        ref = sigmoid_focal_loss(torch.from_numpy(x), torch.from_numpy(t), gamma, alpha).numpy()
+        np.testing.assert_allclose(np.asarray(focal(x, t, gamma=gamma, alpha=alpha)), ref, rtol=1e-5, atol=1e-7)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(x), torch.from_numpy(t),
+                                                                reduction="none").numpy()
+    np.testing.assert_allclose(np.asarray(focal(x, t, gamma=0.0, alpha=None)), bce, rtol=1e-6, atol=1e-7)
+    d = rng.normal(0, 0.3, 50).astype(np.float32)
+    smooth = jax.jit(losses.smooth_l1_loss, static_argnames="beta")
+    for beta in (1.0 / 9, 1.0):
+        ref = torch.nn.SmoothL1Loss(beta=beta, reduction="none")(torch.from_numpy(d), torch.zeros(50)).numpy()
+        np.testing.assert_allclose(np.asarray(smooth(d, beta=beta)), ref, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(smooth(d, beta=0.0)), np.abs(d))
+    assert float(smooth(np.float32(0.05), beta=0.1)) == pytest.approx(0.5 * 0.05**2 / 0.1)

@@ -11,9 +11,9 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").g
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["cine.ipynb", "data.ipynb", "gan.ipynb", "pathology.ipynb",
-                                           "performance.ipynb", "privacy.ipynb", "quickstart.ipynb",
-                                           "transfer.ipynb", "trust.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["cine.ipynb", "data.ipynb", "detection.ipynb", "gan.ipynb",
+                                           "pathology.ipynb", "performance.ipynb", "privacy.ipynb",
+                                           "quickstart.ipynb", "transfer.ipynb", "trust.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

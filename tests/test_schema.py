@@ -119,6 +119,7 @@ def test_loader_signature_defaults_agree_with_the_schema():
     """Where a source passes keys through to a loader, the loader's own default is the schema's."""
     from medjax.data.cine import beating_heart
     from medjax.data.cine_io import load_cine_folder
+    from medjax.data.icbm152_lesions import load_icbm152_lesions
     from medjax.data.icbm152_patches import load_icbm152_patches
 
     for func, spec, keys in ((beating_heart, schema.DATA["synthetic_cine"],
@@ -128,7 +129,10 @@ def test_loader_signature_defaults_agree_with_the_schema():
                                "in_plane_mm", "grid", "num_slices", "num_frames", "ef_class")),
                              (load_icbm152_patches, schema.DATA["icbm152_patches"],
                               ("patch_size", "train_per_class", "val_per_class", "test_per_class", "seed",
-                               "in_plane_mm", "site_shift", "site_b_classes"))):
+                               "in_plane_mm", "site_shift", "site_b_classes")),
+                             (load_icbm152_lesions, {**schema.DATA_COMMON, **schema.DATA["icbm152_lesions"]},
+                              ("spatial_dims", "voxel_mm", "num_train", "num_val", "num_test", "lesions_per_case",
+                               "radius_mm", "contrast", "noise", "seed", "slices_per_case", "max_boxes"))):
         params = inspect.signature(func).parameters
         assert {k: params[k].default for k in keys} == {k: spec[k].default for k in keys}, func.__name__
 

@@ -29,6 +29,10 @@ Not timed on either side: data loading and on-device augmentation (`msd_unet3d` 
 in training; `python -m medjax.bench.input_pipeline` measures that part), evaluation and checkpoints
 (`--protocol` measures whole runs).
 
+The RetinaNet rows (`icbm152_retinanet_3d`: a training step; `icbm152_retinanet_sliding_window`: sliding-window
+detection of a volume) compare with MONAI's `RetinaNet` / `RetinaNetDetector` on imported weights
+(`medjax/bench/detection_bench.py` describes them).
+
 The explain rows (`explain_*`) time one attribution method over the protocol batch against Captum / MONAI on the
 same weights (`medjax/bench/explain_bench.py`; maps checked within 1e-4 of their scale).
 
@@ -80,13 +84,15 @@ class Case:
     """One protocol row: an experiment config, the data it runs on, and the torch model to compare with."""
 
     name: str
-    kind: str  # "classification" | "segmentation" | "regression" | "sliding_window" | "gan" | "explain" | "dp_sgd"
+    # "classification" | "segmentation" | "regression" | "sliding_window" | "gan" | "detection" | "explain" |
+    # "dp_sgd"
+    kind: str
     config: str  # a shipped config, medjax.configs NAME[:variant]
     data: str  # the data the protocol trains on (only its shape is used: random values of that shape)
     in_channels: int
     num_classes: int
     spatial: tuple[int, ...]  # one example's spatial shape (an image, a training patch, a frame)
-    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan" | "opacus"
+    torch_model: str  # "monai_resnet" | "monai_basic_unet" | "twin" | "gan" | "monai_retinanet" | "opacus"
     overrides: tuple[str, ...] = ()  # key=value config overrides that name the data set
     frames: int = 0  # > 0: sequences (N, T, *spatial, C)
     volume: tuple[int, ...] = ()  # sliding window: the evaluated volume's shape
@@ -106,6 +112,10 @@ class Case:
 
 _TINY_RESNET = ("batch_size=2",)
 _TINY_UNET = ("batch_size=2", "model.features=(4,8)")
+# RetinaNet smoke rows run in 2D (the same rank-agnostic code): a 3D detector's first compile alone is minutes
+# on a busy 2-core CPU.
+_TINY_RETINANET = ("batch_size=2", "eval_batch_size=2", "model.width=8", "model.fpn_channels=8",
+                   "inference.roi_size=(16,16)", "task.topk_per_level=50", "task.max_detections=8")
 _EXPLAIN_ROW = ("data.name=organmnist3d", "task.num_classes=11", "batch_size=4", "explain.batch_size=32")
 _TINY_RESNET3D = ("batch_size=2",  # MONAI's ResNet class takes 4 stages: one block each, width 4
                   "model={'name': 'resnet', 'stage_sizes': (1, 1, 1, 1), 'block': 'basic', 'stem': 'small', "
@@ -136,6 +146,13 @@ CASES: dict[str, Case] = {c.name: c for c in (
          smoke=("batch_size=1", "model.features=(4,8)"), smoke_spatial=(16, 16)),
     Case("cine_convlstm_ef", "regression", "cine_synthetic:ef", "simulated cine: 12 frames of 48x48, EF target",
          1, 1, (48, 48), "twin", frames=12),
+    Case("icbm152_retinanet_3d", "detection", "detection_icbm152:3d,retinanet",
+         "ICBM152 lesions: 32^3 training patches, batch 4, 2 boxes each", 1, 1, (32, 32, 32), "monai_retinanet",
+         overrides=("task.cls_loss_norm=elements",),  # MONAI's detector without a sampler, whose loss is compared
+         smoke=_TINY_RETINANET, smoke_spatial=(16, 16)),
+    Case("icbm152_retinanet_sliding_window", "sliding_window", "detection_icbm152:3d,retinanet",
+         "a 64^3 volume, 32^3 windows, overlap 0.25, 4 windows per device call, NMS merge", 1, 1, (32, 32, 32),
+         "monai_retinanet", volume=(64, 64, 64), smoke=_TINY_RETINANET, smoke_spatial=(16, 16)),
     # Explain rows: the model runs on batches of the protocol's 32 inputs (explain.batch_size: IG steps or occluded
     # copies in flight, on both sides); 4 examples are explained per timed call (the cost per example does not
     # depend on that count, and a call of 32 examples would take about half an hour on a 2-core CPU).
@@ -884,6 +901,12 @@ def run_case(case: Case, mode: str, warmup: int, repeats: int, frameworks=FRAMEW
         from medjax.bench.explain_bench import run_explain_case
 
         return run_explain_case(case, mode, warmup, repeats, frameworks, log, budget, precision)
+    if case.torch_model == "monai_retinanet":
+        from medjax.bench import detection_bench
+
+        runner = (detection_bench.run_detection_window_case if case.kind == "sliding_window"
+                  else detection_bench.run_detection_case)
+        return runner(case, mode, warmup, repeats, frameworks, log, budget, precision)
     if case.kind == "dp_sgd":
         from medjax.bench.dp_bench import run_dp_case
 

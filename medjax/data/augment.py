@@ -53,6 +53,14 @@ Config (every sub-config and every field is optional; unknown names raise `Medja
                         not clamped to 0, so a = 1, b = 0 gives the image back. Tellez's "light" setting is 0.05
                         for both ranges, "strong" 0.2
 
+Boxes (detection batches with "boxes" (N, G, 2d), "box_valid" (N, G) and "box_labels" (N, G), corner format in
+voxel units, `medjax.detection.boxes`): the geometric transforms move them with the image, from the same random
+draw. Each transform's map of box coordinates is affine (`flip`: x -> n - x; `rot90`: the quarter turn of
+`np.rot90`; `affine`: the inverse of its sampling map, with box coordinates = voxel index + 1/2), applied to all
+2^d corners of every box, whose enclosing axis-aligned box is the new box: exact for flips and quarter turns, the
+box around the rotated box for rotations. Boxes are then clipped to the image and dropped (valid False, label -1,
+zeros) when thinner than one voxel. `elastic` cannot move boxes exactly and is refused with them.
+
 Bags (multiple-instance learning, `make_augment(..., bags=True)`): the batch's image is (N, K, *spatial, C), K
 instances (tiles) per example; every instance is augmented as an example of its own, with the key
 `fold_in(fold_in(step_key, index[i]), k)`.
@@ -124,6 +132,7 @@ class _Plan(NamedTuple):
     run: Callable[[jax.Array, jax.Array, Label], tuple[jax.Array, Label]] | None = None
     warp: Callable[[jax.Array], tuple[jax.Array, Callable[[jax.Array], jax.Array]]] | None = None
     order: int = 1
+    box_map: Callable[[jax.Array], jax.Array] | None = None  # u -> (nd+1, nd+1) affine of box coordinates
 
 
 def _rank(shape: Sequence[int], what: str) -> int:
@@ -224,6 +233,13 @@ def _channel_stats(image: jax.Array):
     return image.min(axes, keepdims=True), image.max(axes, keepdims=True), image.mean(axes, keepdims=True)
 
 
+def _box_affine(matrix: jax.Array, shift: jax.Array) -> jax.Array:
+    """The (nd+1, nd+1) homogeneous affine of box coordinates x -> matrix @ x + shift."""
+    nd = matrix.shape[0]
+    top = jnp.concatenate([matrix.astype(_F32), shift.astype(_F32)[:, None]], axis=1)
+    return jnp.concatenate([top, jnp.eye(nd + 1, dtype=_F32)[nd:]], axis=0)
+
+
 # ----------------------------------------------------------------------------------------------- plans
 # `_plan_<name>(image_shape, **params) -> _Plan | None` validates the parameters against the shape (statically)
 # and returns None when the transform is statically off (p <= 0).
@@ -244,7 +260,15 @@ def _plan_flip(shape, *, p, axes):
                 label = jnp.where(do, jnp.flip(label, a), label)
         return image, label
 
-    return _Plan(len(axes), run=run)
+    def box_map(u):  # x -> n - x along each flipped axis
+        flipped = jnp.zeros(nd, bool)
+        for i, a in enumerate(axes):
+            flipped = flipped.at[a].set(u[i] < p)
+        scale = jnp.where(flipped, -1.0, 1.0)
+        shift = jnp.where(flipped, jnp.asarray(shape[:-1], _F32), 0.0)
+        return _box_affine(jnp.diag(scale), shift)
+
+    return _Plan(len(axes), run=run, box_map=box_map)
 
 
 def _plan_rot90(shape, *, p, axes, k):
@@ -264,9 +288,12 @@ def _plan_rot90(shape, *, p, axes, k):
     if p <= 0:
         return None
 
-    def run(u, image, label):
+    def selected(u):
         choice = jnp.minimum(jnp.floor(u[1] * len(ks)).astype(jnp.int32), len(ks) - 1)
-        sel = jnp.where(_coin(u[0], p), choice + 1, 0)  # 0: unchanged
+        return jnp.where(_coin(u[0], p), choice + 1, 0)  # 0: unchanged
+
+    def run(u, image, label):
+        sel = selected(u)
 
         def pick(x):
             out = x
@@ -276,7 +303,23 @@ def _plan_rot90(shape, *, p, axes, k):
 
         return pick(image), (None if label is None else pick(label))
 
-    return _Plan(2, run=run)
+    def box_map(u):  # np.rot90's quarter turns in the plane (i, j) of side n, on box coordinates
+        i, j = plane
+        sel = selected(u)
+        out = _box_affine(jnp.eye(nd, dtype=_F32), jnp.zeros(nd, _F32))
+        for idx, kk in enumerate(ks, start=1):
+            m, t = np.eye(nd, dtype=np.float32), np.zeros(nd, np.float32)
+            for _ in range(int(kk) % 4):  # one turn: out_i = n - in_j, out_j = in_i
+                turn = np.eye(nd, dtype=np.float32)
+                turn[i, i] = turn[j, j] = 0.0
+                turn[i, j], turn[j, i] = -1.0, 1.0
+                shift = np.zeros(nd, np.float32)
+                shift[i] = a
+                m, t = turn @ m, turn @ t + shift
+            out = jnp.where(sel == idx, _box_affine(jnp.asarray(m), jnp.asarray(t)), out)
+        return out
+
+    return _Plan(2, run=run, box_map=box_map)
 
 
 def _check_order(order: Any, what: str) -> int:
@@ -330,7 +373,13 @@ def _plan_affine(shape, *, p, rotate, scale, isotropic, shear, translate, order)
 
         return applied, fn
 
-    return _Plan(int(o[-1]), warp=warp, order=order)
+    def box_map(u):  # the inverse of the sampling map x = A y + b, in box coordinates (voxel index + 1/2)
+        _, fn = warp(u)
+        b = fn(jnp.zeros((nd, 1), _F32))[:, 0]
+        a_inv = jnp.linalg.inv(fn(jnp.eye(nd, dtype=_F32)) - b[:, None])
+        return _box_affine(a_inv, 0.5 - a_inv @ (0.5 + b))
+
+    return _Plan(int(o[-1]), warp=warp, order=order, box_map=box_map)
 
 
 def _plan_elastic(shape, *, p, grid, magnitude, order):
@@ -554,6 +603,23 @@ def _apply_plans(plans: Sequence[_Plan], key: jax.Array, image: jax.Array,
     return image, label
 
 
+def _move_boxes(plans: Sequence[_Plan], key: jax.Array, spatial: Sequence[int], boxes: jax.Array, valid: jax.Array,
+                labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One example's boxes (G, 2d) through the geometric plans (the draw of `_apply_plans` with the same key),
+    clipped to the image; boxes thinner than a voxel become invalid padding (see the module docstring)."""
+    from medjax.detection.boxes import clip_boxes, nonempty, voxel_to_world
+
+    u_all = _uniforms(key, sum(pl.n for pl in plans))
+    offsets = np.cumsum([0] + [pl.n for pl in plans])
+    boxes = boxes.astype(_F32)
+    for pl, o in zip(plans, offsets):
+        if pl.box_map is not None:
+            boxes = voxel_to_world(boxes, pl.box_map(u_all[o:o + pl.n]))
+    boxes = clip_boxes(boxes, spatial)
+    valid = valid & nonempty(boxes)
+    return jnp.where(valid[:, None], boxes, 0.0), valid, jnp.where(valid, labels, -1).astype(labels.dtype)
+
+
 def _single(name: str, key: jax.Array, image: jax.Array, label: Label, params: dict) -> tuple[jax.Array, Label]:
     image = jnp.asarray(image, _F32)
     if label is not None and tuple(label.shape) != tuple(image.shape[:-1]):
@@ -733,6 +799,14 @@ def make_augment(cfg: ml_collections.ConfigDict | Mapping | None, *, prefix: str
             out["image"], out["label"] = jax.vmap(lambda k, x, y: _apply_plans(plans, k, x, y))(keys, image, label)
         else:
             out["image"] = jax.vmap(lambda k, x: _apply_plans(plans, k, x, None)[0])(keys, image)
+        if "boxes" in batch:
+            if any(pl.warp is not None and pl.box_map is None for pl in plans):
+                raise MedjaxError(f"config.{prefix}: elastic deformation cannot move boxes exactly; drop 'elastic' "
+                                  f"from config.{prefix}.transforms for detection")
+            spatial = tuple(image.shape[1:-1])
+            out["boxes"], out["box_valid"], out["box_labels"] = jax.vmap(
+                lambda k, b, v, lab: _move_boxes(plans, k, spatial, b, v, lab))(
+                keys, batch["boxes"], batch["box_valid"], batch["box_labels"])
         mask = batch.get("mask")
         if mask is not None and tuple(mask.shape) != tuple(image.shape[:-1]):
             raise MedjaxError(f"config.{prefix}: batch['mask'] of shape {tuple(mask.shape)} is not a per-voxel map "

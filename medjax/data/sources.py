@@ -293,6 +293,27 @@ def _image_folder(cfg: ml_collections.ConfigDict) -> Dataset:
     return Dataset(splits_lib.select(arrays, split), class_names, case_ids=splits_lib.select_ids(cases, split))
 
 
+def _boxes(cfg: ml_collections.ConfigDict) -> Dataset:
+    """Detection cases listed with their boxes in one file (`data.boxes_file` under `data.root`: MONAI's JSON
+    detection datalist or a CSV `case,class,x1,y1,(z1,)x2,y2,(z2)`), in voxel or world coordinates
+    (`data.coordinates`), corners or centre + size (`data.box_format`), images read by `formats.load_volume`,
+    normalised (`data.normalize`), split by `medjax.data.splits` (or the datalist's "validation" / "test"),
+    cached as array_record (`medjax.data.detection`). `data.class_names` declares the classes."""
+    from medjax.data.detection import load_boxes_source
+
+    return Dataset(*load_boxes_source(cfg))
+
+
+def _icbm152_lesions(cfg: ml_collections.ConfigDict) -> tuple[Splits, list[str]]:
+    """Simulated lesions with known boxes in the real ICBM152 brain, 3D volumes or 2D axial slices
+    (`medjax.data.icbm152_lesions`), different lesions per split."""
+    from medjax.data.icbm152_lesions import CLASS_NAMES, load_icbm152_lesions
+
+    keys = ("spatial_dims", "voxel_mm", "num_train", "num_val", "num_test", "lesions_per_case", "radius_mm",
+            "contrast", "noise", "seed", "max_boxes", "slices_per_case")
+    return load_icbm152_lesions(**{k: cfg[k] for k in keys}, root=cfg.root or None), list(CLASS_NAMES)
+
+
 def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, list[str]]:
     sizes = {"train": cfg.num_train, "val": cfg.num_eval, "test": cfg.num_eval}
     splits = synthetic.split(make, sizes, seed=cfg.seed, size=tuple(cfg.size), num_classes=cfg.num_classes)
@@ -302,6 +323,8 @@ def _synthetic(cfg: ml_collections.ConfigDict, make: Callable) -> tuple[Splits, 
 SOURCES: dict[str, Callable] = {
     "icbm152": _icbm152,
     "icbm152_patches": _icbm152_patches,
+    "icbm152_lesions": _icbm152_lesions,
+    "boxes": _boxes,
     "synthetic_cine": _synthetic_cine,
     "cine_folder": _cine_folder,
     "image_folder": _image_folder,
@@ -357,7 +380,9 @@ def train_transform(cfg: ml_collections.ConfigDict):
     foreground ratio `cfg.fg_ratio` (large volumes); or `cfg.bag_size` instances drawn per bag (multiple-instance
     learning, `medjax.data.bags`). Both clips and patches carry every per-frame / per-voxel array of an example
     (label, FOV "mask", ...) with the image and pass per-example arrays through. Only the training stream builds
-    it: evaluation sees whole examples, and the model's example input comes from `train_input_shape`."""
+    it: evaluation sees whole examples, and the model's example input comes from `train_input_shape`. Examples
+    with boxes (detection) get box-aware patches: centred on a box with probability `cfg.fg_ratio`, boxes cut
+    below `cfg.min_box_visible` dropped (`medjax.data.detection.box_patch`)."""
     cfg = schema.data_common(cfg)
     if cfg.bag_size:
         if cfg.clip_length or cfg.patch_size:
@@ -374,7 +399,7 @@ def train_transform(cfg: ml_collections.ConfigDict):
     elif cfg.clip_stride != 1:
         raise MedjaxError("config.data.clip_stride is set but config.data.clip_length is not: set both")
     if cfg.patch_size:
-        steps.append(_patch_transform(tuple(cfg.patch_size), cfg.fg_ratio))
+        steps.append(_patch_transform(tuple(cfg.patch_size), cfg.fg_ratio, cfg.min_box_visible))
     if not steps:
         return None
     if len(steps) == 1:
@@ -405,10 +430,14 @@ def train_input_shape(cfg: ml_collections.ConfigDict, image_shape: tuple[int, ..
     return shape
 
 
-def _patch_transform(patch_size: tuple[int, ...], fg_ratio: float):
+def _patch_transform(patch_size: tuple[int, ...], fg_ratio: float, min_box_visible: float):
+    """Random patches; examples with boxes (detection) get box-aware patches (`medjax.data.detection.box_patch`)."""
+    from medjax.data.detection import box_patch
     from medjax.data.patches import sample_example_patches, voxel_keys
 
     def transform(example: dict, rng: np.random.Generator) -> dict:
+        if "boxes" in example:
+            return box_patch(example, patch_size, fg_ratio, min_box_visible, rng)
         seed = int(rng.integers(2**31))
         patch, cut = sample_example_patches(example, patch_size, 1, fg_ratio, seed), set(voxel_keys(example))
         return {k: (v[0] if k in cut else v) for k, v in patch.items()}

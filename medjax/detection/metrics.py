@@ -70,6 +70,20 @@ def _boxes(a, what: str, d: int | None = None) -> np.ndarray:
     return a
 
 
+def _case_boxes(pb, gb, d: int | None) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """One case's predicted and reference boxes with the rank `d` of the cases before it, or, while no case had a
+    box, the rank its own boxes fix (so cases without boxes, written as [], can come first)."""
+    pb, gb = _boxes(pb, "predicted boxes", d), _boxes(gb, "reference boxes", d)
+    if d is None:
+        widths = {a.shape[1] for a in (pb, gb) if len(a)}
+        if len(widths) > 1:
+            raise MedjaxError(f"predicted boxes {pb.shape} and reference boxes {gb.shape} mix 2D and 3D")
+        if widths:
+            d = widths.pop() // 2
+            pb, gb = pb.reshape(-1, 2 * d), gb.reshape(-1, 2 * d)
+    return pb, gb, d
+
+
 def _area(boxes: np.ndarray) -> np.ndarray:
     d = boxes.shape[1] // 2
     return np.prod(np.maximum(boxes[:, d:] - boxes[:, :d], 0), axis=1)
@@ -147,9 +161,7 @@ def _coco_records(pred_boxes, pred_scores, pred_labels, gt_boxes, gt_labels, num
     d = None
     records = {(k, a): [] for k in range(num_classes) for a in area_ranges}
     for img, (pb, ps, pl, gb, gl) in enumerate(zip(pred_boxes, pred_scores, pred_labels, gt_boxes, gt_labels)):
-        pb = _boxes(pb, "predicted boxes", d)
-        d = pb.shape[1] // 2
-        gb = _boxes(gb, "reference boxes", d)
+        pb, gb, d = _case_boxes(pb, gb, d)
         ps, pl, gl = np.asarray(ps, np.float64).reshape(-1), np.asarray(pl).reshape(-1), np.asarray(gl).reshape(-1)
         if not (len(ps) == len(pl) == len(pb)) or len(gl) != len(gb):
             raise MedjaxError(f"case {img}: boxes, scores and labels must have one row per box")
@@ -286,9 +298,7 @@ def _froc_entries(pred_boxes, pred_scores, gt_boxes, match, iou_threshold, gt_ra
     """LUNA16's candidate bookkeeping per case: (case, score, is_hit) entries and the references per case."""
     cases, scores, hits, lesions, d = [], [], [], [], None
     for i, (pb, ps, gb) in enumerate(zip(pred_boxes, pred_scores, gt_boxes)):
-        pb = _boxes(pb, "predicted boxes", d)
-        d = pb.shape[1] // 2
-        gb = _boxes(gb, "reference boxes", d)
+        pb, gb, d = _case_boxes(pb, gb, d)
         ps = np.asarray(ps, np.float64).reshape(-1)
         if len(ps) != len(pb):
             raise MedjaxError(f"case {i}: {len(pb)} predicted boxes but {len(ps)} scores")

@@ -11,6 +11,7 @@ from medjax.errors import MedjaxError
 from medjax.models.abmil import ABMIL
 from medjax.models.convlstm import ConvLSTMRegressor, ConvLSTMUNet
 from medjax.models.densenet import DenseNet, densenet121
+from medjax.models.detection import RetinaNet, RetinaUNet
 from medjax.models.monai_unet import MonaiUNet, monai_unet
 from medjax.models.resnet import ResNet, resnet18, resnet34, resnet50
 from medjax.models.unet import BasicUNet, UNet, basic_unet
@@ -28,6 +29,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convlstm_unet": ConvLSTMUNet,  # (N, T, *spatial, C) sequences -> per-frame segmentation logits
     "convlstm_regressor": ConvLSTMRegressor,  # sequences -> num_classes outputs (e.g. ejection fraction)
     "abmil": ABMIL,  # bags of tiles (N, K, H, W, C) -> slide logits, attention, tile logits (task "mil")
+    "retinanet": RetinaNet,  # ResNet + FPN + RetinaNet heads (task "detection"; MONAI's RetinaNet)
+    "retina_unet": RetinaUNet,  # detection heads on a U-Net decoder + segmentation logits (nnDetection)
 }
 
 
@@ -42,5 +45,6 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "ABMIL", "MODELS", "BasicUNet", "ConvLSTMRegressor", "ConvLSTMUNet", "DenseNet", "ResNet", "UNet", "basic_unet",
-    "build_model", "densenet121", "resnet18", "resnet34", "resnet50", "MonaiUNet", "monai_unet",
+    "RetinaNet", "RetinaUNet", "build_model", "densenet121", "resnet18", "resnet34", "resnet50", "MonaiUNet",
+    "monai_unet",
 ]

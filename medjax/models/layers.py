@@ -47,6 +47,7 @@ def conv(
     padding: Padding | None = None,
     dtype: Any = jnp.float32,
     kernel_init: Any = nn.initializers.lecun_normal(),  # noqa: B008  (a pure, immutable initializer)
+    bias_init: Any = nn.initializers.zeros_init(),  # noqa: B008
 ) -> nn.Conv:
     """An `nn.Conv` (with `ops.conv_general_dilated`: fast 3D on CPU) with a cubic kernel of rank `ndim`; default
     padding is torch's symmetric `kernel_size // 2`.
@@ -65,6 +66,7 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         kernel_init=kernel_init,
+        bias_init=bias_init,
         name=name,
     )
 
@@ -131,6 +133,16 @@ def pad_to(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
     if all(w == (0, 0) for w in widths):
         return x
     return jnp.pad(x, widths, mode="edge")
+
+
+def resize_nearest(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
+    """Nearest-neighbour resizing of the spatial axes 1..d of (N, *spatial, ...) arrays (feature maps, label
+    maps): output index i reads input index floor(i * n / s), which is torch's `F.interpolate(mode="nearest")`
+    (the FPN's top-down path) and, for a factor-2 reduction, the pixel each strided level keeps."""
+    out = x
+    for axis, s in enumerate(spatial_shape):
+        out = jnp.take(out, jnp.arange(s) * x.shape[1 + axis] // s, axis=axis + 1)
+    return out
 
 
 def check_dropout(what: str, rate: float) -> None:

@@ -78,6 +78,9 @@ class ResNet(nn.Module):
     `bn_axis_name` is only for pmap/shard_map strategies that need cross-device BatchNorm statistics.
     `remat` recomputes each residual block's activations in the backward pass instead of storing them (`nn.remat`):
     less memory for a slower step, same numbers and parameter names.
+    `feature_stages` (e.g. (1, 2, 3)) makes the network a backbone: it returns those stages' outputs (a list,
+    finest first) instead of logits, builds no stage after the last one named and no head (torchvision's
+    `IntermediateLayerGetter`, which MONAI's RetinaNet feature extractor uses); parameter names are unchanged.
     `dropout_rate` drops pooled features before the head (torchvision's place for a classifier's dropout, as in
     its VGG/DenseNet heads); 0 (the default) adds no operation, and it has no parameters, so any rate loads the
     same checkpoints. It enables MC-dropout (`medjax evaluate --uncertainty mc_dropout`).
@@ -95,6 +98,7 @@ class ResNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    feature_stages: Sequence[int] = ()
     dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
@@ -107,6 +111,9 @@ class ResNet(nn.Module):
             values = value if isinstance(value, Sequence) else (value,)
             if value is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
                 raise MedjaxError(f"resnet {what} must be a positive int or one per spatial axis, got {value!r}")
+        if any(not 1 <= s <= len(self.stage_sizes) for s in self.feature_stages):
+            raise MedjaxError(f"resnet feature_stages {tuple(self.feature_stages)} must name stages 1.."
+                              f"{len(self.stage_sizes)}")
         super().__post_init__()
 
     def _stem_setting(self, value: int | Sequence[int] | None, default: int, what: str, nd: int) -> tuple[int, ...]:
@@ -118,7 +125,7 @@ class ResNet(nn.Module):
         return tuple(value)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array | list[jax.Array]:
         nd = layers.spatial_ndim(x)
         x = jnp.asarray(x, self.dtype)
         standard = self.stem == "standard"
@@ -132,7 +139,9 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
 
         block_cls = nn.remat(_Block) if self.remat else _Block
-        for i, n_blocks in enumerate(self.stage_sizes, start=1):
+        last = max(self.feature_stages) if self.feature_stages else len(self.stage_sizes)
+        features = []
+        for i, n_blocks in enumerate(self.stage_sizes[:last], start=1):
             for j in range(1, n_blocks + 1):
                 x = block_cls(
                     features=self.width * 2 ** (i - 1),
@@ -144,6 +153,10 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"stage{i}_block{j}",
                 )(x)
+            if i in self.feature_stages:
+                features.append(x)
+        if self.feature_stages:
+            return features
 
         x = jnp.mean(x, axis=tuple(range(1, 1 + nd)))
         x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="head_dropout")(x)

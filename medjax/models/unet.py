@@ -72,6 +72,9 @@ class UNet(nn.Module):
     eval returns the main logits only. Group norm needs every feature count divisible by `num_groups`.
     `remat` recomputes each conv block's activations in the backward pass instead of storing them (`nn.remat`):
     less memory for a slower step, same numbers and parameter names.
+    `decoder_outputs=True` returns `(logits, levels)` with `levels` the feature maps of every level, finest first:
+    `dec1`, ..., `dec{depth-1}` and the bottom `enc{depth}` (level i at stride 2^(i-1)), for heads that read the
+    decoder (the Retina U-Net's detection heads, `medjax.models.detection.RetinaUNet`).
     `dropout_rate` drops the bottleneck's features and every decoder block's output (`bottleneck_dropout`,
     `dec{i}_dropout`: the central and decoder placement of Kendall et al.'s Bayesian SegNet), for MC-dropout;
     0 (the default) adds no operation, and dropout has no parameters.
@@ -87,6 +90,7 @@ class UNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    decoder_outputs: bool = False
     dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
@@ -118,7 +122,7 @@ class UNet(nn.Module):
             skips.append(x)
 
         x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name="bottleneck_dropout")(x)
-        aux = []
+        aux, levels = [], [x]
         for i in range(depth - 1, 0, -1):
             skip, f = skips[i - 1], self.features[i - 1]
             if self.upsample == "transpose":
@@ -129,12 +133,15 @@ class UNet(nn.Module):
                 x = layers.conv(f, 1, nd, use_bias=False, name=f"up{i}", dtype=self.dtype)(x)
             x = block(f, f"dec{i}")(jnp.concatenate([skip, x], axis=-1))
             x = layers.Dropout(self.dropout_rate, self.bn_axis_name, name=f"dec{i}_dropout")(x)
+            levels.insert(0, x)
             if self.deep_supervision and i > 1:
                 # Always built (cheap, and dropped by XLA when unused) so init in either mode makes the params.
                 aux.append(layers.conv(self.num_classes, 1, nd, name=f"aux{i}", dtype=self.dtype)(x))
 
         logits = layers.conv(self.num_classes, 1, nd, name="final_conv", dtype=self.dtype)(x)
         logits = jnp.asarray(logits, jnp.float32)
+        if self.decoder_outputs:
+            return logits, tuple(levels)
         if self.deep_supervision and train:
             return (logits, *(jnp.asarray(a, jnp.float32) for a in reversed(aux)))
         return logits

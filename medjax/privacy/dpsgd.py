@@ -76,6 +76,9 @@ def check(config: ml_collections.ConfigDict, num_train: int) -> None:
                           "for num_train_steps)")
     if p.microbatch_size < 0 or p.padded_batch_size < 0:
         raise MedjaxError("config.privacy.microbatch_size and padded_batch_size must be >= 0")
+    if config.task.name == "detection":
+        raise MedjaxError("config.privacy: detectors (task 'detection') do not train with DP-SGD yet: their focal and "
+                          "box losses are normalised by the whole batch's anchor counts, not per example")
     if config.ensemble.size > 1:
         raise MedjaxError("config.ensemble.size > 1 does not combine with config.privacy: train the members as "
                           "separate DP-SGD runs (each spends its own budget on the same data)")

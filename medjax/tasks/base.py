@@ -26,11 +26,16 @@ from medjax.errors import MedjaxError
 from medjax.models import build_model
 
 
-def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_name: str | None) -> nn.Module:
+def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, axis_name: str | None,
+                      **task_fields: Any) -> nn.Module:
     """`config.model.name` plus its other keys as constructor arguments; an unknown argument is named.
     `remat=True` turns on the model's rematerialisation; `time_distributed=True` runs the model frame by frame
-    on sequences (N, T, *spatial, C)."""
+    on sequences (N, T, *spatial, C). `task_fields` are fields the task decides (a detector's `num_anchors`)."""
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
+    for key in task_fields:
+        if key in kwargs:
+            raise MedjaxError(f"config.model.{key} is set by the task (from config.task); remove it")
+    kwargs.update(task_fields)
     kwargs["num_classes"] = num_classes
     if axis_name:
         kwargs["bn_axis_name"] = axis_name

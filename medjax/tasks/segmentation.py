@@ -26,20 +26,16 @@ import numpy as np
 from medjax import losses, metrics, schema
 from medjax import surface_metrics as surface_lib
 from medjax.errors import MedjaxError
+from medjax.models.layers import resize_nearest
 from medjax.tasks.base import apply_model, keep_valid, model_from_config
 
 LOSSES = ("dice_ce", "ce", "dice")
 DICE_AVERAGES = ("voxels", "cases")
 
 
-def resize_labels(labels: jax.Array, spatial: Sequence[int]) -> jax.Array:
-    """Nearest-neighbour downsampling of integer labels (or a per-voxel mask) to a coarser deep-supervision
-    output (for a factor-2 output this is `labels[:, ::2, ::2]`, the pixel each strided level keeps)."""
-    idx = [jnp.arange(s) * labels.shape[1 + i] // s for i, s in enumerate(spatial)]
-    out = labels
-    for axis, ix in enumerate(idx):
-        out = jnp.take(out, ix, axis=axis + 1)
-    return out
+# Nearest-neighbour downsampling of integer labels (or a per-voxel mask) to a coarser deep-supervision output
+# (for a factor-2 output this is `labels[:, ::2, ::2]`, the pixel each strided level keeps).
+resize_labels = resize_nearest
 
 
 class SegmentationTask:

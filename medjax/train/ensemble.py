@@ -41,6 +41,9 @@ def check(config: ml_collections.ConfigDict, family: str) -> None:
     if size > 1 and config.task.name == "mil":
         raise MedjaxError(f"config.ensemble.size={size}: multiple-instance bags (task 'mil') do not train as "
                           "ensembles yet")
+    if size > 1 and config.task.name == "detection":
+        raise MedjaxError(f"config.ensemble.size={size}: detectors (task 'detection') do not train as ensembles yet "
+                          "(their members' boxes would need fusing, not averaged logits)")
     if size > 1 and family != "supervised":
         raise MedjaxError(f"config.ensemble.size={size}: ensembles train supervised tasks (classification, "
                           f"segmentation, regression), not {config.task.name!r}")

@@ -30,7 +30,8 @@ from medjax.data.sources import load_splits, train_input_shape, train_transform
 from medjax.data.stream import TrainStream, as_source, eval_batches
 from medjax.errors import MedjaxError
 from medjax.inference.predictive import predictive_logits
-from medjax.tasks import make_task
+from medjax.tasks import make_task, prepare_data
+from medjax.tasks.base import keep_valid
 from medjax.train import compute, ensemble, init_from, run_config, uncertainty_eval, volume_eval
 from medjax.train import finetune as finetune_lib
 from medjax.train.checkpoint import Checkpoints
@@ -116,12 +117,18 @@ class Setup(SetupBase):
     def postfix(self, record: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.4f}", "img_s": f"{record['img_per_s']:.1f}"}
 
-    def evaluate_checkpoint(self, canonical: TrainState, step: int, split: str) -> dict[str, Any]:
+    def evaluate_checkpoint(self, canonical: TrainState, step: int, split: str,
+                            save_predictions: bool = False) -> dict[str, Any]:
         """Metrics of `split` under `canonical`; process 0 also writes a preview PNG and, for tasks scored per
-        case (segmentation: Dice, and surface metrics unless `task.surface_metrics=False`), eval_cases.json."""
+        case (segmentation: Dice, and surface metrics unless `task.surface_metrics=False`; detection: boxes),
+        eval_cases.json; with `save_predictions` (detection), one JSON of boxes per case (`_save_detections`)."""
         state = self.strategy.from_canonical(canonical)
         surface = bool(getattr(self.task, "surface_metrics", False))
-        if volume_eval.uses_windows(self.config):
+        if hasattr(self.task, "detect"):
+            summary, cases = evaluate_detections(self, state, split)
+            if self.is_main:
+                _save_detections(self, split, int(step), cases, save_predictions)
+        elif volume_eval.uses_windows(self.config):
             preview = os.path.join(self.workdir, "plots", f"{split}_predictions.png")
             summary, cases = volume_eval.evaluate_volumes(self, state, split, preview if self.is_main else None,
                                                           surface=surface)
@@ -133,7 +140,7 @@ class Setup(SetupBase):
             if cases is not None:
                 _write_json(os.path.join(self.workdir, "eval_cases.json"),
                             {"split": split, "step": int(step), "cases": cases})
-            if not volume_eval.uses_windows(self.config):
+            if not volume_eval.uses_windows(self.config) and not hasattr(self.task, "detect"):
                 _save_examples(self, canonical, split)
         return summary
 
@@ -165,9 +172,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Any:
 
 
 def supervised_setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Setup:
-    """The supervised family (segmentation, classification, regression): strategy, data, task, optimizer."""
+    """The supervised family (segmentation, classification, regression, mil, detection): strategy, data, task,
+    optimizer."""
     strategy = make_strategy(config.parallel.strategy, devices)
-    data = load_splits(config.data)
+    data = prepare_data(config, load_splits(config.data))
     splits = data.splits
     if "train" not in splits:
         raise MedjaxError(f"dataset {config.data.name!r} has no 'train' split")
@@ -254,6 +262,8 @@ def evaluate_split(s: Setup, state: TrainState, split: str, eval_step=None) -> d
     """Score every example of `split` (padded batches, nothing dropped) with the task's summary."""
     if split not in s.splits:
         raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    if hasattr(s.task, "detect") and volume_eval.uses_windows(s.config):
+        return s.task.summarize(volume_eval.detection_outputs(s, state, split))
     if volume_eval.uses_windows(s.config):
         return volume_eval.evaluate_volumes(s, state, split)[0]
     eval_step = eval_step or s.strategy.compile_eval_step(make_eval_step(s.task, s.members))
@@ -276,6 +286,26 @@ def evaluate_cases(s: Setup, state: TrainState, split: str) -> tuple[dict[str, f
     ids = s.case_ids[split]
     records = [{"case": ids[i], "index": i, **r} for i, r in enumerate(task.case_records(outputs))]
     return task.summarize(outputs), records
+
+
+def detection_outputs(s: Setup, state: TrainState, split: str) -> dict[str, np.ndarray]:
+    """A detection task's eval outputs, one row per case of `split` (padded detections and reference boxes),
+    from whole images (the eval step) or sliding windows (`volume_eval.detection_outputs`)."""
+    if split not in s.splits:
+        raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    if volume_eval.uses_windows(s.config):
+        return volume_eval.detection_outputs(s, state, split)
+    step = s.strategy.compile_eval_step(make_eval_step(s.task, s.members))
+    return keep_valid(split_outputs(s, state, split, step))
+
+
+def evaluate_detections(s: Setup, state: TrainState, split: str) -> tuple[dict[str, float], list[dict]]:
+    """A detection task's summary of `split` and one record per case (`task.case_records`: its reference boxes
+    and kept detections, with the case id and position `index`)."""
+    outputs = detection_outputs(s, state, split)
+    ids = s.case_ids[split]
+    records = [{"case": ids[i], "index": i, **r} for i, r in enumerate(s.task.case_records(outputs))]
+    return s.task.summarize(outputs), records
 
 
 def split_outputs(s: Setup, state: TrainState, split: str, eval_step, on_host=None) -> dict[str, np.ndarray]:
@@ -444,21 +474,27 @@ def restore_checkpoint(s: Any, workdir: str, which: str = "best") -> tuple[Any, 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test",
              calibrate: bool = False, subgroups: str | None = None,
              group_columns: Sequence[str] | None = None, uncertainty: str | None = None,
-             samples: int | None = None) -> dict:
+             samples: int | None = None, save_predictions: bool = False) -> dict:
     """Score the best (falling back to latest) checkpoint on `split`; writes `<workdir>/eval.json` (flat).
     `calibrate` adds calibration before and after temperature scaling fit on `val`, `subgroups` (a metadata CSV
     `case,<columns>`, optionally only `group_columns`) per-group metrics with bootstrap intervals
     (`medjax.train.trust_eval`); `uncertainty` (mc_dropout | tta | ensemble, `samples` per member) an
-    `uncertainty` section (`medjax.train.uncertainty_eval`)."""
+    `uncertainty` section (`medjax.train.uncertainty_eval`). A detection run also draws predicted and reference
+    boxes on a few cases (`plots/<split>_detections.png`) and, with `save_predictions`, writes each case's boxes
+    to `predictions/<split>/<case>.json`."""
     from medjax.train import trust_eval
 
     s = setup(config, workdir)
     trust = trust_eval.request(s, split, calibrate, subgroups, group_columns)
     if uncertainty is not None:
         uncertainty_eval.check(s, uncertainty, samples)  # before any checkpoint is read
+    if save_predictions and not hasattr(getattr(s, "task", None), "detect"):
+        raise MedjaxError(f"--save-predictions writes detection boxes; config.task.name={config.task.name!r} is not "
+                          "a detection task")
     canonical, step, used = restore_checkpoint(s, workdir, which)
+    extra = {"save_predictions": True} if save_predictions else {}
     result = {"split": split, "step": int(step), "checkpoint": used, **s.host_record(int(step)),
-              **s.evaluate_checkpoint(canonical, int(step), split)}
+              **s.evaluate_checkpoint(canonical, int(step), split, **extra)}
     if trust is not None:
         result.update(trust_eval.report(s, canonical, int(step), used, split, trust))
     if uncertainty is not None:
@@ -474,6 +510,28 @@ def _write_json(path: str, value: Any) -> None:
     with open(f"{path}.tmp", "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
     os.replace(f"{path}.tmp", path)
+
+
+def _save_detections(s: Setup, split: str, step: int, records: list[dict], save_predictions: bool,
+                     count: int = 4) -> None:
+    """`plots/<split>_detections.png`: reference and predicted boxes on `count` cases spread over the split
+    (`viz.save_detections_png`); with `save_predictions`, `predictions/<split>/<case>.json` per case: its
+    detections as MONAI's detection datalists write boxes (voxel corners along the image's array axes,
+    class names) with their scores."""
+    from medjax import viz
+
+    source = as_source(s.splits[split], f"split {split!r}")
+    picks = np.unique(np.linspace(0, len(records) - 1, min(count, len(records))).astype(int))
+    panels = [(str(records[i]["case"]), np.asarray(source[i]["image"]), records[i]) for i in picks]
+    viz.save_detections_png(os.path.join(s.workdir, "plots", f"{split}_detections.png"), panels)
+    if save_predictions:
+        folder = os.path.join(s.workdir, "predictions", split)
+        os.makedirs(folder, exist_ok=True)
+        for r in records:
+            name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(r["case"]))
+            _write_json(os.path.join(folder, f"{name}.json"),
+                        {"case": r["case"], "split": split, "step": step, "coordinates": "voxel",
+                         "box_format": "corner", **r["detections"]})
 
 
 def _save_examples(s: Setup, canonical: TrainState, split: str, count: int = 4) -> None:

@@ -7,6 +7,11 @@ Every process walks the same cases in the same order, which multi-host evaluatio
 
 Config (`config.inference`): `roi_size` (the window; usually the training patch size), `overlap` (0.5),
 `mode` ("gaussian" or "constant"), `sigma_scale` (0.125).
+
+Detection tasks (those with `detect`) are evaluated by sliding-window detection instead (`detection_outputs`):
+each device call detects a batch of windows (network and post-processing in one program), and each case's window
+detections are shifted and merged (`medjax.inference.sliding_window_detect`, `task.window_merge` /
+`window_merge_iou`) into the per-case outputs the task scores (`medjax.train.loop.evaluate_detections`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from medjax import metrics
 from medjax.data.stream import as_source
 from medjax.errors import MedjaxError
+from medjax.inference.detection import sliding_window_detect
 from medjax.inference.predictive import predictive_logits
 from medjax.inference.sliding_window import sliding_window_volume
 
@@ -65,12 +71,8 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
     task's surface metrics of each case too (HD95, ASSD, NSD in mm from the case's "spacing"); with
     `preview_path`, the middle slice of the first case (image, reference, prediction) is saved there;
     `on_case(i, probabilities (*spatial, K), example)` sees each case's blended probabilities."""
-    if split not in s.splits:
-        raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
-    source = as_source(s.splits[split], f"split {split!r}")
+    source = _cases(s, split)
     cases = len(source)
-    if cases == 0:
-        raise MedjaxError(f"split {split!r} is empty")
     predict = window_predictor(s, state)
     counts, surfaces, shapes = [], [], []
     num_classes = s.task.num_classes
@@ -96,6 +98,56 @@ def evaluate_volumes(s, state: Any, split: str, preview_path: str | None = None,
     records = [{"case": ids[i], "index": i, "shape": shape, **r}
                for i, (shape, r) in enumerate(zip(shapes, s.task.case_records(outputs)))]
     return s.task.summarize(outputs), records
+
+
+def _cases(s, split: str):
+    if split not in s.splits:
+        raise MedjaxError(f"dataset {s.config.data.name!r} has no {split!r} split")
+    source = as_source(s.splits[split], f"split {split!r}")
+    if len(source) == 0:
+        raise MedjaxError(f"split {split!r} is empty")
+    return source
+
+
+def detection_predictor(s, state: Any) -> Callable[[np.ndarray], dict]:
+    """`windows (B, *roi, C) -> fixed-size detections {"boxes", "scores", "labels", "valid"}` on every device,
+    B = the eval batch size: one compiled program (network + post-processing)."""
+    bs = s.config.eval_batch_size or s.config.batch_size
+    rows = s.strategy.local_rows(bs)
+    if s.window_step is None:
+        task = s.task
+
+        def detections(st, batch):
+            return task.detect(st.params, st.batch_stats, batch["image"])._asdict()
+
+        s.window_step = s.strategy.compile_eval_step(detections)
+
+    def predict(windows: np.ndarray) -> dict:
+        return s.strategy.outputs_to_host(s.window_step(state, s.strategy.put_batch({"image": windows[rows]}, bs)))
+
+    return predict
+
+
+def detection_outputs(s, state: Any, split: str) -> dict[str, np.ndarray]:
+    """The detection task's eval outputs (`task.eval_outputs`' keys, one row per case) of every case of `split`
+    detected by sliding windows."""
+    source = _cases(s, split)
+    inf, cfg = s.config.inference, s.task.cfg
+    bs = s.config.eval_batch_size or s.config.batch_size
+    predict = detection_predictor(s, state)
+    rows = []
+    for i in range(len(source)):
+        example = source[i]
+        image = np.asarray(example["image"])
+        det = sliding_window_detect(predict, image, tuple(inf.roi_size), overlap=inf.overlap, sw_batch_size=bs,
+                                    padding_value=float(image.min()), merge=cfg.window_merge,
+                                    iou_threshold=cfg.window_merge_iou, max_detections=cfg.max_detections)
+        rows.append({"boxes": det.boxes, "scores": det.scores, "labels": det.labels, "det_valid": det.valid,
+                     "gt_boxes": np.asarray(example["boxes"]), "gt_labels": np.asarray(example["box_labels"]),
+                     "gt_valid": np.asarray(example["box_valid"])})
+    outputs = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    outputs["weight"] = np.ones(len(rows), np.float32)
+    return outputs
 
 
 def _save_preview(s, path: str, image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> None:

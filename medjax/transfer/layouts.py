@@ -114,15 +114,37 @@ def _densenet_rules(layers: str, head: str) -> tuple[Rule, ...]:
 DENSENET = Layout(_densenet_rules("", r"classifier"))
 DENSENET_MONAI = Layout(_densenet_rules(r"\.layers", r"class_layers\.out"))
 
-def nested(layout: Layout, prefix: str) -> Layout:
-    """`layout` for a model that holds the network under the submodule `prefix` (ABMIL's ResNet `encoder`): every
-    rule's medjax path is prefixed; the torch names, folds and exports stay those of the plain network."""
+def nested(layout: Layout, prefix: str, torch_prefix: str = "") -> Layout:
+    """`layout` for a model that holds the network under the submodule `prefix` (ABMIL's ResNet `encoder`, the
+    RetinaNet's `backbone`): every rule's medjax path is prefixed; with `torch_prefix` (a regex) the torch names
+    may carry that prefix too (MONAI's RetinaNet holds its ResNet under `feature_extractor.body.`), so one table
+    reads the detector's file and a plain ResNet file. The folds and exports stay those of the plain network."""
     def rule(r: Rule) -> Rule:
         def target(m: re.Match, t=r.target) -> str:
             return f"{prefix}/{t(m) if callable(t) else m.expand(t)}"
-        return Rule(r.pattern, target, r.kind)
+        return Rule(f"(?:{torch_prefix})?{r.pattern}" if torch_prefix else r.pattern, target, r.kind)
 
     return Layout(tuple(rule(r) for r in layout), prepare=layout.prepare, zero_on_export=layout.zero_on_export)
+
+
+# MONAI's RetinaNet (monai.apps.detection.networks.retinanet_network.RetinaNet over resnet_fpn_feature_extractor):
+# FPN convs `feature_extractor.fpn.{inner,layer}_blocks.i`; each head a Sequential of (conv, GroupNorm, ReLU) x n
+# (`conv.3i` / `conv.3i+1`) and its output conv. Up to 8 head convs are named.
+_MONAI_HEADS = tuple(
+    rule
+    for torch_head, head, out in (("classification_head", "cls_head", "cls_logits"),
+                                  ("regression_head", "box_head", "bbox_reg"))
+    for rule in (
+        *(Rule(rf"{torch_head}\.conv\.{3 * i}", f"heads/{head}/conv{i}", "conv") for i in range(8)),
+        *(Rule(rf"{torch_head}\.conv\.{3 * i + 1}", f"heads/{head}/norm{i}", "norm") for i in range(8)),
+        Rule(rf"{torch_head}\.{out}", f"heads/{head}/out", "conv"),
+    )
+)
+_MONAI_BACKBONE = nested(RESNET_MONAI, "backbone", r"feature_extractor\.body\.")
+RETINANET_MONAI = Layout(tuple(_MONAI_BACKBONE) + (
+    Rule(r"feature_extractor\.fpn\.inner_blocks\.(\d+)", r"fpn/inner\1", "conv"),
+    Rule(r"feature_extractor\.fpn\.layer_blocks\.(\d+)", r"fpn/layer\1", "conv"),
+) + _MONAI_HEADS, prepare=_MONAI_BACKBONE.prepare, zero_on_export=_MONAI_BACKBONE.zero_on_export)
 
 
 LAYOUTS: dict[tuple[str, str], Layout] = {
@@ -134,11 +156,13 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
     ("densenet", "torchvision"): DENSENET,
     ("densenet", "monai"): DENSENET_MONAI,
     ("monai_unet", "monai"): MONAI_UNET,
+    ("retinanet", "monai"): RETINANET_MONAI,  # a MONAI RetinaNet file, or a MONAI ResNet file for the backbone
+    ("retinanet", "torchvision"): nested(RESNET, "backbone", r"backbone\.body\."),  # ImageNet ResNet backbone
 }
 
 FAMILIES = {"resnet": "resnet", "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
             "basic_unet": "basic_unet", "densenet": "densenet", "densenet121": "densenet",
-            "monai_unet": "monai_unet", "abmil": "abmil"}
+            "monai_unet": "monai_unet", "abmil": "abmil", "retinanet": "retinanet"}
 
 
 def family(model_name: str) -> str:

@@ -440,3 +440,59 @@ def test_config_errors_name_the_key_and_list_the_valid_ones():
         A.make_augment(A.default_config(("flip",)))(rng.key(0), bad)
     with pytest.raises(MedjaxError, match=r"batch\['index'\]"):
         A.make_augment(A.default_config(("noise",)))(rng.key(0), {"image": np.zeros((2, 4, 4, 1), np.float32)})
+
+
+def _boxed_batch(nd, seed=0):
+    """Label maps of two separated blocks (classes 1, 2) per example and their component boxes (G = 3)."""
+    from medjax.detection.instances import component_boxes, pad_boxes
+
+    shape = SHAPES[nd]
+    r = np.random.default_rng(seed)
+    labels = np.zeros((4, *shape), np.int32)
+    for i in range(4):
+        for cls, (lo, hi) in ((1, (0, shape[0] // 2 - 3)), (2, (shape[0] // 2, shape[0] - 3))):
+            start = [r.integers(lo, hi)] + [r.integers(0, s - 3) for s in shape[1:]]
+            labels[i][tuple(slice(a, a + int(r.integers(1, 4))) for a in start)] = cls
+    rows = [pad_boxes(*component_boxes(lab), 3) for lab in labels]
+    return {"image": labels[..., None].astype(np.float32), "label": labels, "index": np.arange(4, dtype=np.int32),
+            "boxes": np.stack([b for b, _, _ in rows]), "box_labels": np.stack([c for _, c, _ in rows]),
+            "box_valid": np.stack([v for _, _, v in rows])}
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_boxes_follow_flips_quarter_turns_and_translations_exactly(nd):
+    """After the transform, each example's boxes are exactly the component boxes of its moved label map (boxes
+    moved out of the image are dropped, cut ones clipped)."""
+    from medjax.detection.instances import component_boxes
+
+    batch = _boxed_batch(nd)
+    cfg = {"transforms": ("flip", "rot90", "affine"), "flip": {"p": 0.5}, "rot90": {"p": 0.75},
+           "affine": {"p": 1.0, "rotate": 0.0, "scale": (1.0, 1.0), "order": 0,
+                      "translate": ((-2, -2),) + ((3, 3),) * (nd - 1)}}
+    out = jax.jit(A.make_augment(cfg))(rng.key(1), batch)
+    moved = 0
+    for i in range(4):
+        boxes, classes = component_boxes(np.asarray(out["label"][i]))
+        valid = np.asarray(out["box_valid"][i])
+        got = sorted(zip(np.asarray(out["box_labels"][i])[valid].tolist(),
+                         map(tuple, np.asarray(out["boxes"][i])[valid].tolist())))
+        assert got == sorted(zip(classes.tolist(), map(tuple, boxes.tolist())))
+        moved += not np.array_equal(out["boxes"][i], batch["boxes"][i])
+        np.testing.assert_array_equal(np.asarray(out["boxes"][i])[~valid], 0)
+    assert moved == 4
+
+
+def test_rotated_boxes_enclose_the_rotated_objects_and_elastic_is_refused():
+    batch = _boxed_batch(2, seed=3)
+    cfg = {"transforms": ("affine",), "affine": {"p": 1.0, "rotate": (30.0, 30.0), "scale": (1.0, 1.0),
+                                                  "order": 0}}
+    out = jax.jit(A.make_augment(cfg))(rng.key(2), batch)
+    label = np.asarray(out["label"])
+    for i in range(4):
+        for box, cls, ok in zip(*(np.asarray(out[k][i]) for k in ("boxes", "box_labels", "box_valid"))):
+            if ok:
+                inside = np.zeros_like(label[i], bool)
+                inside[int(np.floor(box[0])):int(np.ceil(box[2])), int(np.floor(box[1])):int(np.ceil(box[3]))] = True
+                assert (label[i] == cls + 1).any() and not ((label[i] == cls + 1) & ~inside).any()
+    with pytest.raises(MedjaxError, match="elastic deformation cannot move boxes"):
+        A.make_augment({"transforms": ("elastic",), "elastic": {"p": 1.0}})(rng.key(0), batch)

@@ -183,6 +183,18 @@ def test_froc_by_hand():
         mt.froc(dets, scores, refs, match="overlap")
 
 
+def test_cases_without_boxes_do_not_fix_the_rank():
+    """3D cases without any predicted box ((0, 6) arrays or []) before or beside 3D references (a segmenter that
+    found no component) are scored, not refused as 2D."""
+    refs = [np.zeros((0, 6)), _cube((10, 10, 10), 6)[None]]
+    none = mt.froc([np.zeros((0, 6)), np.zeros((0, 6))], [[], []], refs)
+    np.testing.assert_array_equal(none["sensitivity"], np.zeros(7))
+    assert (none["num_lesions"], none["num_cases"]) == (1, 2)
+    exact = [[], _cube((10, 10, 10), 6)[None]]
+    np.testing.assert_array_equal(mt.froc(exact, [[], [0.9]], refs)["sensitivity"], np.ones(7))
+    assert mt.coco_metrics(exact, [[], [0.9]], [[], [0]], refs, [[], [0]], 1)["mAP"] == pytest.approx(1.0, abs=1e-12)
+
+
 def _luna16_compute_froc(gt_list, prob_list, num_images, exclude_list):
     """LUNA16's noduleCADEvaluationLUNA16.computeFROC and the read-off at the 7 rates, transcribed."""
     from sklearn.metrics import roc_curve
