@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from medjax.config import build_config
 from medjax.train import loop
-from tests.train.helpers import synthetic_config
 
 SYNTH = "synthetic:segmentation"
 
@@ -23,8 +23,8 @@ def medjax(repo, *args, devices=4, env=None, **kw):
                           capture_output=True, text=True, timeout=300, **kw)
 
 
-def final_params(repo, workdir, *overrides):
-    config = synthetic_config(repo, "segmentation", *overrides)
+def final_params(repo, workdir, *overrides, config=SYNTH):
+    config = build_config(config, list(overrides))
     s = loop.setup(config, str(workdir))
     state, _, step, _ = s.checkpoints(read_only=True).restore(s.abstract_state())
     return step, __import__("medjax.train.parallel", fromlist=["x"]).replicated_to_host(state)
@@ -130,20 +130,29 @@ def _first_error(stderr: str) -> str:
     return f"first error: {first[:1000]}\n...\n{stderr[-1500:]}"
 
 
+# DP-SGD (issue 17): Poisson batches drawn from the stream position and noise from the step key are the same in every
+# process, so 2 processes equal 1; GroupNorm, batches padded to 28 rows (7 per device).
+_DP = ("synthetic:classification", ["--config.model.norm=group", "--config.model.width=8",
+                                    "--config.model.stage_sizes=(1,)", "--config.privacy.enabled=True",
+                                    "--config.privacy.noise_multiplier=1.0", "--config.privacy.delta=1e-3",
+                                    "--config.privacy.padded_batch_size=28", "--config.log_every=2"])
+
+
 @pytest.mark.serial
-def test_two_processes_match_one_process(repo, tmp_path):
+@pytest.mark.parametrize("config, extra", [(SYNTH, []), _DP], ids=["plain", "dp_sgd"])
+def test_two_processes_match_one_process(repo, tmp_path, config, extra):
     """2 processes x 2 CPU devices through jax.distributed == 1 process x 4 devices."""
-    args = ["--config.num_train_steps=4", "--config.eval_every=2", "--config.checkpoint_every=4"]
+    args = ["--config.num_train_steps=4", "--config.eval_every=2", "--config.checkpoint_every=4", *extra]
     # Marked serial (make test runs it alone): beside another test worker, 2 processes x 2 devices oversubscribe the
     # 2 CPUs; CI once took 326 s here and the coordination service failed. Alone it takes about 30 s.
     plain_xla = {"MEDJAX_XLA_CPU_DEFAULTS": "0", "XLA_FLAGS": ""}
     single = tmp_path / "single"
-    r = medjax(repo, "train", "--config", SYNTH, "--workdir", str(single), *args, env=plain_xla)
+    r = medjax(repo, "train", "--config", config, "--workdir", str(single), *args, env=plain_xla)
     assert r.returncode == 0, r.stderr
     multi = tmp_path / "multi"
     port = _free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "medjax.cli", "train", "--config", SYNTH, "--workdir", str(multi), *args,
+        [sys.executable, "-m", "medjax.cli", "train", "--config", config, "--workdir", str(multi), *args,
          "--num_cpu_devices", "2"],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
@@ -157,17 +166,21 @@ def test_two_processes_match_one_process(repo, tmp_path):
         tails = [p.communicate()[1][-3000:] for p in procs]
         pytest.fail(f"2-process training ran past 600 s; stderr tails: {tails}")
     assert all(p.returncode == 0 for p in procs), [_first_error(o[1]) for o in outs]
-    _, a = final_params(repo, single, *args)
-    _, b = final_params(repo, multi, *args)
+    _, a = final_params(repo, single, *args, config=config)
+    _, b = final_params(repo, multi, *args, config=config)
     import jax
 
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a.params, b.params)
     val_single = [json.loads(l) for l in (single / "metrics.jsonl").read_text().splitlines()]
     val_multi = [json.loads(l) for l in (multi / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in val_single] == [r["step"] for r in val_multi]
+    assert [(r["step"], r["split"]) for r in val_single] == [(r["step"], r["split"]) for r in val_multi]
+    key = "epsilon" if extra else "dice_mean"  # DP: both report the same privacy spent
+    split = "train" if extra else "val"
+    compared = [(x[key], y[key]) for x, y in zip(val_single, val_multi) if x["split"] == split]
+    assert compared and all(x == pytest.approx(y, abs=1e-6) for x, y in compared), compared
     for x, y in zip(val_single, val_multi):
         if x["split"] == "val":
-            assert x["dice_mean"] == pytest.approx(y["dice_mean"], abs=1e-6)
+            assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
 
 
 @pytest.mark.serial
