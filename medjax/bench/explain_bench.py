@@ -19,7 +19,10 @@ steps of the 4 examples per chunk) and occlusion's 27 windows in one call per ex
 not depend on how many are explained and examples/s is what a batch of 32 examples would give.
 
 Targets are medjax's predicted classes, passed to both. Each torch variant's maps must agree with medjax's within
-1e-4 of their largest magnitude (occlusion: medjax's score - MONAI's mean occluded logit). A call takes minutes on
+5e-3 of their largest magnitude (occlusion: medjax's score - MONAI's mean occluded logit): a check that both sides
+compute the same method, not the parity test (tests/explain holds those, at 1e-4 on small inputs). At this shape
+float32 summation order alone moves IG's maps by 1.0e-3 of their maximum (Integrated Gradients, 50 steps, 28^3
+ResNet-18 against Captum, measured on the 2-core CPU). A call takes minutes on
 a CPU at this shape, so a row times the first call (with compilation) and then `EXPLAIN_REPEATS[mode]` more.
 """
 
@@ -34,7 +37,7 @@ import numpy as np
 from medjax.bench import bench as B
 
 EXPLAIN_REPEATS = {"full": 2, "quick": 1, "smoke": 1}
-MAP_RTOL = 1e-4
+MAP_RTOL = 5e-3
 
 
 def torch_explainer(method: str, module: Any, cfg, targets: np.ndarray) -> Any:
