@@ -135,12 +135,13 @@ def test_bad_choices_raise_medjax_error():
 
 def test_build_model_registry():
     assert set(MODELS) == {"resnet", "resnet18", "resnet34", "resnet50", "unet", "basic_unet", "densenet",
-                           "densenet121", "monai_unet", "convlstm_unet", "convlstm_regressor", "abmil"}
+                           "densenet121", "monai_unet", "convlstm_unet", "convlstm_regressor", "abmil", "retinanet",
+                           "retina_unet"}
     m = build_model("resnet34", num_classes=5, stem="small")
     assert isinstance(m, ResNet) and tuple(m.stage_sizes) == (3, 4, 6, 3) and m.stem == "small"
     with pytest.raises(MedjaxError, match=r"'resnet101'.*abmil, basic_unet, convlstm_regressor, convlstm_unet, "
                                          r"densenet, densenet121, monai_unet, resnet, resnet18, resnet34, "
-                                         r"resnet50, unet"):
+                                         r"resnet50, retina_unet, retinanet, unet"):
         build_model("resnet101", num_classes=2)
     with pytest.raises(TypeError):  # a wrong keyword stays a TypeError; the task layer names the config key
         build_model("resnet18", num_classes=2, depth=3)

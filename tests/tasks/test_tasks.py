@@ -20,7 +20,7 @@ def _cfg(task, model):
 
 def test_unknown_task_model_and_loss():
     with pytest.raises(MedjaxError, match="config.task.name"):
-        make_task(_cfg({"name": "detection", "num_classes": 2}, {"name": "unet"}), [])
+        make_task(_cfg({"name": "registration", "num_classes": 2}, {"name": "unet"}), [])
     with pytest.raises(MedjaxError, match="resnet7"):
         make_task(_cfg({"name": "classification", "num_classes": 2}, {"name": "resnet7"}), [])
     with pytest.raises(MedjaxError, match="config.task.loss"):
