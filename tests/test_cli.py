@@ -174,13 +174,11 @@ def test_two_processes_match_one_process(repo, tmp_path, config, extra):
     val_single = [json.loads(l) for l in (single / "metrics.jsonl").read_text().splitlines()]
     val_multi = [json.loads(l) for l in (multi / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["split"]) for r in val_single] == [(r["step"], r["split"]) for r in val_multi]
-    key = "epsilon" if extra else "dice_mean"  # DP: both report the same privacy spent
-    split = "train" if extra else "val"
-    compared = [(x[key], y[key]) for x, y in zip(val_single, val_multi) if x["split"] == split]
-    assert compared and all(x == pytest.approx(y, abs=1e-6) for x, y in compared), compared
-    for x, y in zip(val_single, val_multi):
-        if x["split"] == "val":
-            assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+    # DP: both report the same privacy spent and the same validation loss
+    checked = [("train", "epsilon", 1e-6), ("val", "loss", 1e-5)] if extra else [("val", "dice_mean", 1e-6)]
+    for split, key, tol in checked:
+        compared = [(x[key], y[key]) for x, y in zip(val_single, val_multi) if x["split"] == split]
+        assert len(compared) == 2 and all(x == pytest.approx(y, abs=tol) for x, y in compared), (key, compared)
 
 
 @pytest.mark.serial
