@@ -182,6 +182,8 @@ TASKS: dict[str, Spec] = {
         "num_classes": _NUM_CLASSES,
         "loss": Key("dice_ce", "dice_ce | ce | dice"),
         "include_background": Key(True, "the Dice loss and dice_mean include class 0"),
+        "dice_batch": Key(False, "the Dice loss sums over the batch (one Dice per class, nnU-Net's batch Dice): "
+                                 "steadier when most examples lack a class (small lesions)"),
         "dice_average": Key("voxels", "voxels (pooled over the split) | cases (mean of per-case Dice)"),
         "per_frame": Key(False, "sequences: also report Dice per frame"),
         "ef_class": Key(None, "sequences: the class whose volume gives an ejection fraction; None = none"),

@@ -37,8 +37,8 @@ def test_complete_fills_every_section_at_its_one_default():
                                      "weight_decay": 1e-4, "b1": 0.9, "b2": 0.999, "momentum": 0.9,
                                      "nesterov": False, "grad_clip_norm": 0.0}
     assert c.task.to_dict() == {"name": "segmentation", "num_classes": 0, "loss": "dice_ce",
-                                "include_background": True, "dice_average": "voxels", "per_frame": False,
-                                "ef_class": None, "ef_exponent": 1.0, "surface_metrics": True,
+                                "include_background": True, "dice_batch": False, "dice_average": "voxels",
+                                "per_frame": False, "ef_class": None, "ef_exponent": 1.0, "surface_metrics": True,
                                 "nsd_tolerance_mm": 1.0}
     assert c.checkpoint.to_dict() == {"max_to_keep": 2, "best_metric": "", "best_mode": "max"}
     assert c.compute.to_dict() == {"precision": "float32", "remat": False, "grad_accum_steps": 1}

@@ -53,6 +53,7 @@ class SegmentationTask:
                               f"{len(self.class_names)} classes: {self.class_names}")
         self.loss_name = cfg.loss
         self.include_background = cfg.include_background
+        self.dice_batch = cfg.dice_batch
         self.dice_average = cfg.dice_average
         if self.dice_average not in DICE_AVERAGES:
             raise MedjaxError(f"unknown config.task.dice_average={self.dice_average!r}; known: {list(DICE_AVERAGES)}")
@@ -80,8 +81,9 @@ class SegmentationTask:
             return losses.softmax_cross_entropy(logits, labels, **kw)
         if self.loss_name == "dice":
             return losses.soft_dice_loss(logits, labels, self.num_classes, include_background=self.include_background,
-                                         **kw)
-        return losses.dice_ce_loss(logits, labels, self.num_classes, include_background=self.include_background, **kw)
+                                         batch=self.dice_batch, **kw)
+        return losses.dice_ce_loss(logits, labels, self.num_classes, include_background=self.include_background,
+                                   batch=self.dice_batch, **kw)
 
     def loss(self, params: Any, batch_stats: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
         """Training loss; with deep supervision, auxiliary outputs add with weights 1/2, 1/4, ... (normalised).

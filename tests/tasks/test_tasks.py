@@ -115,6 +115,21 @@ def test_segmentation_mask_restricts_loss_and_dice():
                                                        None)[0]))
 
 
+def test_segmentation_batch_dice_pools_the_batch():
+    """task.dice_batch: one Dice per class over the batch (nnU-Net's batch Dice), so an example without the class
+    is not a constant loss of 1. By hand: example 1 labels [1, 1, 0, 0], predicts [1, 0, 0, 0]; example 2 labels
+    none, predicts [0, 0, 0, 1]. Per example: losses 1/3 and 1 (mean 2/3); pooled: 1 - 2*1 / (2 + 2) = 1/2."""
+    labels = np.array([[[1, 1, 0, 0]], [[0, 0, 0, 0]]])
+    pred = np.array([[[1, 0, 0, 0]], [[0, 0, 0, 1]]])
+    batch = {"image": 40.0 * jax.nn.one_hot(pred, 2) - 20.0, "label": labels, "weight": np.ones(2, np.float32)}
+    for dice_batch, expected in ((False, 2 / 3), (True, 1 / 2)):
+        task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 2, "loss": "dice", "dice_batch": dice_batch,
+                                                           "include_background": False}),
+                                ml_collections.ConfigDict({"name": "unet", "features": (4, 8)}), [])
+        task.model = _LogitsAreTheImage()
+        assert float(task.loss({}, {}, batch, None)[0]) == pytest.approx(expected, abs=1e-5)
+
+
 def test_deep_supervision_downsamples_the_mask():
     task = SegmentationTask(ml_collections.ConfigDict({"num_classes": 2, "loss": "ce"}),
                             ml_collections.ConfigDict({"name": "unet", "features": (4, 8, 8),
