@@ -147,8 +147,8 @@ def test_gpu_script_runs_at_smoke_size_on_the_cpu(repo, tmp_path):
     out = tmp_path / "gpu"
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHON=sys.executable)
     env.pop("XLA_FLAGS", None)  # the script sets medjax's XLA:CPU defaults itself
-    proc = subprocess.run(["bash", "medjax/bench/gpu.sh", str(out), "--smoke", "--cases",
-                           "medmnist_r18_2d_1ch"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", "medjax/bench/gpu.sh", str(out), "--smoke", "--cases", "quickstart_unet"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "gpu.json").read_text())
     got = {(r["framework"], r["precision"]) for r in result["records"]}
@@ -162,4 +162,4 @@ def test_gpu_script_runs_at_smoke_size_on_the_cpu(repo, tmp_path):
     check = bf16["torch_eager"]["loss_check"]
     assert check["passed"] and check["rtol"] == 3e-2 and check["rel_diff"] > 0
     md = (out / "gpu.md").read_text()
-    assert "| medmnist_r18_2d_1ch | float32 |" in md and "| medmnist_r18_2d_1ch | bfloat16 |" in md
+    assert "| quickstart_unet | float32 |" in md and "| quickstart_unet | bfloat16 |" in md
