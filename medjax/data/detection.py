@@ -31,9 +31,12 @@ zero size, a class the config does not declare, a case whose image does not exis
 single object.
 
 Training patches (`box_patch`, used by the training stream whenever examples carry boxes): with probability
-`fg_ratio` the patch is centred on a uniformly drawn point of a uniformly drawn box (every object, large or small,
-is as likely), otherwise placed uniformly; boxes are shifted into the patch, clipped to it, and dropped when less
-than `data.min_box_visible` of their area (volume) stays inside.
+`fg_ratio` the patch holds a uniformly drawn box (every object, large or small, is as likely), placed uniformly
+among the starts that keep that whole box inside (along an axis where the box is longer than the patch: among
+those that keep a uniformly drawn point of it inside), otherwise placed uniformly; boxes are shifted into the
+patch, clipped to it, and dropped when less than `data.min_box_visible` of their area (volume) stays inside.
+Centring patches on objects, as segmentation patches are, taught a 3D detector that lesions sit in the middle
+of its input (it detected the centre of every patch and no lesion of a whole volume).
 """
 
 from __future__ import annotations
@@ -393,8 +396,16 @@ def box_patch(example: Mapping[str, np.ndarray], patch_size: Sequence[int], fg_r
     limit = full - np.asarray(size)
     if rng.random() < fg_ratio and valid.any():
         box = boxes[rng.choice(np.flatnonzero(valid))]
-        centre = box[:d] + rng.random(d) * (box[d:] - box[:d])
-        start = np.clip(np.floor(centre).astype(int) - np.asarray(size) // 2, 0, limit)
+        point = np.floor(box[:d] + rng.random(d) * (box[d:] - box[:d])).astype(int)
+        size_a = np.asarray(size)
+        # Starts that keep the whole box inside; along an axis where the box is longer than the patch, those that
+        # keep the drawn point inside. Drawn uniformly: a patch centred on the box would teach the detector that
+        # objects sit in the middle of its input.
+        whole = np.ceil(box[d:]).astype(int) - size_a <= np.floor(box[:d]).astype(int)
+        lo = np.where(whole, np.ceil(box[d:]).astype(int) - size_a, point - size_a + 1)
+        hi = np.where(whole, np.floor(box[:d]).astype(int), point)
+        lo, hi = np.clip(lo, 0, limit), np.clip(hi, 0, limit)
+        start = np.array([rng.integers(a, b + 1) for a, b in zip(lo, hi)])
     else:
         start = np.array([rng.integers(0, m + 1) for m in limit])
     out = dict(padded)

@@ -197,3 +197,20 @@ def test_box_patch_moves_clips_and_drops_boxes():
     again = box_patch(example, (8, 8), 1.0, 0.5, np.random.default_rng(3))
     np.testing.assert_array_equal(again["image"], box_patch(example, (8, 8), 1.0, 0.5,
                                                             np.random.default_rng(3))["image"])
+
+
+def test_box_patch_places_the_box_anywhere_inside_the_patch():
+    """fg_ratio 1: the one box lies wholly inside every patch, at positions spread over all the patch allows (not
+    centred: a centred box teaches a detector where objects sit); a box longer than the patch is cut."""
+    image = np.zeros((40, 40, 1), np.float32)
+    example = {"image": image, "label": np.zeros((40, 40), np.int32),
+               "boxes": np.array([[20, 10, 23, 34]], np.float32), "box_labels": np.array([0], np.int32),
+               "box_valid": np.array([True])}
+    offsets = set()
+    for seed in range(200):
+        out = box_patch(example, (8, 16), 1.0, 0.0, np.random.default_rng(seed))
+        x1, y1, x2, y2 = out["boxes"][0]
+        assert out["box_valid"][0] and x2 - x1 == 3 and 0 <= x1 and x2 <= 8  # whole along x (3 < 8)
+        assert y2 - y1 >= 1  # cut along y (24 > 16): a drawn point of it stays inside
+        offsets.add(int(x1))
+    assert offsets == {0, 1, 2, 3, 4, 5}  # every start keeping x in [20, 23] inside the 8-wide patch
