@@ -2,7 +2,7 @@
 MONAI's RetinaNet (`monai.apps.detection`) on the same weights and the same CPU.
 
 Both rows run the config `detection_icbm152:3d,retinanet` (ICBM152 lesion detection: 32^3 training patches,
-batch 4; a 64^3 volume for the sliding window). The torch model is MONAI's `RetinaNet` over its ResNet-FPN
+batch 8; a 64^3 volume for the sliding window). The torch model is MONAI's `RetinaNet` over its ResNet-FPN
 feature extractor (`monai_retinanet`, built from the config's `model` fields); its state dict is imported into
 medjax's `retinanet` through the `("retinanet", "monai")` layout (strict). The heads are redrawn from
 N(0, 0.1^2) with a classification bias of -2 (on both sides: the same weights) because MONAI's initialisation

@@ -397,14 +397,13 @@ def box_patch(example: Mapping[str, np.ndarray], patch_size: Sequence[int], fg_r
     if rng.random() < fg_ratio and valid.any():
         box = boxes[rng.choice(np.flatnonzero(valid))]
         point = np.floor(box[:d] + rng.random(d) * (box[d:] - box[:d])).astype(int)
-        size_a = np.asarray(size)
+        first, last, extent = np.floor(box[:d]).astype(int), np.ceil(box[d:]).astype(int), np.asarray(size)
         # Starts that keep the whole box inside; along an axis where the box is longer than the patch, those that
         # keep the drawn point inside. Drawn uniformly: a patch centred on the box would teach the detector that
         # objects sit in the middle of its input.
-        whole = np.ceil(box[d:]).astype(int) - size_a <= np.floor(box[:d]).astype(int)
-        lo = np.where(whole, np.ceil(box[d:]).astype(int) - size_a, point - size_a + 1)
-        hi = np.where(whole, np.floor(box[:d]).astype(int), point)
-        lo, hi = np.clip(lo, 0, limit), np.clip(hi, 0, limit)
+        whole = last - extent <= first
+        lo = np.clip(np.where(whole, last, point + 1) - extent, 0, limit)
+        hi = np.clip(np.where(whole, first, point), 0, limit)
         start = np.array([rng.integers(a, b + 1) for a, b in zip(lo, hi)])
     else:
         start = np.array([rng.integers(0, m + 1) for m in limit])
